@@ -1,0 +1,312 @@
+"""Typed view of params.yaml.
+
+Each section is a frozen dataclass; functions take their own section, never the whole file. Unknown or
+missing keys are errors (nanoGPT's "unknown config key" habit) so a typo in params.yaml fails loudly
+instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from galmorph.errors import UserError
+
+CLASSES: tuple[str, ...] = ("spiral", "elliptical")
+"""Class order of every probability vector the project writes: P(spiral), P(elliptical)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    n_galaxies: int
+    mapping_fraction: float
+    missing_image_fraction: float
+    image_size: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GalaxyZooConfig:
+    table2_url: str
+    mapping_url: str
+    images_url: str
+    zenodo_api_url: str | None
+    table2_md5: str | None
+    retries: int
+    timeout_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalConfig:
+    dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestConfig:
+    path: str
+    image_root: str | None
+    path_column: str
+    id_column: str | None
+    label_column: str | None
+    label_map: dict[str, str]
+    vote_columns: dict[str, str] | None
+    vote_threshold: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "galaxyzoo", "local", "manifest"]
+    raw_dir: str
+    synthetic: SyntheticConfig
+    galaxyzoo: GalaxyZooConfig
+    local: LocalConfig
+    manifest: ManifestConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinConfig:
+    label_rule: Literal["flags", "debiased"]
+    threshold: float
+    out: str
+    uncertain_out: str
+    report: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    verify: Literal["exists", "decode"]
+    workers: int
+    class_folders: str | None
+    out: str
+    dropped: str
+    report: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    repeats: int
+    out: str
+    report: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    resize: int
+    crop: int
+    image_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    rotation: float
+    flip: bool
+    scale: list[float]
+    translate: float
+    color_jitter: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+    weights: str
+    head: Literal["mlp", "linear"]
+    hidden: int
+    dropout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    views: list[str]
+    batch_size: int
+    out: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    mode: Literal["frozen", "finetune"]
+    unfreeze_blocks: int
+    layer_decay: float
+    epochs: int
+    batch_size: int
+    optimizer: Literal["adamw", "sgd"]
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    schedule: Literal["cosine", "constant"]
+    loss: Literal["ce", "soft"]
+    class_weights: Literal["balanced", "none"]
+    label_smoothing: float
+    early_stopping_patience: int
+    device: str
+    precision: Literal["auto", "bf16", "fp32"]
+    channels_last: bool
+    num_workers: int
+    seed: int
+    deterministic: bool
+    checkpoint_dir: str
+    out: str
+    metrics: str
+    curves: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str
+    tracking_uri: str | None
+    registered_model: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    n_trials: int
+    epochs: int
+    metric: Literal["val_macro_f1", "val_loss"]
+    sampler: Literal["tpe", "random"]
+    pruner: Literal["median", "hyperband", "none"]
+    seed: int
+    study_name: str
+    storage: str | None
+    space: dict[str, dict[str, Any]]
+    out: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    out_dir: str
+    metrics: str
+    ece_bins: int
+    bootstrap: int
+    abstain_threshold: float
+    tta: bool
+    gallery_size: int
+    ood_manifest: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisterConfig:
+    promote_margin: float
+    max_ece: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    data: DataConfig
+    join: JoinConfig
+    select: SelectConfig
+    split: SplitConfig
+    preprocess: PreprocessConfig
+    augment: AugmentConfig
+    model: ModelConfig
+    embed: EmbedConfig
+    train: TrainConfig
+    mlflow: MlflowConfig
+    tune: TuneConfig
+    evaluate: EvaluateConfig
+    register: RegisterConfig
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; returns the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise UserError(f"params: {where}: expected a value, got null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"params: {where}: unexpected value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"params: {where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"params: {where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"params: {where}: expected a mapping, got {value!r}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"params: {where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"params: {where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"params: {where}: expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-3 as a string; accept it as a number
+        except (TypeError, ValueError):
+            raise UserError(f"params: {where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"params: {where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def from_dict(cls: type, raw: Any, where: str = "params") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown and missing keys."""
+    if not isinstance(raw, dict):
+        raise UserError(f"params: {where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise UserError(f"params: {where}: unknown key(s) {', '.join(unknown)} (expected {', '.join(names)})")
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise UserError(f"params: {where}: missing key(s) {', '.join(missing)}")
+    prefix = "" if where == "params" else f"{where}."
+    return cls(**{n: _coerce(raw[n], hints[n], f"{prefix}{n}") for n in names})
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate params.yaml (one clear error for a missing file or bad YAML)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: params file not found (run from the repo root or pass --params)")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return from_dict(Params, raw)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """dataclasses.replace that re-validates types, for overrides such as Optuna's suggestions."""
+    hints = typing.get_type_hints(type(cfg))
+    unknown = sorted(set(changes) - set(hints))
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(unknown)} for {type(cfg).__name__}")
+    return dataclasses.replace(
+        cfg, **{k: _coerce(v, hints[k], f"{type(cfg).__name__}.{k}") for k, v in changes.items()}
+    )
