@@ -1,0 +1,1 @@
+"""Where the catalogues and images come from: synthetic, galaxyzoo (download), local, manifest."""
