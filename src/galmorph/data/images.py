@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 def load_rgb(src: str | os.PathLike | bytes) -> Image.Image:
     """Decode an image (path or bytes) to 8-bit RGB; raises OSError/ValueError for non-images."""
-    fh = io.BytesIO(src) if isinstance(src, bytes | bytearray) else Path(src).open("rb")
+    fh = io.BytesIO(src) if isinstance(src, bytes | bytearray) else Path(src).open("rb")  # noqa: SIM115
     with fh, Image.open(fh) as im:
         im.load()
         im = ImageOps.exif_transpose(im) or im
