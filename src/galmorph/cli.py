@@ -42,6 +42,74 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="folder to write GalaxyZoo1_DR_table2.csv, gz2_filename_mapping.csv, images_gz2/")
     p.add_argument("--n-galaxies", type=int, help="rows of table 2 (default: data.synthetic.n_galaxies)")
     p.add_argument("--no-images", action="store_true", help="write the catalogues only")
+    p.add_argument("--examples", metavar="PNG", help="also save a captioned 4x4 grid of example cut-outs there")
+
+
+def _ui_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 = network)")
+
+
+def _registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="registered model name (default: mlflow.registered_model)")
+
+
+def _promote_args(p: argparse.ArgumentParser) -> None:
+    _registry_args(p)
+    p.add_argument("--force", action="store_true", help="promote even when the gate fails (recorded as a tag)")
+    p.add_argument("--reason", help="why --force was needed (kept in the version's tag force_reason)")
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., a pyfunc folder or models/model.pt "
+        "(default: models:/<mlflow.registered_model>@champion)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="below this top probability the verdict is 'uncertain' (default: evaluate.abstain_threshold)",
+    )
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG), folders or glob patterns")
+    _model_arg(p)
+    p.add_argument("--out", help="write .csv, .json or .parquet (default: CSV on stdout)")
+    p.add_argument("--tta", action="store_true", help="average over rotations and flips (5 views, 5x slower)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2; 0 = none)")
+
+
+def _web_args(p: argparse.ArgumentParser) -> None:
+    _model_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 = network)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default: 10 MB)")
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "input",
+        help="folder or glob of images (read as Spark binaryFile), or a .parquet/.csv table "
+        "with a column of image paths",
+    )
+    p.add_argument("out", help="Parquet folder to write (path, p_spiral, p_elliptical, label, error)")
+    _model_arg(p)
+    p.add_argument("--path-column", default="image_path", help="column of image paths in a table (default: image_path)")
+    p.add_argument("--tta", action="store_true", help="average over rotations and flips")
+    p.add_argument("--master", help="Spark master when not under spark-submit, e.g. local[4] (default: local[*])")
+    p.add_argument("--partitions", type=int, help="repartition the input to this many tasks")
+
+
+def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a folder with spirals/ and ellipticals/ subfolders, or a manifest CSV")
+    p.add_argument("--model", help="model file (default: train.out, i.e. models/model.pt)")
+    p.add_argument("--out", help="report folder (default: <evaluate.out_dir>/folder-<name>)")
+    p.add_argument("--path-column", help="CSV: the image-path column (default: image_path, filename, path, file or image)")
+    p.add_argument("--label-column", default="label", help="CSV: the label column (default: label)")
+    p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation pass")
 
 
 #: name -> (module with main(params, args), one-line help, argument adder). The pipeline's stages live in
@@ -67,8 +135,28 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
     "tune": ("galmorph.stages.tune", "Optuna study; every trial a nested MLflow run", _tune_args),
     "train": ("galmorph.stages.train", "train the final model and log it to MLflow", _train_args),
     "evaluate": ("galmorph.stages.evaluate", "KPIs, calibration, stability, galleries and the report", _no_args),
+    "evaluate-folder": (
+        "galmorph.evaluation.folder",
+        "KPIs and a report for labelled images from anywhere (spirals/ + ellipticals/ folders, or a CSV)",
+        _evaluate_folder_args,
+    ),
     "register": ("galmorph.stages.register", "register the trained model and set @challenger", _no_args),
     "synth": ("galmorph.data.sources.synthetic", "write a synthetic Galaxy Zoo data set to a folder", _synth_args),
+    "ui": ("galmorph.serving.ui", "open the MLflow UI on the project's tracking store", _ui_args),
+    "promote": (
+        "galmorph.serving.registry",
+        "move @champion to @challenger when the promotion gate passes",
+        _promote_args,
+    ),
+    "models": (
+        "galmorph.serving.registry",
+        "list the registered versions, their aliases and test metrics",
+        _registry_args,
+    ),
+    "rollback": ("galmorph.serving.registry", "move @champion back to the previous champion", _registry_args),
+    "predict": ("galmorph.serving.predict", "classify image files, folders or globs; write CSV/JSON", _predict_args),
+    "web": ("galmorph.serving.web", "a web page to upload a galaxy image and see the model's verdict", _web_args),
+    "batch": ("galmorph.serving.spark", "survey-scale batch classification with Apache Spark (pyspark)", _batch_args),
 }
 
 

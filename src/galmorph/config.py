@@ -40,6 +40,7 @@ class GalaxyZooConfig:
     table2_md5: str | None
     retries: int
     timeout_s: float
+    backoff_s: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,8 @@ class ModelConfig:
 class EmbedConfig:
     views: list[str]
     batch_size: int
+    num_workers: int
+    seed: int
     out: str
 
 
@@ -146,6 +149,7 @@ class TrainConfig:
     class_weights: Literal["balanced", "none"]
     label_smoothing: float
     early_stopping_patience: int
+    val_tta: bool
     device: str
     precision: Literal["auto", "bf16", "fp32"]
     channels_last: bool
@@ -185,16 +189,24 @@ class EvaluateConfig:
     metrics: str
     ece_bins: int
     bootstrap: int
+    seed: int
     abstain_threshold: float
     tta: bool
+    tta_views: list[str]
+    stability: bool
     gallery_size: int
+    saliency: bool
     ood_manifest: str | None
+    batch_size: int
+    num_workers: int
+    device: str
 
 
 @dataclasses.dataclass(frozen=True)
 class RegisterConfig:
     promote_margin: float
     max_ece: float
+    report: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,3 +322,19 @@ def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(
         cfg, **{k: _coerce(v, hints[k], f"{type(cfg).__name__}.{k}") for k, v in changes.items()}
     )
+
+
+def with_overrides(params: Params, flat: Mapping[str, Any], where: str = "overrides") -> Params:
+    """Params with flat dotted overrides applied, e.g. {"train.lr": 0.003, "model.hidden": 512}
+    (the tuned values in tune.out); each value is validated like params.yaml's own."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = str(key).partition(".")
+        if not name or not hasattr(params, section) or "." in name:
+            raise UserError(f"{where}: {key!r}: expected SECTION.KEY of params.yaml, e.g. train.lr")
+        sections.setdefault(section, {})[name] = value
+    try:
+        changed = {s: replace(getattr(params, s), **kv) for s, kv in sections.items()}
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return dataclasses.replace(params, **changed)

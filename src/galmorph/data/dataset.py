@@ -1,0 +1,91 @@
+"""A catalogue as a torch Dataset: (image tensor, label_id, soft target, row index).
+
+The row index comes back with every sample so predictions can be put back in catalogue order however
+the loader shuffled or sharded them. Soft targets are the vote fractions (p_spiral, p_elliptical),
+renormalised; rows without votes fall back to their hard label, unlabelled rows get label -1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from galmorph.config import CLASSES
+from galmorph.data.images import load_rgb
+from galmorph.errors import UserError
+from galmorph.paths import repo_root
+
+ImageSource = str | os.PathLike | bytes
+
+
+def resolve_image_path(path: str, root: Path) -> Path:
+    """Catalogue paths are relative to the repo root when inside it, else absolute."""
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def soft_targets(catalogue: pd.DataFrame) -> np.ndarray:
+    """(N, 2) vote fractions in CLASSES order, each row summing to 1; one-hot of label_id where votes are missing."""
+    n = len(catalogue)
+    labels = label_ids(catalogue)
+    cols = [f"p_{c}" for c in CLASSES]
+    if all(c in catalogue.columns for c in cols):
+        votes = catalogue[cols].to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        votes = np.full((n, len(CLASSES)), np.nan)
+    total = votes.sum(axis=1)
+    ok = np.isfinite(total) & (total > 0) & (votes >= 0).all(axis=1)
+    out = np.full((n, len(CLASSES)), np.nan)
+    out[ok] = votes[ok] / total[ok, None]
+    hard = ~ok & (labels >= 0)
+    out[hard] = np.eye(len(CLASSES))[labels[hard]]
+    return out.astype(np.float32)
+
+
+def label_ids(catalogue: pd.DataFrame) -> np.ndarray:
+    """label_id as int64, -1 where the catalogue has no label (prediction on new images)."""
+    if "label_id" not in catalogue.columns:
+        return np.full(len(catalogue), -1, dtype=np.int64)
+    return catalogue["label_id"].fillna(-1).to_numpy(dtype=np.int64)
+
+
+class ImageDataset(Dataset):
+    """Images of a catalogue (DataFrame with image_path) or of a plain list of paths/bytes."""
+
+    def __init__(
+        self,
+        catalogue: pd.DataFrame | Sequence[ImageSource],
+        transform: Callable,
+        *,
+        root: str | os.PathLike | None = None,
+    ) -> None:
+        root = Path(root) if root is not None else repo_root()
+        if isinstance(catalogue, pd.DataFrame):
+            if "image_path" not in catalogue.columns:
+                raise UserError("catalogue: missing column image_path")
+            self.sources: list[ImageSource] = [resolve_image_path(str(p), root) for p in catalogue["image_path"]]
+            self.labels = label_ids(catalogue)
+            self.soft = soft_targets(catalogue)
+        else:
+            self.sources = [s if isinstance(s, bytes | bytearray) else resolve_image_path(str(s), root) for s in catalogue]
+            self.labels = np.full(len(self.sources), -1, dtype=np.int64)
+            self.soft = np.full((len(self.sources), len(CLASSES)), np.nan, dtype=np.float32)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor, int]:
+        src = self.sources[index]
+        try:
+            img = load_rgb(src)
+        except (OSError, ValueError) as exc:
+            where = "image bytes" if isinstance(src, bytes | bytearray) else str(src)
+            raise UserError(f"{where}: cannot read image (row {index}): {exc}") from None
+        return self.transform(img), int(self.labels[index]), torch.from_numpy(self.soft[index]), index

@@ -1,0 +1,170 @@
+"""Image grids of the model's successes and failures, for people to look at.
+
+Numbers say how often the model is wrong; galleries say *how*: edge-on spirals called elliptical, mergers,
+stars, bad cut-outs. Each tile shows the galaxy framed as the model sees it (the eval preset's resize and
+centre crop, at display resolution) and is captioned with its id, the catalogue class, the model's
+probability for that class and the citizen-science vote fraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+
+from galmorph.config import CLASSES, PreprocessConfig
+from galmorph.data.images import load_rgb
+from galmorph.evaluation.plots import CLASS_COLOURS, plt, save_figure
+
+COLOUR_NAMES = {CLASS_COLOURS["spiral"]: "blue", CLASS_COLOURS["elliptical"]: "red"}
+DISPLAY_SIZE = 192
+"""Tile resolution in pixels: large enough to see spiral arms, small enough for a page of tiles."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GallerySpec:
+    """One grid: its file stem, title, and which galaxies (indices into the scored catalogue)."""
+
+    name: str
+    title: str
+    indices: np.ndarray
+
+
+def select_galleries(probs: np.ndarray, labels: np.ndarray, size: int, classes: Sequence[str] = CLASSES) -> list:
+    """The standard set: per true class, the most confident correct and the most confident wrong calls;
+    and the galaxies the model is least sure about (top probability nearest 1/K). Empty ones are kept,
+    so the report can say "no confident mistakes" instead of silently leaving a grid out."""
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    specs = []
+    for k, name in enumerate(classes):
+        for right, word in ((True, "correct"), (False, "wrong")):
+            sel = np.flatnonzero((labels == k) & ((pred == k) == right))
+            order = sel[np.argsort(-conf[sel], kind="stable")][:size]
+            what = (
+                f"most confident correct: {name}s"
+                if right
+                else f"most confident mistakes: {name}s called {_others(classes, k)}"
+            )
+            specs.append(GallerySpec(f"{word}_{name}", what.capitalize(), order))
+    uncertain = np.argsort(conf, kind="stable")[:size]
+    specs.append(GallerySpec("uncertain", "Least certain: top probability nearest 0.5", uncertain))
+    return specs
+
+
+def _others(classes: Sequence[str], k: int) -> str:
+    return " or ".join(c for i, c in enumerate(classes) if i != k)
+
+
+def display_image(path: str | os.PathLike, preprocess: PreprocessConfig, size: int = DISPLAY_SIZE) -> Image.Image:
+    """The eval preset's framing (resize the short side, centre crop) at display resolution."""
+    img = load_rgb(path)
+    scale = preprocess.resize / min(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
+    crop = min(preprocess.crop, img.width, img.height)
+    left, top = (img.width - crop) // 2, (img.height - crop) // 2
+    return img.crop((left, top, left + crop, top + crop)).resize((size, size), Image.BICUBIC)
+
+
+def caption(row: pd.Series, probs: np.ndarray, classes: Sequence[str] = CLASSES) -> str:
+    """Three short lines: id; catalogue class with its vote fraction; the model's call and probability."""
+    gid = str(row["galaxy_id"])
+    gid = gid if len(gid) <= 22 else "…" + gid[-21:]
+    label_id = int(row["label_id"]) if "label_id" in row and pd.notna(row["label_id"]) else -1
+    true = classes[label_id] if 0 <= label_id < len(classes) else str(row.get("label", "?"))
+    k = int(np.argmax(probs))
+    return f"{gid}\n{true} · {_votes(row, true, classes)}\nmodel P({classes[k]}) {probs[k]:.2f}"
+
+
+def _votes(row: pd.Series, true: str, classes: Sequence[str]) -> str:
+    def fraction(c: str) -> float:
+        v = row.get(f"p_{c}", np.nan)
+        return float(v) if v is not None and pd.notna(v) else float("nan")
+
+    if true in classes:
+        v = fraction(true)
+        return f"votes {v:.2f}" if np.isfinite(v) else "votes n/a"
+    parts = [f"{c[:2]} {fraction(c):.2f}" for c in classes if np.isfinite(fraction(c))]
+    return "votes " + " ".join(parts) if parts else "votes n/a"
+
+
+def gallery_figure(
+    images: Sequence[Image.Image | None],
+    captions: Sequence[str],
+    title: str,
+    *,
+    colours: Sequence[str] | None = None,
+    ncols: int = 4,
+    overlays: Sequence[np.ndarray | None] | None = None,
+) -> Figure:
+    """A grid of captioned tiles; a frame colour per tile (the model's call) and an optional heat map over it.
+
+    A tile whose image is None (unreadable since the split was made) shows the reason in its caption."""
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.95 * nrows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, text) in enumerate(zip(images, captions, strict=True)):
+        ax = axes.ravel()[i]
+        if img is None:
+            ax.text(0.5, 0.5, "image unreadable", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        else:
+            ax.imshow(np.asarray(img))
+            if overlays is not None and overlays[i] is not None:
+                ax.imshow(
+                    overlays[i], cmap="inferno", alpha=0.45, extent=(-0.5, img.width - 0.5, img.height - 0.5, -0.5)
+                )
+            colour = colours[i] if colours is not None else "black"
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(3)
+        ax.set_title(text, fontsize=7, family="monospace", loc="left")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(h_pad=1.2)
+    return fig
+
+
+def render_gallery(
+    catalogue: pd.DataFrame,
+    probs: np.ndarray,
+    spec: GallerySpec,
+    path: str | os.PathLike,
+    preprocess: PreprocessConfig,
+    *,
+    root: str | os.PathLike = ".",
+    overlays: Sequence[np.ndarray | None] | None = None,
+    classes: Sequence[str] = CLASSES,
+) -> int:
+    """Write `spec`'s grid to `path` (PNG); returns the number of tiles (0 writes nothing)."""
+    if len(spec.indices) == 0:
+        return 0
+    images, captions, colours = [], [], []
+    for i in spec.indices:
+        row = catalogue.iloc[int(i)]
+        try:
+            images.append(display_image(Path(root) / row["image_path"], preprocess))
+        except (OSError, ValueError):
+            images.append(None)
+        captions.append(caption(row, probs[int(i)], classes))
+        colours.append(CLASS_COLOURS.get(classes[int(np.argmax(probs[int(i)]))], "black"))
+    title = f"{spec.title}\n{_legend_words(classes)}"
+    fig = gallery_figure(images, captions, title, colours=colours, overlays=overlays)
+    save_figure(fig, path, dpi=110)
+    return len(images)
+
+
+def _legend_words(classes: Sequence[str]) -> str:
+    parts = [f"{COLOUR_NAMES.get(CLASS_COLOURS.get(c, ''), 'black')} = {c}" for c in classes]
+    return "frame: the model's call (" + ", ".join(parts) + ")"

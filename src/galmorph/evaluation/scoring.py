@@ -1,0 +1,338 @@
+"""Score one labelled set of galaxies and write everything people look at for it.
+
+Shared by the `evaluate` stage (the test split, plus an optional set from another telescope) and by
+`galmorph evaluate-folder`: the model's logits (one view, and the mean over the dihedral views for
+test-time augmentation) become KPIs with bootstrap intervals before (T = 1) and after temperature
+scaling, the DVC plot tables, the figures, the galleries of successes and failures with Grad-CAM over the
+failures, and a per-galaxy predictions table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from galmorph.config import CLASSES, EvaluateConfig, PreprocessConfig
+from galmorph.data.dataset import resolve_image_path
+from galmorph.data.images import load_rgb
+from galmorph.data.transforms import EvalPreset
+from galmorph.evaluation import plots
+from galmorph.evaluation.calibration import reliability_curve, softmax
+from galmorph.evaluation.galleries import GallerySpec, render_gallery, select_galleries
+from galmorph.evaluation.metrics import (
+    abstention,
+    classification_metrics,
+    confusion_matrix,
+    confusion_table,
+    coverage_curve,
+    roc_curve_table,
+    vote_correlation,
+)
+from galmorph.io import write_csv
+from galmorph.paths import repo_root
+
+LEVEL = 0.95
+
+
+@dataclasses.dataclass
+class ScoredSet:
+    """A labelled set and the model's logits for it (rows in catalogue order)."""
+
+    name: str
+    catalogue: pd.DataFrame
+    logits: np.ndarray
+    logits_tta: np.ndarray | None
+    temperature: float
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.catalogue["label_id"].to_numpy(dtype=np.int64)
+
+    @property
+    def probs_raw(self) -> np.ndarray:
+        """T = 1: what the network says before calibration."""
+        return softmax(self.logits)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Temperature-scaled: what the registered model and every prediction report."""
+        return softmax(self.logits, self.temperature)
+
+    @property
+    def probs_tta(self) -> np.ndarray | None:
+        return None if self.logits_tta is None else softmax(self.logits_tta, self.temperature)
+
+
+def check_readable(
+    catalogue: pd.DataFrame, *, root: Path | None = None, workers: int = 4
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a catalogue into the rows whose image decodes and a table of the others with the reason.
+
+    Decoding is done in threads (PIL releases the GIL), so checking a folder costs little next to the model.
+    """
+    root = root or repo_root()
+    paths = [resolve_image_path(str(p), root) for p in catalogue["image_path"]]
+
+    def reason(path: Path) -> str | None:
+        try:
+            load_rgb(path)
+        except FileNotFoundError:
+            return "file not found"
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            return f"cannot decode: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reasons = list(tqdm(pool.map(reason, paths), total=len(paths), desc="check images", unit="img", leave=False))
+    bad = np.array([r is not None for r in reasons], dtype=bool)
+    skipped = pd.DataFrame(
+        {
+            "galaxy_id": catalogue["galaxy_id"].to_numpy()[bad],
+            "image_path": catalogue["image_path"].to_numpy()[bad],
+            "reason": [r for r in reasons if r is not None],
+        }
+    )
+    return catalogue[~bad].reset_index(drop=True), skipped
+
+
+def score(
+    model: torch.nn.Module,
+    catalogue: pd.DataFrame,
+    preprocess: PreprocessConfig,
+    cfg: EvaluateConfig,
+    temperature: float,
+    *,
+    name: str,
+) -> ScoredSet:
+    """Run the model on every row: one view, and the mean logits over cfg.tta_views when cfg.tta is on."""
+    from galmorph.training.engine import predict_logits
+
+    kwargs: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "num_workers": cfg.num_workers,
+        "device": cfg.device,
+        "progress": True,
+    }
+    catalogue = catalogue.reset_index(drop=True)
+    logits = predict_logits(model, catalogue, preprocess, **kwargs).astype(np.float64)
+    logits_tta = None
+    if cfg.tta and len(cfg.tta_views) > 1:
+        logits_tta = predict_logits(model, catalogue, preprocess, tta_views=cfg.tta_views, **kwargs).astype(np.float64)
+    return ScoredSet(name, catalogue, logits, logits_tta, float(temperature))
+
+
+def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
+    """KPIs with intervals (calibrated, T = 1, and with TTA), confusion counts and the abstention summary."""
+    labels = scored.labels
+    kw = {"n_bins": cfg.ece_bins, "n_resamples": cfg.bootstrap, "seed": cfg.seed, "level": LEVEL}
+    calibrated = classification_metrics(scored.probs, labels, **kw)
+    raw = classification_metrics(scored.probs_raw, labels, **kw)
+    tta = classification_metrics(scored.probs_tta, labels, **kw) if scored.probs_tta is not None else None
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    p_votes = scored.catalogue["p_spiral"].to_numpy(dtype=np.float64) if "p_spiral" in scored.catalogue else None
+    return {
+        "n": len(labels),
+        "classes": {c: int(counts[i]) for i, c in enumerate(CLASSES)},
+        "temperature": scored.temperature,
+        "kpis": calibrated,
+        "kpis_uncalibrated": raw,
+        "kpis_tta": tta,
+        "confusion": confusion_matrix(scored.probs, labels).tolist(),
+        "abstention": abstention(scored.probs, labels, cfg.abstain_threshold),
+        "abstention_tta": abstention(scored.probs_tta, labels, cfg.abstain_threshold) if tta is not None else None,
+        "vote_spearman": vote_correlation(scored.probs, p_votes) if p_votes is not None else float("nan"),
+    }
+
+
+def flat_kpis(prefix: str, section: dict[str, Any]) -> dict[str, float]:
+    """The flat metric keys of a set: `<prefix>_accuracy` ... (calibrated probabilities), `<prefix>_ece` at
+    T = 1 and `<prefix>_ece_calibrated`, `_uncalibrated` log loss and Brier, `<prefix>_tta_*`, abstention."""
+    from galmorph.evaluation.metrics import flat_metrics
+
+    kpis = dict(section["kpis"])
+    raw = section["kpis_uncalibrated"]
+    kpis["ece_calibrated"] = kpis.pop("ece")
+    kpis["ece"] = raw["ece"]
+    kpis["log_loss_uncalibrated"] = raw["log_loss"]
+    kpis["brier_uncalibrated"] = raw["brier"]
+    flat = flat_metrics(prefix, kpis)
+    if section["kpis_tta"] is not None:
+        flat.update(flat_metrics(f"{prefix}_tta", section["kpis_tta"]))
+    ab = section["abstention"]
+    flat.update(
+        {
+            f"{prefix}_n": float(section["n"]),
+            f"{prefix}_abstain_threshold": ab["threshold"],
+            f"{prefix}_abstain_coverage": ab["coverage"],
+            f"{prefix}_abstain_accuracy": ab["accuracy"],
+            f"{prefix}_abstain_macro_f1": ab["macro_f1"],
+            f"{prefix}_abstain_n_uncertain": float(ab["n_uncertain"]),
+            f"{prefix}_vote_spearman": section["vote_spearman"],
+        }
+    )
+    return flat
+
+
+def write_plot_tables(scored: ScoredSet, cfg: EvaluateConfig, out: Path) -> dict[str, str]:
+    """The CSVs `dvc plots` draws: confusion (actual, predicted), ROC, reliability before/after, coverage."""
+    probs, labels = scored.probs, scored.labels
+    tables = {
+        "confusion.csv": confusion_table(probs, labels),
+        "roc.csv": roc_curve_table(probs, labels),
+        "reliability_uncalibrated.csv": pd.DataFrame(
+            reliability_curve(scored.probs_raw, labels, cfg.ece_bins).to_rows()
+        ),
+        "reliability_calibrated.csv": pd.DataFrame(reliability_curve(probs, labels, cfg.ece_bins).to_rows()),
+        "coverage.csv": coverage_curve(probs, labels).dropna(subset=["accuracy"]),
+    }
+    written = {}
+    for name, table in tables.items():
+        write_csv(out / name, table)
+        written[name] = str(out / name)
+    return written
+
+
+def write_figures(scored: ScoredSet, section: dict[str, Any], cfg: EvaluateConfig, out: Path) -> dict[str, str]:
+    """PNG figures of the set; returns {key: path}."""
+    probs, labels = scored.probs, scored.labels
+    kpis, raw = section["kpis"], section["kpis_uncalibrated"]
+    title = scored.name
+    figures = {
+        "confusion": plots.confusion_figure(np.asarray(section["confusion"]), title=f"Confusion matrix: {title}"),
+        "roc": plots.roc_figure(roc_curve_table(probs, labels), kpis["roc_auc"], title=f"ROC: {title}"),
+        "reliability": plots.reliability_figure(
+            {
+                "T = 1 (raw)": (reliability_curve(scored.probs_raw, labels, cfg.ece_bins), raw["ece"]),
+                f"T = {scored.temperature:.2f} (calibrated)": (
+                    reliability_curve(probs, labels, cfg.ece_bins),
+                    kpis["ece"],
+                ),
+            },
+            title=f"Reliability diagram: {title}",
+        ),
+        "coverage": plots.coverage_figure(
+            coverage_curve(probs, labels), cfg.abstain_threshold, title=f"Abstention: {title}"
+        ),
+    }
+    if "p_spiral" in scored.catalogue and np.isfinite(scored.catalogue["p_spiral"].to_numpy(dtype=float)).sum() >= 3:
+        figures["votes"] = plots.vote_fraction_figure(
+            probs[:, 0],
+            scored.catalogue["p_spiral"].to_numpy(dtype=np.float64),
+            labels,
+            f"Model vs volunteers: {title}",
+            section["vote_spearman"],
+        )
+    paths = {}
+    for key, fig in figures.items():
+        path = out / f"{key}.png"
+        plots.save_figure(fig, path)
+        paths[key] = str(path)
+    return paths
+
+
+def write_galleries(
+    scored: ScoredSet,
+    model: torch.nn.Module,
+    preprocess: PreprocessConfig,
+    cfg: EvaluateConfig,
+    out: Path,
+    *,
+    root: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Galleries of successes, failures and doubts; Grad-CAM over the failures when cfg.saliency is on."""
+    root = root or repo_root()
+    probs = scored.probs
+    entries = []
+    for spec in select_galleries(probs, scored.labels, cfg.gallery_size):
+        path = out / f"{spec.name}.png"
+        tiles = render_gallery(scored.catalogue, probs, spec, path, preprocess, root=root)
+        entries.append({"name": spec.name, "title": spec.title, "file": str(path) if tiles else None, "tiles": tiles})
+        if cfg.saliency and spec.name.startswith("wrong_") and tiles:
+            entries.append(_saliency_gallery(scored, spec, model, preprocess, out, root))
+    return entries
+
+
+def _saliency_gallery(
+    scored: ScoredSet, spec: GallerySpec, model: torch.nn.Module, preprocess: PreprocessConfig, out: Path, root: Path
+) -> dict[str, Any]:
+    from galmorph.evaluation.saliency import cam_layer, grad_cam
+
+    transform = EvalPreset(preprocess)
+    rows = scored.catalogue.iloc[spec.indices]
+    tensors, keep = [], []
+    for pos, p in enumerate(rows["image_path"]):
+        try:
+            tensors.append(transform(load_rgb(resolve_image_path(str(p), root))))
+            keep.append(pos)
+        except (OSError, ValueError):
+            continue
+    overlays: list[np.ndarray | None] = [None] * len(spec.indices)
+    if tensors:
+        maps = grad_cam(model.cpu().float(), torch.stack(tensors))
+        for pos, heat in zip(keep, maps, strict=True):
+            overlays[pos] = heat
+    layer, _ = cam_layer(model, preprocess.image_size)
+    saliency = GallerySpec(
+        f"saliency_{spec.name}", f"Grad-CAM ({layer}) of the model's call: {spec.title.lower()}", spec.indices
+    )
+    path = out / f"{saliency.name}.png"
+    tiles = render_gallery(scored.catalogue, scored.probs, saliency, path, preprocess, root=root, overlays=overlays)
+    return {"name": saliency.name, "title": saliency.title, "file": str(path), "tiles": tiles}
+
+
+def predictions_table(scored: ScoredSet, threshold: float) -> pd.DataFrame:
+    """One row per galaxy: id, image, catalogue class and votes, the model's calibrated probabilities (and
+    with TTA), its call, and `uncertain` where the top probability is under the abstention threshold."""
+    cat = scored.catalogue
+    probs = scored.probs
+    table = pd.DataFrame({"galaxy_id": cat["galaxy_id"].astype(str), "image_path": cat["image_path"].astype(str)})
+    table["label"] = np.asarray(CLASSES)[scored.labels]
+    for c in CLASSES:
+        table[f"votes_p_{c}"] = cat[f"p_{c}"].to_numpy(dtype=np.float64) if f"p_{c}" in cat else np.nan
+    for i, c in enumerate(CLASSES):
+        table[f"p_{c}"] = probs[:, i]
+    table["predicted"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    table["uncertain"] = probs.max(axis=1) < threshold
+    if scored.probs_tta is not None:
+        for i, c in enumerate(CLASSES):
+            table[f"p_{c}_tta"] = scored.probs_tta[:, i]
+    table["correct"] = table["predicted"] == table["label"]
+    return table
+
+
+def write_set(
+    scored: ScoredSet,
+    model: torch.nn.Module,
+    preprocess: PreprocessConfig,
+    cfg: EvaluateConfig,
+    out_dir: str | os.PathLike,
+    *,
+    root: Path | None = None,
+    plot_tables: bool = True,
+) -> dict[str, Any]:
+    """Everything for one set under out_dir (plots/, figures/, galleries/, predictions.csv); returns its
+    summary section with the paths of what it wrote."""
+    out = Path(out_dir)
+    section = kpi_section(scored, cfg)
+    section["name"] = scored.name
+    section["plot_tables"] = write_plot_tables(scored, cfg, out / "plots") if plot_tables else {}
+    section["figures"] = write_figures(scored, section, cfg, out / "figures")
+    section["galleries"] = write_galleries(scored, model, preprocess, cfg, out / "galleries", root=root)
+    write_csv(out / "predictions.csv", predictions_table(scored, cfg.abstain_threshold))
+    section["predictions"] = str(out / "predictions.csv")
+    return section
+
+
+def uncertain_rows(uncertain: pd.DataFrame, root: Path | None = None) -> tuple[pd.DataFrame, int]:
+    """The catalogue's UNCERTAIN galaxies whose image file exists (and how many have none)."""
+    root = root or repo_root()
+    exists = np.array([resolve_image_path(str(p), root).is_file() for p in uncertain["image_path"]], dtype=bool)
+    return uncertain[exists].reset_index(drop=True), int((~exists).sum())

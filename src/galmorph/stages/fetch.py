@@ -1,0 +1,74 @@
+"""`galmorph fetch [--force]`: get the raw inputs and describe them in `<data.raw_dir>/source.json`.
+
+What each `data.source` does (join reads only source.json and the files it names):
+- synthetic  generates GZ1 table 2, the GZ2 filename mapping and JPEG cut-outs into raw_dir (deterministic;
+             kept when the settings and catalogues are unchanged).
+- galaxyzoo  downloads GZ1 table 2 (.csv.gz) and, from Zenodo record 3565489, the mapping and images_gz2.zip
+             into raw_dir: streamed, resumable, retried, MD5-checked; the zip is unpacked once and deleted.
+- local      points at the same official files already on disk in data.local.dir (nothing copied).
+- manifest   points at a labelled image CSV (data.manifest; nothing copied), e.g. ../shared/galaxyzoo/labels.csv.
+raw_dir is the stage's DVC output, so another source's files are removed from it; --force regenerates or
+downloads again. source.json is written last: it exists only when the files it names are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from galmorph.config import DataConfig, Params
+from galmorph.data.catalog import MAPPING_NAME, TABLE2_NAME
+from galmorph.data.sources.galaxyzoo import fetch_galaxyzoo, table2_name
+from galmorph.data.sources.local import describe_local
+from galmorph.data.sources.manifest_source import describe_manifest
+from galmorph.data.sources.rawdir import (
+    DOWNLOADS_JSON,
+    IMAGES_ROOT,
+    SOURCE_JSON,
+    ZIP_NAME,
+    clean,
+    owner,
+    read_previous,
+    synthetic_source,
+    write_source,
+)
+
+
+def _owned(cfg: DataConfig) -> set[str]:
+    """The names in raw_dir that belong to the current source."""
+    if cfg.source == "synthetic":
+        return {SOURCE_JSON, TABLE2_NAME, MAPPING_NAME, IMAGES_ROOT}
+    if cfg.source == "galaxyzoo":
+        return {SOURCE_JSON, DOWNLOADS_JSON, table2_name(cfg.galaxyzoo.table2_url), MAPPING_NAME, IMAGES_ROOT, ZIP_NAME}
+    return {SOURCE_JSON}
+
+
+def fetch_data(cfg: DataConfig, *, force: bool = False, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Make raw_dir hold the current source; returns (the source.json written, the names removed)."""
+    raw = Path(cfg.raw_dir)
+    # local and manifest check their inputs before anything in raw_dir is removed
+    source = describe_local(cfg.local, raw) if cfg.source == "local" else None
+    source = describe_manifest(cfg.manifest, raw) if cfg.source == "manifest" else source
+    previous = read_previous(raw)
+    removed = clean(raw) if force or owner(raw) != cfg.source else []
+    (raw / SOURCE_JSON).unlink(missing_ok=True)  # until the new one is written, nothing is described
+    if cfg.source == "synthetic":
+        source = synthetic_source(cfg.synthetic, raw, previous, force=force, progress=progress)
+    elif cfg.source == "galaxyzoo":
+        source = fetch_galaxyzoo(cfg.galaxyzoo, raw, progress=progress)
+    removed += clean(raw, keep=_owned(cfg))
+    write_source(raw, source)
+    return source, removed
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    cfg = params.data
+    source, removed = fetch_data(cfg, force=getattr(args, "force", False))
+    if removed:
+        print(f"removed from {cfg.raw_dir} (not part of source {cfg.source}): {', '.join(removed)}")
+    if source["kind"] == "manifest":
+        what = f"manifest {source['path']}, images under {source['image_root']}"
+    else:
+        what = f"table 2 {source['table2']}, mapping {source['mapping']}, images {source['images_dir']}"
+    print(f"fetch ({cfg.source}): {what}; described in {Path(cfg.raw_dir) / SOURCE_JSON}")

@@ -1,0 +1,53 @@
+"""register: the trained model becomes a new version of the registered model (@challenger), then the
+promotion gate decides whether it becomes @champion. A refused promotion is recorded, not an error: the
+pipeline still succeeds and the report (a DVC metric) says why; `galmorph promote --force` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from galmorph import tracking
+from galmorph.config import Params
+from galmorph.errors import UserError
+from galmorph.io import write_json
+from galmorph.serving import registry
+
+
+def _read_json(path: str, what: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: {what} not found (run the stage that writes it first: `dvc repro`)")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    trained = _read_json(params.train.metrics, "train.metrics")
+    if not trained.get("model_uri"):
+        raise UserError(f"{params.train.metrics}: no 'model_uri' (the train stage logs the model and writes it)")
+    metrics = _read_json(params.evaluate.metrics, "evaluate.metrics")
+    if not Path(params.split.out).is_file():
+        raise UserError(f"{params.split.out}: splits table not found (run `dvc repro split`)")
+    run_id = trained.get("mlflow_run_id")
+    tags = registry.version_tags(
+        metrics, pd.read_parquet(params.split.out), run_id=run_id, model_uri=trained["model_uri"]
+    )
+    name = params.mlflow.registered_model
+    version = registry.register_version(name, trained["model_uri"], tags, params.mlflow)
+    result = registry.promote(name, params.register, params.mlflow)
+    report = registry.promotion_report(result)
+    write_json(params.register.report, report)
+    if run_id:
+        # the training run says which registry version it became
+        with tracking.start_run(params.mlflow, "register", params.register, run_id=run_id):
+            tracking.set_tags({"registry.name": name, "registry.version": version.version})
+    print(f"{name} version {version.version} is @{registry.CHALLENGER}; {result.note}")
+    for warning in result.decision.warnings:
+        print(f"warning: {warning}")

@@ -1,0 +1,586 @@
+"""fit(): epochs, early stopping, checkpoints and resume, for both training modes.
+
+frozen:   the head trains on the embedding cache (a random dihedral view per image each epoch);
+finetune: the network (or its top N stages) trains on augmented images with layer-wise lr decay.
+
+Reproducibility is by construction: every epoch's randomness (shuffling, views, augmentation workers,
+dropout) is seeded from (train.seed, epoch, rank), so a run killed after epoch k and resumed from its
+checkpoint replays epochs k+1.. exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from galmorph.config import ModelConfig, Params, TrainConfig
+from galmorph.data.dataset import ImageDataset, label_ids, soft_targets
+from galmorph.data.transforms import EvalPreset, TrainPreset
+from galmorph.errors import UserError
+from galmorph.io import atomic_path
+from galmorph.models.resnet import (
+    GalaxyNet,
+    build_head,
+    build_model,
+    fold_input_standardization,
+    param_groups,
+    set_trainable,
+)
+from galmorph.training.distributed import DistContext, barrier, local_device, process_group
+from galmorph.training.engine import (
+    Batch,
+    Criterion,
+    amp_dtype_for,
+    class_weights,
+    describe,
+    evaluate,
+    resolve_device,
+    train_one_epoch,
+)
+from galmorph.training.features import FeatureCache, check_views, compute_features
+
+CHECKPOINT_FORMAT = "galmorph.checkpoint/1"
+CHECKPOINT_NAME = "last.pt"
+EpochCallback = Callable[[int, dict[str, float]], None]
+# Settings that may change between a killed run and its resume without changing what is computed.
+RESUME_FREE_KEYS = ("device", "num_workers", "checkpoint_dir", "out", "metrics", "curves")
+
+
+@dataclasses.dataclass
+class FitResult:
+    """The trained model (cpu, eval mode, best epoch's weights) and what happened on the way."""
+
+    model: GalaxyNet
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    train_cfg: TrainConfig
+    model_cfg: ModelConfig
+    val_logits: np.ndarray  # (n_val, 2) of the best epoch, in the catalogue's order of validation rows
+    val_labels: np.ndarray  # (n_val,) label_id
+    stopped_early: bool
+
+
+def fit(
+    catalogue: pd.DataFrame,
+    params: Params,
+    *,
+    split_column: str = "split",
+    on_epoch: EpochCallback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    features: FeatureCache | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train on the rows with split == "train", select and early-stop on split == "val".
+
+    on_epoch(epoch, metrics) runs after each epoch (epochs count from 1) once the checkpoint is saved;
+    whatever it raises (Optuna's TrialPruned) propagates. In frozen mode without `features` the cache is
+    computed in memory for the train and val rows.
+    """
+    tcfg, mcfg = params.train, params.model
+    train_rows, val_rows = _split_rows(catalogue, split_column)
+    device = resolve_device(tcfg.device)
+    with _determinism(tcfg.deterministic), process_group(device) as ctx:
+        device = local_device(device, ctx)
+        amp = amp_dtype_for(device, tcfg.precision)
+        if tcfg.mode == "frozen":
+            model, data = _frozen_setup(params, train_rows, val_rows, features, device, ctx, progress)
+        else:
+            model, data = _finetune_setup(params, train_rows, val_rows, device, ctx)
+        model.to(device)
+        trainable: nn.Module = model.head if tcfg.mode == "frozen" else model
+        if data.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = _optimizer(model, tcfg)
+        scheduler = _scheduler(optimizer, tcfg, data.steps_per_epoch)
+        criterion = Criterion(
+            tcfg.loss, class_weights(label_ids(train_rows), tcfg.class_weights), tcfg.label_smoothing
+        ).to(device)
+        train_module = (
+            DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
+            if ctx.is_distributed
+            else trainable
+        )
+        state = _TrainState()
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        fingerprint = _data_fingerprint(train_rows, val_rows)
+        if resume and ckpt_path is not None and ckpt_path.is_file():
+            state = _restore(ckpt_path, params, fingerprint, model, optimizer, scheduler)
+            if ctx.is_main and progress:
+                tqdm.write(f"resumed from {ckpt_path} after epoch {state.epoch}")
+        elif resume and ctx.is_main and progress:
+            tqdm.write(f"no checkpoint at {ckpt_path}; starting from epoch 1")
+
+        for epoch in range(state.epoch + 1, tcfg.epochs + 1):
+            if state.stopped:
+                break
+            _seed_epoch(tcfg.seed, epoch, ctx.rank)
+            start = time.perf_counter()
+            metrics: dict[str, float] = {"epoch": float(epoch)}
+            metrics |= train_one_epoch(
+                train_module,
+                data.train_batches(epoch),
+                optimizer,
+                scheduler,
+                criterion,
+                device=device,
+                amp_dtype=amp,
+                channels_last=data.channels_last,
+                ctx=ctx,
+                desc=f"epoch {epoch}/{tcfg.epochs}",
+                total=data.steps_per_epoch,
+            )
+            val_metrics, val_logits = evaluate(
+                model.head if tcfg.mode == "frozen" else model,
+                data.val_batches(),
+                n_rows=len(val_rows),
+                device=device,
+                amp_dtype=amp,
+                channels_last=data.channels_last,
+                views=data.val_views,
+                ctx=ctx,
+            )
+            metrics |= val_metrics
+            metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+            metrics["epoch_time_s"] = time.perf_counter() - start
+            state.record(epoch, metrics, model, val_logits, tcfg.mode, tcfg.early_stopping_patience)
+            if ckpt_path is not None and ctx.is_main:
+                _save_checkpoint(ckpt_path, state, params, fingerprint, model, optimizer, scheduler)
+            barrier(ctx)
+            if ctx.is_main and progress:
+                flag = "  *best" if state.best_epoch == epoch else ""
+                tqdm.write(f"epoch {epoch:>3}/{tcfg.epochs} | {describe(metrics)}{flag}")
+            if on_epoch is not None:
+                on_epoch(epoch, dict(metrics))
+
+    if state.best_state is None:
+        raise UserError(f"train.epochs={tcfg.epochs}: nothing was trained")
+    model.load_state_dict(state.best_state, strict=tcfg.mode != "frozen")
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
+    if data.finalize is not None:
+        data.finalize(model)
+    return FitResult(
+        model=model,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_metrics=dict(state.history[state.best_epoch - 1]),
+        train_cfg=tcfg,
+        model_cfg=mcfg,
+        val_logits=state.best_val_logits,
+        val_labels=label_ids(val_rows),
+        stopped_early=state.stopped,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data of the two modes
+
+
+@dataclasses.dataclass
+class _Data:
+    """How one mode feeds fit(): per-epoch training batches and the (fixed) validation batches."""
+
+    train_batches: Callable[[int], Iterator[Batch]]
+    val_batches: Callable[[], Iterator[Batch]]
+    steps_per_epoch: int
+    val_views: list[str] | None
+    channels_last: bool
+    finalize: Callable[[GalaxyNet], None] | None  # applied to the best model before it is returned
+
+
+def _split_rows(catalogue: pd.DataFrame, split_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    for col in (split_column, "galaxy_id", "image_path", "label_id"):
+        if col not in catalogue.columns:
+            raise UserError(f"catalogue: missing column {col} (expected the split stage's splits.parquet)")
+    train = catalogue[catalogue[split_column] == "train"].reset_index(drop=True)
+    val = catalogue[catalogue[split_column] == "val"].reset_index(drop=True)
+    if train.empty or val.empty:
+        raise UserError(f"catalogue: column {split_column} needs both train and val rows ({len(train)}, {len(val)})")
+    return train, val
+
+
+def _frozen_setup(
+    params: Params,
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    features: FeatureCache | None,
+    device: torch.device,
+    ctx: DistContext,
+    progress: bool,
+) -> tuple[GalaxyNet, _Data]:
+    tcfg, mcfg = params.train, params.model
+    if features is None:
+        # no cache given: embed exactly as the embed stage would (same seed, same backbone), in memory
+        torch.manual_seed(params.embed.seed)
+        model = build_model(mcfg)
+        views = check_views(params.embed.views)
+        both = pd.concat([train_rows, val_rows], ignore_index=True)
+        feats = compute_features(
+            model.backbone,
+            both,
+            params.preprocess,
+            views,
+            batch_size=params.embed.batch_size,
+            num_workers=tcfg.num_workers,
+            device=device,
+            amp_dtype=amp_dtype_for(device, tcfg.precision),
+            progress=progress and ctx.is_main,
+        )
+        train_x, val_x = feats[: len(train_rows)], feats[len(train_rows) :]
+    else:
+        meta = features.meta
+        if (meta.get("arch"), meta.get("weights")) != (mcfg.arch, mcfg.weights):
+            raise UserError(
+                f"embedding cache: made with {meta.get('arch')} weights={meta.get('weights')}, params say "
+                f"{mcfg.arch} weights={mcfg.weights}; run `galmorph embed`"
+            )
+        model = build_model(dataclasses.replace(mcfg, weights="none"))
+        model.backbone.load_state_dict(features.backbone_state)
+        views = list(features.views)
+        train_x = np.asarray(features.features[features.rows(train_rows["galaxy_id"].astype(str).tolist())])
+        val_x = np.asarray(features.features[features.rows(val_rows["galaxy_id"].astype(str).tolist())])
+    torch.manual_seed(tcfg.seed)  # the head's initialisation does not depend on where the features came from
+    model.head = build_head(mcfg, model.feature_dim)
+    set_trainable(model, "frozen", 0)
+
+    val_view_idx = list(range(len(views))) if tcfg.val_tta or "identity" not in views else [views.index("identity")]
+    mean, std = _feature_stats(train_x)
+    tx = _standardise(train_x, mean, std)  # float16 (N, V, D): half the memory of float32
+    vx = _standardise(np.asarray(val_x)[:, val_view_idx], mean, std)
+    ty, ts = torch.from_numpy(label_ids(train_rows)), torch.from_numpy(soft_targets(train_rows))
+    vy, vs = torch.from_numpy(label_ids(val_rows)), torch.from_numpy(soft_targets(val_rows))
+    bs = tcfg.batch_size
+    per_rank = len(tx) // ctx.world_size  # equal step counts on every rank, or DDP would wait forever
+
+    def train_batches(epoch: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(_epoch_seed(tcfg.seed, epoch, 0))
+        order = torch.randperm(len(tx), generator=g)
+        view = torch.randint(len(views), (len(tx),), generator=g)  # one random view per image and epoch
+        mine = order[: per_rank * ctx.world_size][ctx.rank :: ctx.world_size]
+        for i in range(0, len(mine), bs):
+            b = mine[i : i + bs]
+            yield tx[b, view[b]].float(), ty[b], ts[b], b
+
+    def val_batches() -> Iterator[Batch]:
+        mine = torch.arange(len(vx))[ctx.rank :: ctx.world_size]
+        for i in range(0, len(mine), 4 * bs):
+            b = mine[i : i + 4 * bs]
+            yield vx[b].float(), vy[b], vs[b], b
+
+    def finalize(m: GalaxyNet) -> None:
+        fold_input_standardization(m.head, torch.from_numpy(mean), torch.from_numpy(std))
+
+    return model, _Data(train_batches, val_batches, math.ceil(per_rank / bs), None, False, finalize)
+
+
+def _feature_stats(x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over images and views, accumulated in float64 a chunk at a time."""
+    total = np.zeros(x.shape[-1])
+    total_sq = np.zeros(x.shape[-1])
+    for i in range(0, len(x), chunk):
+        part = np.asarray(x[i : i + chunk], dtype=np.float64).reshape(-1, x.shape[-1])
+        total += part.sum(0)
+        total_sq += (part**2).sum(0)
+    n = x.shape[0] * x.shape[1]
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    # dead (constant) features would divide by ~0; they carry nothing, so any finite scale will do
+    return mean, np.maximum(std, max(float(std.mean()), 1e-6) * 1e-3)
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, chunk: int = 2048) -> torch.Tensor:
+    out = np.empty(x.shape, dtype=np.float16)
+    for i in range(0, len(x), chunk):
+        out[i : i + chunk] = (np.asarray(x[i : i + chunk], dtype=np.float32) - mean) / std
+    return torch.from_numpy(out)
+
+
+def _finetune_setup(
+    params: Params, train_rows: pd.DataFrame, val_rows: pd.DataFrame, device: torch.device, ctx: DistContext
+) -> tuple[GalaxyNet, _Data]:
+    tcfg = params.train
+    torch.manual_seed(tcfg.seed)
+    model = build_model(params.model)
+    set_trainable(model, "finetune", tcfg.unfreeze_blocks)
+    train_ds = ImageDataset(train_rows, TrainPreset(params.preprocess, params.augment))
+    val_ds = ImageDataset(val_rows, EvalPreset(params.preprocess))
+    per_rank = len(train_ds) // ctx.world_size
+    # BatchNorm cannot train on a batch of one, so the last partial batch is dropped; a set smaller
+    # than one batch trains on one batch of everything
+    bs = max(2, min(tcfg.batch_size, per_rank))
+    pin = device.type == "cuda"
+    channels_last = tcfg.channels_last and device.type != "mps"
+
+    def train_batches(epoch: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(_epoch_seed(tcfg.seed, epoch, ctx.rank))
+        sampler = None
+        if ctx.is_distributed:
+            sampler = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=tcfg.seed)
+            sampler.set_epoch(epoch)
+        loader = DataLoader(
+            train_ds,
+            batch_size=bs,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=tcfg.num_workers,
+            generator=g,
+            drop_last=True,
+            pin_memory=pin,
+        )
+        return iter(loader)
+
+    val_loader = DataLoader(
+        Subset(val_ds, list(range(ctx.rank, len(val_ds), ctx.world_size))),
+        batch_size=tcfg.batch_size,
+        num_workers=tcfg.num_workers,
+        pin_memory=pin,
+    )
+    val_views = check_views(params.embed.views, "embed.views") if tcfg.val_tta else None
+    return model, _Data(train_batches, lambda: iter(val_loader), per_rank // bs, val_views, channels_last, None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# optimisation
+
+
+def _optimizer(model: GalaxyNet, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over warmup_epochs, then cosine to zero (or constant)."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = max(cfg.epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# state, checkpoints, determinism
+
+
+@dataclasses.dataclass
+class _TrainState:
+    epoch: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val_logits: np.ndarray = dataclasses.field(default_factory=lambda: np.empty((0, 2), dtype=np.float32))
+    stopped: bool = False
+
+    def record(
+        self,
+        epoch: int,
+        metrics: dict[str, float],
+        model: GalaxyNet,
+        val_logits: np.ndarray,
+        mode: str,
+        patience: int,
+    ) -> None:
+        self.epoch = epoch
+        self.history.append(metrics)
+        if metrics["val_loss"] < self.best_loss or self.best_state is None:
+            self.best_epoch, self.best_loss = epoch, metrics["val_loss"]
+            self.best_state = _trainable_state(model, mode)
+            self.best_val_logits = val_logits
+        # early stopping on validation loss: `patience` epochs without improvement (0 = never stop early)
+        self.stopped = patience > 0 and epoch - self.best_epoch >= patience
+
+
+def _trainable_state(model: GalaxyNet, mode: str) -> dict[str, torch.Tensor]:
+    """A CPU copy of what training changes: the head alone in frozen mode (the backbone is the cache's)."""
+    state = model.state_dict()
+    keep = (lambda k: k.startswith("head.")) if mode == "frozen" else (lambda k: True)
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items() if keep(k)}
+
+
+def _fit_params(params: Params) -> dict[str, Any]:
+    """The params a checkpoint was made with (what resume must find unchanged)."""
+    train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in RESUME_FREE_KEYS}
+    return {
+        "model": dataclasses.asdict(params.model),
+        "train": train,
+        "preprocess": dataclasses.asdict(params.preprocess),
+        "augment": dataclasses.asdict(params.augment),
+        "embed": dataclasses.asdict(params.embed),
+    }
+
+
+def _data_fingerprint(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        h.update(name.encode())
+        h.update("\n".join(rows["galaxy_id"].astype(str)).encode())
+        h.update(label_ids(rows).tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(
+    path: Path,
+    state: _TrainState,
+    params: Params,
+    fingerprint: str,
+    model: GalaxyNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
+    """One dict (weights_only-loadable), written atomically: a kill mid-save leaves the previous one intact."""
+    mode = params.train.mode
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": state.epoch,
+        "model": _trainable_state(model, mode),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "params": _fit_params(params),
+        "data_fingerprint": fingerprint,
+        "rng": _rng_state(),
+        "history": state.history,
+        "best": {
+            "epoch": state.best_epoch,
+            "loss": state.best_loss,
+            "state": state.best_state,
+            "val_logits": torch.from_numpy(np.asarray(state.best_val_logits)),
+        },
+        "stopped": state.stopped,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint as saved by fit (weights_only: no code runs on load)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: not our checkpoint
+        raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not a galmorph training checkpoint")
+    return ckpt
+
+
+def _restore(
+    path: Path,
+    params: Params,
+    fingerprint: str,
+    model: GalaxyNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> _TrainState:
+    ckpt = load_checkpoint(path)
+    saved, now = ckpt["params"], _fit_params(params)
+    changed = [f"{s}.{k}" for s in now for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
+    if changed:
+        raise UserError(
+            f"{path}: made with other params ({', '.join(changed[:4])}); resume needs the same params, "
+            "or delete the checkpoint to start over"
+        )
+    if ckpt["data_fingerprint"] != fingerprint:
+        raise UserError(f"{path}: made on other train/val rows; resume needs the same splits, or delete it")
+    model.load_state_dict(ckpt["model"], strict=params.train.mode != "frozen")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    _set_rng_state(ckpt["rng"])
+    best = ckpt["best"]
+    return _TrainState(
+        epoch=int(ckpt["epoch"]),
+        history=list(ckpt["history"]),
+        best_epoch=int(best["epoch"]),
+        best_loss=float(best["loss"]),
+        best_state=best["state"],
+        best_val_logits=best["val_logits"].numpy(),
+        stopped=bool(ckpt["stopped"]),
+    )
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    s = _epoch_seed(seed, epoch, rank)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def _rng_state() -> dict[str, Any]:
+    _name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    n = rng["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = rng["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+@contextlib.contextmanager
+def _determinism(deterministic: bool) -> Iterator[None]:
+    """Deterministic kernels (train.deterministic) for the duration of a fit; global flags restored after."""
+    import os
+
+    cudnn = torch.backends.cudnn
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.benchmark,
+        cudnn.deterministic,
+    )
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        cudnn.benchmark, cudnn.deterministic = False, True
+    else:
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.benchmark, cudnn.deterministic = before[2], before[3]
+
+
+def history_frame(history: list[dict[str, float]]) -> pd.DataFrame:
+    """The per-epoch curves table (train.curves; DVC plots and the MLflow artifact read the same file)."""
+    frame = pd.DataFrame(history)
+    if "epoch" in frame:
+        frame["epoch"] = frame["epoch"].astype(int)
+    return frame

@@ -1,0 +1,217 @@
+"""Registry policy: the promotion gate, promote/rollback on a real (SQLite) registry, the CLI commands and
+the register stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+
+from galmorph import cli, tracking
+from galmorph.config import RegisterConfig
+from galmorph.errors import UserError
+from galmorph.serving import registry
+from galmorph.stages import register as register_stage
+from tests.conftest import REPO
+from tests.serving_utils import register_tiny, store_cfg
+
+GATE = RegisterConfig(promote_margin=0.01, max_ece=0.1, report="unused.json")
+
+
+def tags(f1: float | None = 0.9, ece: float | None = 0.05, split: str | None = "s1") -> dict[str, str]:
+    out = {"test_accuracy": "0.9"}
+    for key, value in (("test_macro_f1", f1), ("test_ece_calibrated", ece), ("test_split_digest", split)):
+        if value is not None:
+            out[key] = str(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ gate
+
+
+def test_gate_passes_within_margin():
+    decision = registry.gate(tags(f1=0.895), tags(f1=0.90), GATE)
+    assert decision.passed and not decision.reasons
+    f1_row = next(c for c in decision.checks if c.metric == "test_macro_f1")
+    assert f1_row.passed is True and f1_row.champion == "0.9000" and f1_row.challenger == "0.8950"
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "reason"),
+    [
+        (tags(f1=0.88), tags(f1=0.90), "more than 0.01 below"),
+        (tags(ece=0.12), tags(), "not under register.max_ece"),
+        (tags(split="s2"), tags(split="s1"), "not evaluated on the same test split"),
+        (tags(), tags(split=None), "not evaluated on the same test split"),
+        (tags(f1=None), tags(), "has no test_macro_f1"),
+        (tags(ece=None), tags(), "has no test_ece_calibrated"),
+    ],
+)
+def test_gate_refuses_with_reason(challenger, champion, reason):
+    decision = registry.gate(challenger, champion, GATE)
+    assert not decision.passed
+    assert any(reason in r for r in decision.reasons), decision.reasons
+
+
+def test_first_model_passes_and_a_bad_ece_is_a_warning():
+    decision = registry.gate(tags(ece=0.3), None, GATE)
+    assert decision.passed
+    assert decision.warnings and "max_ece" in decision.warnings[0]
+    assert not registry.gate(tags(f1=None), None, GATE).passed  # evaluate never ran: still refused
+
+
+def test_split_digest_ignores_order_and_sees_a_changed_test_set():
+    df = pd.DataFrame(
+        {"galaxy_id": ["a", "b", "c", "d"], "label": ["spiral", "elliptical"] * 2, "split": ["test"] * 3 + ["train"]}
+    )
+    digest = registry.test_split_digest(df)
+    assert registry.test_split_digest(df.iloc[::-1]) == digest
+    assert registry.test_split_digest(df.assign(split="test")) != digest
+    with pytest.raises(UserError, match="missing column 'split'"):
+        registry.test_split_digest(df.drop(columns="split"))
+    with pytest.raises(UserError, match="no rows"):
+        registry.test_split_digest(df.assign(split="train"))
+
+
+# ------------------------------------------------------------------------------------- promote/rollback
+
+
+@pytest.fixture
+def cfg(mlflow_uri):
+    return store_cfg(mlflow_uri)
+
+
+def test_promote_first_then_gate_then_force_then_rollback(tiny_model, cfg):
+    name = cfg.registered_model
+    v1 = register_tiny(tiny_model, cfg, f1=0.90)
+    assert v1.aliases == ("challenger",)
+    first = registry.promote(name, GATE, cfg)
+    assert first.promoted and first.champion_before is None
+    assert registry.version_by_alias(name, "champion", cfg).version == v1.version
+
+    again = registry.promote(name, GATE, cfg)
+    assert not again.promoted and not again.refused and "already champion" in again.note
+
+    v2 = register_tiny(tiny_model, cfg, f1=0.80)
+    refused = registry.promote(name, GATE, cfg)
+    assert refused.refused and "below the champion" in refused.note
+    assert registry.version_by_alias(name, "champion", cfg).version == v1.version
+
+    forced = registry.promote(name, GATE, cfg, force=True, reason="new survey")
+    assert forced.promoted and forced.forced
+    v2_now = tracking.model_version(name, v2.version, cfg=cfg)
+    assert v2_now.tags["forced"] == "true" and v2_now.tags["force_reason"] == "new survey"
+    assert v2_now.tags["previous_champion"] == v1.version
+    assert registry.champion_history(name, cfg) == [v1.version, v2.version]
+
+    before, after = registry.rollback(name, cfg)
+    assert (before.version, after.version) == (v2.version, v1.version)
+    assert registry.version_by_alias(name, "champion", cfg).version == v1.version
+    with pytest.raises(UserError, match="no previous champion"):
+        registry.rollback(name, cfg)
+
+
+def test_better_challenger_is_promoted(tiny_model, cfg):
+    register_tiny(tiny_model, cfg, f1=0.85)
+    registry.promote(cfg.registered_model, GATE, cfg)
+    v2 = register_tiny(tiny_model, cfg, f1=0.91)
+    result = registry.promote(cfg.registered_model, GATE, cfg)
+    assert result.promoted and not result.forced
+    assert registry.version_by_alias(cfg.registered_model, "champion", cfg).version == v2.version
+
+
+def test_missing_model_and_aliases_are_clear_errors(tiny_model, cfg):
+    with pytest.raises(UserError, match="no registered model 'nope'"):
+        registry.promote("nope", GATE, cfg)
+    with pytest.raises(UserError, match="no registered model"):
+        registry.list_versions("nope", cfg)
+    v1 = register_tiny(tiny_model, cfg)
+    tracking.delete_alias(cfg.registered_model, "challenger", cfg=cfg)
+    with pytest.raises(UserError, match="has no @challenger"):
+        registry.promote(cfg.registered_model, GATE, cfg)
+    with pytest.raises(UserError, match="has no @champion to roll back"):
+        registry.rollback(cfg.registered_model, cfg)
+    assert [v.version for v in registry.list_versions(cfg.registered_model, cfg)] == [v1.version]
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(*argv: str) -> int:
+    return cli.main(["--params", str(REPO / "params.yaml"), "-S", "mlflow.tracking_uri=null", *argv])
+
+
+def test_cli_promote_models_rollback(tiny_model, cfg, capsys):
+    assert run_cli("promote") == 2
+    assert "no registered model 'galmorph'" in capsys.readouterr().err
+
+    register_tiny(tiny_model, cfg, f1=0.9)
+    assert run_cli("promote") == 0
+    out = capsys.readouterr().out
+    assert "challenger v1" in out and "first champion" in out
+
+    register_tiny(tiny_model, cfg, f1=0.5)
+    capsys.readouterr()  # MLflow's own "Created version" lines
+    assert run_cli("promote") == 2
+    captured = capsys.readouterr()
+    assert "test_macro_f1" in captured.out and "NO" in captured.out  # the comparison table
+    assert "refused" in captured.err and "0.5000 is more than 0.01 below" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+    assert run_cli("promote", "--force", "--reason", "testing") == 0
+    assert "(forced)" in capsys.readouterr().out
+
+    assert run_cli("models") == 0
+    out = capsys.readouterr().out
+    assert "@champion" in out and "@challenger" in out and "forced" in out and "0.9000" in out
+
+    assert run_cli("rollback") == 0
+    assert "from version 2 to version 1" in capsys.readouterr().out
+    assert run_cli("rollback") == 2
+    assert "no previous champion" in capsys.readouterr().err
+    assert run_cli("models", "--name", "other") == 2
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp_path, capsys):
+    with tracking.start_run(cfg, "train") as run:
+        run_id = run.info.run_id
+    train_metrics = tmp_path / "train.json"
+    train_metrics.write_text(json.dumps({"mlflow_run_id": run_id, "model_uri": tiny_model.source}))
+    eval_metrics = tmp_path / "eval.json"
+    eval_metrics.write_text(json.dumps({"test_macro_f1": 0.9, "test_ece_calibrated": 0.04, "test_accuracy": 0.91}))
+    splits = tmp_path / "splits.parquet"
+    pd.DataFrame({"galaxy_id": ["a", "b"], "label": ["spiral", "elliptical"], "split": ["test", "test"]}).to_parquet(
+        splits
+    )
+    report = tmp_path / "register.json"
+    p = dataclasses.replace(
+        params,
+        train=dataclasses.replace(params.train, metrics=str(train_metrics)),
+        evaluate=dataclasses.replace(params.evaluate, metrics=str(eval_metrics)),
+        split=dataclasses.replace(params.split, out=str(splits)),
+        register=dataclasses.replace(params.register, report=str(report)),
+        mlflow=cfg,
+    )
+    register_stage.main(p, None)
+    result = json.loads(report.read_text())
+    assert result["promoted"] and result["version"] == 1 and result["champion_version"] == 1
+    assert result["test_macro_f1"] == 0.9
+    version = tracking.model_version(cfg.registered_model, "1", cfg=cfg)
+    assert set(version.aliases) == {"champion", "challenger"}
+    assert version.tags["training_run_id"] == run_id and "git.commit" in version.tags
+    assert version.tags["test_split_digest"] == registry.test_split_digest(pd.read_parquet(splits))
+    assert "@challenger" in capsys.readouterr().out
+
+    eval_metrics.write_text(json.dumps({"test_macro_f1": 0.7, "test_ece_calibrated": 0.04}))
+    register_stage.main(p, None)  # a refused promotion is recorded, not an error
+    result = json.loads(report.read_text())
+    assert not result["promoted"] and result["champion_version"] == 1 and result["reasons"]
+
+    train_metrics.write_text(json.dumps({"mlflow_run_id": run_id}))
+    with pytest.raises(UserError, match="no 'model_uri'"):
+        register_stage.main(p, None)
