@@ -6,8 +6,11 @@ in its own SQLite store (`mlflow_uri`), so tests stay independent and never touc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -17,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from galmorph import tracking
-from galmorph.config import MlflowConfig, ModelConfig, PreprocessConfig
+from galmorph.config import MlflowConfig, ModelConfig, PreprocessConfig, RegisterConfig
 from galmorph.serving import registry
 from galmorph.serving.pyfunc import build_network
 from galmorph.tracking import VersionInfo
@@ -100,3 +103,16 @@ def register_tiny(
     """A new version of cfg.registered_model with test-metric tags, as the register stage would add."""
     metrics = {"test_macro_f1": f1, "test_ece_calibrated": ece, "test_accuracy": f1, "test_split_digest": split}
     return registry.register_version(cfg.registered_model, tiny.source, {**metrics, **tags}, cfg)
+
+
+@contextlib.contextmanager
+def champion_store(root: Path, tiny: TinyModel, empty_db: Path) -> Iterator[MlflowConfig]:
+    """A store of its own (MLFLOW_TRACKING_URI set meanwhile) where the tiny model is v1, @champion."""
+    (root / "mlruns").mkdir(parents=True)
+    shutil.copyfile(empty_db, root / "mlruns" / "mlflow.db")
+    cfg = store_cfg(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", cfg.tracking_uri)
+        register_tiny(tiny, cfg)
+        registry.promote(cfg.registered_model, RegisterConfig(0.01, 0.1, "unused.json"), cfg)
+        yield cfg

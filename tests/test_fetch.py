@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -169,6 +170,17 @@ def test_checksums_skipped_without_a_record(params, zoo, tmp_path):
     assert API not in [p for p, _ in zoo.requests] and source["md5"]["mapping"] == md5(zoo.files[MAP])
 
 
+def test_setting_table2_md5_later_checks_the_file_already_there(params, zoo, tmp_path):
+    raw = tmp_path / "raw"
+    fetch_data(zoo_config(params, zoo, raw, table2_md5=None), progress=False)
+    before = len(zoo.requests)
+    fetch_data(zoo_config(params, zoo, raw), progress=False)  # the right md5: nothing to do
+    assert len(zoo.requests) == before
+    with pytest.raises(UserError, match="GalaxyZoo1_DR_table2.csv.gz: checksum mismatch"):
+        fetch_data(zoo_config(params, zoo, raw, table2_md5="1" * 32), progress=False)
+    assert [p for p, _ in zoo.requests[before:]] == [T2]
+
+
 def test_unreachable_url_is_a_user_error(params, zoo, tmp_path):
     cfg = zoo_config(params, zoo, tmp_path / "raw", table2_url=closed_port_url())
     with pytest.raises(UserError, match=r"nothing.zip: download failed after 3 attempt\(s\)"):
@@ -253,8 +265,6 @@ def test_local_missing_file_is_named(params, tmp_path, remove, message):
     folder = official_files(tmp_path / "gz")
     target = folder / remove
     if target.is_dir():
-        import shutil
-
         shutil.rmtree(target)
     else:
         target.unlink()
@@ -343,7 +353,6 @@ def test_switching_source_removes_the_other_sources_files_only(params, tmp_path)
         "gz2_filename_mapping.csv",
         "images_gz2",
         "images_gz2.zip.part",
-        "source.json",
     ]
     assert sorted(p.name for p in official.iterdir()) == ["notes.txt", "source.json"]
 
@@ -367,6 +376,7 @@ def test_manifest_on_the_real_labels(params, tmp_path, real_galaxyzoo):
     assert (Path(source["image_root"]) / first).is_file()
 
 
+@pytest.mark.realdata
 def test_repo_params_manifest_path_resolves_to_the_shared_labels(params, tmp_path, real_galaxyzoo, monkeypatch):
     """params.yaml's manifest path is relative to the repo root, where DVC runs the stage."""
     monkeypatch.chdir(REPO)
@@ -384,16 +394,26 @@ def test_synthetic_generates_once_and_regenerates_when_settings_change(params, t
     source, _ = fetch_data(cfg, progress=False)
     assert source["source"] == "synthetic" and source["settings"]["n_galaxies"] == 12
     assert source["md5"]["table2"] == md5((raw / "GalaxyZoo1_DR_table2.csv").read_bytes())
-    assert len(list((raw / "images_gz2" / "images").glob("*.jpg"))) == source["counts"]["images_written"] > 0
+    assert len(list((raw / "images_gz2" / "images").glob("*.jpg"))) > 0
     assert len(build_catalogue(source, params.join).joined) > 0
+    assert (raw / "images_gz2" / "images" / "1.jpg").is_file()
 
     calls = []  # the generator ran above; from here on only whether fetch calls it matters
-    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: calls.append(a) or {"images_written": 0})
+
+    def fake_generate(cfg, out, **kwargs):
+        calls.append(cfg)
+        (Path(out) / "images_gz2" / "images").mkdir(parents=True, exist_ok=True)
+        for name in ("GalaxyZoo1_DR_table2.csv", "gz2_filename_mapping.csv"):
+            (Path(out) / name).write_text(f"{name} {cfg.seed}")
+        return {"images_written": 0}
+
+    monkeypatch.setattr(synthetic, "generate", fake_generate)
     assert fetch_data(cfg, progress=False)[0] == source and calls == []  # unchanged: kept
     fetch_data(cfg, force=True, progress=False)
     assert len(calls) == 1
+    assert not (raw / "images_gz2" / "images" / "1.jpg").exists()  # --force started from an empty raw_dir
     fetch_data(dataclasses.replace(cfg, synthetic=dataclasses.replace(small, seed=5)), progress=False)
-    assert len(calls) == 2
+    assert [c.seed for c in calls] == [0, 5]
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -6,7 +6,6 @@ One tiny model (resnet18 at 32 px) is logged once for the module, because MLflow
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import shutil
@@ -26,7 +25,9 @@ from PIL import Image
 from galmorph import tracking
 from galmorph.config import MlflowConfig, ModelConfig, PreprocessConfig
 from galmorph.data.transforms import EvalPreset
-from galmorph.serving.pyfunc import TTA_VIEWS, GalaxyClassifier, build_network, decode_image, image_items
+from galmorph.models.resnet import load_model
+from galmorph.serving.pyfunc import GalaxyClassifier, build_network, decode_image, image_items
+from galmorph.training.features import VIEWS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MODEL_CFG = ModelConfig(arch="resnet18", weights="none", head="linear", hidden=16, dropout=0.0)
@@ -154,13 +155,16 @@ def test_temperature_is_applied(logged, loaded):
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
 
 
-def test_tta_averages_the_views(logged, loaded):
+def test_tta_averages_the_logits_of_the_eight_views(logged, loaded):
+    """As evaluate's TTA: softmax(mean logits over the dihedral views / T)."""
     out = loaded.predict(pd.DataFrame({"image": [str(logged.images[0])]}), params={"tta": True})
     x = EvalPreset(PREPROCESS)(Image.open(logged.images[0]).convert("RGB"))[None]
     with torch.inference_mode():
-        views = [torch.softmax(logged.net(view(x)) / TEMPERATURE, 1) for view in TTA_VIEWS.values()]
-    expected = torch.stack(views).mean(0).numpy()
+        logits = torch.stack([logged.net(view(x)) for view in VIEWS.values()]).mean(0)
+    expected = torch.softmax(logits / TEMPERATURE, 1).numpy()
     np.testing.assert_allclose(out[["p_spiral", "p_elliptical"]].to_numpy(), expected, atol=1e-5)
+    plain = loaded.predict(pd.DataFrame({"image": [str(logged.images[0])]}))
+    assert not np.allclose(plain[["p_spiral", "p_elliptical"]].to_numpy(), expected, atol=1e-6)
 
 
 def test_signature_example_and_requirements(logged, loaded):
@@ -177,15 +181,31 @@ def test_signature_example_and_requirements(logged, loaded):
     reqs = (local / "requirements.txt").read_text().splitlines()
     assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs
     assert any(r.startswith("pillow==") for r in reqs) and any(r.startswith("pandas==") for r in reqs)
-    config = json.loads((local / "artifacts" / "config.json").read_text())
-    assert config["temperature"] == TEMPERATURE and config["preprocess"] == dataclasses.asdict(PREPROCESS)
+    shipped = load_model(local / "artifacts" / "model.pt")  # the same file format as models/model.pt
+    assert shipped.temperature == TEMPERATURE and shipped.preprocess == PREPROCESS
+    assert shipped.model_cfg == MODEL_CFG
+    assert loaded.model_config["tta_views"] == list(VIEWS)
+
+
+def test_rest_json_request(logged, loaded):
+    """What `mlflow models serve` does with a JSON body (base64 image, params), via its own handler."""
+    from mlflow.pyfunc.scoring_server import invocations
+
+    b64 = base64.b64encode(logged.images[1].read_bytes()).decode()
+    body = {"dataframe_split": {"columns": ["image"], "data": [[b64], ["bad"]]}, "params": {"threshold": 0.0}}
+    resp = invocations(json.dumps(body), "application/json", loaded, loaded.metadata.get_input_schema())
+    assert resp.status == 200, resp.response
+    rows = json.loads(resp.response)["predictions"]
+    expected = _expected(logged.net, [logged.images[1]], TEMPERATURE)[0]
+    assert rows[0]["p_spiral"] == pytest.approx(float(expected[0]), abs=1e-5)
+    assert rows[1]["label"].startswith("error: bad")
 
 
 def test_registry_alias(logged):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", logged.uri)
         version = tracking.get_version_by_alias(REGISTERED, "champion", cfg=logged.cfg)
-        assert version.version == logged.version and version.run_id == logged.run_id
+        assert str(version.version) == logged.version and version.run_id == logged.run_id
         assert tracking.get_version_by_alias(REGISTERED, "nobody", cfg=logged.cfg) is None
         assert tracking.get_version_by_alias("no-such-model", "champion", cfg=logged.cfg) is None
         tracking.set_alias(REGISTERED, "challenger", logged.version, cfg=logged.cfg)

@@ -140,6 +140,7 @@ def test_missing_model_and_aliases_are_clear_errors(tiny_model, cfg):
 
 
 def run_cli(*argv: str) -> int:
+    """cli.main with the repo's params; -S overrides may lead, the subcommand follows them."""
     return cli.main(["--params", str(REPO / "params.yaml"), "-S", "mlflow.tracking_uri=null", *argv])
 
 
@@ -215,3 +216,30 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
     train_metrics.write_text(json.dumps({"mlflow_run_id": run_id}))
     with pytest.raises(UserError, match="no 'model_uri'"):
         register_stage.main(p, None)
+
+
+def test_promote_rescore_compares_on_the_current_test_split(tiny_model, cfg, tmp_path, capsys):
+    register_tiny(tiny_model, cfg, f1=0.99, split="old-split")
+    registry.promote(cfg.registered_model, GATE, cfg)
+    register_tiny(tiny_model, cfg, f1=0.70, split="new-split")
+    splits = tmp_path / "splits.parquet"
+    n = len(tiny_model.images)
+    pd.DataFrame(
+        {
+            "galaxy_id": [f"g{i}" for i in range(n)],
+            "image_path": [str(p) for p in tiny_model.images],
+            "label": ["spiral", "elliptical"] * (n // 2),
+            "label_id": [0, 1] * (n // 2),
+            "split": ["test"] * n,
+        }
+    ).to_parquet(splits)
+    capsys.readouterr()
+    assert run_cli("promote") == 2
+    assert "--rescore" in capsys.readouterr().err
+
+    assert run_cli("-S", f"split.out={splits}", "-S", "register.max_ece=1.0", "promote", "--rescore") == 0
+    v1, v2 = (tracking.model_version(cfg.registered_model, v, cfg=cfg) for v in ("1", "2"))
+    assert v1.tags["test_split_digest"] == v2.tags["test_split_digest"] != "old-split"
+    assert v1.tags["previous_test_split_digest"] == "old-split" and "rescored_at" in v2.tags
+    assert float(v1.tags["test_macro_f1"]) == float(v2.tags["test_macro_f1"])  # the same weights
+    assert registry.version_by_alias(cfg.registered_model, "champion", cfg).version == "2"

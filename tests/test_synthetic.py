@@ -201,7 +201,8 @@ def test_cw_votes_follow_the_true_winding_when_arms_are_visible():
 def test_cli_writes_the_three_outputs(tmp_path, capsys):
     out = tmp_path / "gz"
     argv = ["--params", str(REPO / "params.yaml"), "-S", "data.synthetic.image_size=32", "synth", str(out)]
-    assert cli.main([*argv, "--n-galaxies", "20"]) == 0
+    assert cli.main([*argv, "--n-galaxies", "20", "--examples", str(tmp_path / "grid.png")]) == 0
+    assert load_rgb(tmp_path / "grid.png").size[0] > 300
     assert (out / "GalaxyZoo1_DR_table2.csv").is_file() and (out / "gz2_filename_mapping.csv").is_file()
     assert len(list((out / "images_gz2" / "images").glob("*.jpg"))) > 0
     assert len(pd.read_csv(out / "GalaxyZoo1_DR_table2.csv")) == 20

@@ -227,6 +227,10 @@ def test_run_records_params_metrics_and_provenance(mlflow_uri, dvc_repo, monkeyp
         f"/{cfg.experiment}"
     )
 
+    (dvc_repo / "dvc.lock").write_text((dvc_repo / "dvc.lock").read_text() + "# rewritten by dvc repro\n")
+    with tracking.start_run(cfg, "train", params.train) as run1:
+        pass
+    assert client.get_run(run1.info.run_id).data.tags["git.dirty"] == "false"  # DVC's own bookkeeping
     (dvc_repo / "train.py").write_text("print('edited')\n")
     with tracking.start_run(cfg, "train", params.train) as run2:
         pass

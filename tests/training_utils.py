@@ -11,6 +11,8 @@ from PIL import Image
 
 from galmorph.config import CLASSES, Params, replace
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def _galaxy(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[:size, :size].astype(np.float64)
@@ -85,3 +87,17 @@ def tiny_params(params: Params, tmp_path: Path, **train: object) -> Params:
     return dataclasses.replace(
         params, model=model, preprocess=preprocess, embed=embed, train=replace(params.train, **defaults)
     )
+
+
+def one_thread():
+    """Generator body of an autouse fixture: torch on one thread while a test runs.
+
+    The test machine's cores are shared; two OpenMP threads on a busy core spin-wait and make tiny
+    networks several times slower in CPU time, not just wall time.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -58,6 +58,11 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
     _registry_args(p)
     p.add_argument("--force", action="store_true", help="promote even when the gate fails (recorded as a tag)")
     p.add_argument("--reason", help="why --force was needed (kept in the version's tag force_reason)")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="first score champion and challenger on the current test split (split.out), e.g. after new data",
+    )
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
@@ -101,6 +106,7 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="average over rotations and flips")
     p.add_argument("--master", help="Spark master when not under spark-submit, e.g. local[4] (default: local[*])")
     p.add_argument("--partitions", type=int, help="repartition the input to this many tasks")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
 
 
 def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,9 +174,11 @@ class MlflowConfig:
 class TuneConfig:
     n_trials: int
     epochs: int
-    metric: Literal["val_macro_f1", "val_loss"]
+    metric: Literal["val_macro_f1", "val_acc", "val_loss"]
     sampler: Literal["tpe", "random"]
     pruner: Literal["median", "hyperband", "none"]
+    startup_trials: int
+    pruner_warmup_epochs: int
     seed: int
     study_name: str
     storage: str | None

@@ -56,10 +56,11 @@ if typing.TYPE_CHECKING:
 STORE_DIR = "mlruns"
 """The local store's folder under the repo root: mlflow.db plus artifacts/."""
 
-PIP_REQUIREMENTS = ("torch", "torchvision", "pillow", "pandas", "numpy", "pyyaml")
+PIP_REQUIREMENTS = ("torch", "torchvision", "pillow", "pandas", "numpy", "pyyaml", "tqdm")
 """What the logged pyfunc needs besides mlflow (pinned to the versions it was logged with)."""
 
 _MAX_DIRTY_PATHS = 20
+_DVC_BOOKKEEPING = {"dvc.lock", ".gitignore"}
 
 
 # --------------------------------------------------------------------------------------------------- store
@@ -198,13 +199,17 @@ def _git(args: Sequence[str], cwd: Path) -> str | None:
 
 
 def git_tags(cwd: str | os.PathLike | None = None) -> dict[str, str]:
-    """git.commit, git.dirty (true/false) and the first dirty paths, for the tree the stage runs in."""
+    """git.commit, git.dirty (true/false) and the first dirty paths, for the tree the stage runs in
+    (in a `dvc exp run --temp` copy: the experiment's own tree)."""
     where = Path(cwd or os.getcwd())
     commit = _git(["rev-parse", "HEAD"], where)
     status = _git(["status", "--porcelain"], where)
     if commit is None or status is None:
         return {"git.commit": "unavailable (not a git repository or no commit)"}
-    dirty = [line[3:] for line in status.splitlines() if line.strip()]
+    # dvc.lock and .gitignore are rewritten by `dvc repro` itself as upstream stages finish: not a change
+    # to the code or params, so they would otherwise mark every pipeline run dirty
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    dirty = [p for p in changed if Path(p.split(" -> ")[-1].strip('"')).name not in _DVC_BOOKKEEPING]
     tags = {
         "git.commit": commit.strip(),
         "mlflow.source.git.commit": commit.strip(),  # what the UI shows in its Source column
@@ -456,13 +461,14 @@ def log_dataset(df: pd.DataFrame, source_path: str | os.PathLike, *, name: str, 
 class GalaxyPyfunc(mlflow.pyfunc.PythonModel):
     """The pyfunc face of galmorph.serving.pyfunc.GalaxyClassifier (kept here: the one mlflow module).
 
-    Pickled by reference: loading imports galmorph from the model's code/ folder.
+    Logged as a model from code (_MODEL_CODE), which imports galmorph from the model's code/ folder.
     """
 
     def load_context(self, context: Any) -> None:
         from galmorph.serving.pyfunc import GalaxyClassifier
 
-        self.classifier = GalaxyClassifier.from_artifacts(context.artifacts["weights"], context.artifacts["config"])
+        options = dict(context.model_config or {})
+        self.classifier = GalaxyClassifier.from_artifacts(context.artifacts["model"], **options)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # a DataFrame hint: MLflow validates against the explicit signature instead of inferring one
@@ -470,6 +476,16 @@ class GalaxyPyfunc(mlflow.pyfunc.PythonModel):
         return self.classifier.predict(
             model_input, tta=bool(params.get("tta", False)), threshold=float(params.get("threshold", 0.0))
         )
+
+
+_MODEL_CODE = """\
+# galmorph's classifier as an MLflow model from code: MLflow runs this file when the model loads.
+import mlflow
+
+from galmorph.tracking import GalaxyPyfunc
+
+mlflow.models.set_model(GalaxyPyfunc())
+"""
 
 
 def classifier_signature(classes: Sequence[str] = CLASSES) -> ModelSignature:
@@ -498,17 +514,22 @@ def log_classifier(
     temperature: float = 1.0,
     input_example: str | os.PathLike | None = None,
     name: str = "model",
+    tta_views: Sequence[str] | None = None,
+    batch_size: int = 64,
 ) -> str:
     """Log the network as a self-contained pyfunc in the active run and return its model URI.
 
-    Artifacts: the state dict and a JSON with the model and preprocess configs, the classes and the
-    calibration temperature; the galmorph package rides along in code/ and the pip requirements are
-    pinned, so `mlflow.pyfunc.load_model(uri)` works in any environment without this repository.
-    `input_example`: a JPEG, stored base64-encoded so the example runs anywhere.
+    The artifact is the model file of galmorph.models.resnet.save_model (weights, model and preprocess
+    configs, classes, calibration temperature); the galmorph package rides along in code/ and the pip
+    requirements are pinned, so `mlflow.pyfunc.load_model(uri)` works in any environment without this
+    repository. `input_example`: a JPEG, stored base64-encoded so the example runs anywhere.
+    `tta_views` (default: all eight, as evaluate.tta_views) are what predict(params={"tta": True}) averages.
     """
-    from galmorph.serving.pyfunc import save_artifacts
+    from galmorph.serving.pyfunc import DEFAULT_TTA_VIEWS, save_artifacts
+    from galmorph.training.features import check_views
 
     _active_run()
+    views = check_views(tta_views or DEFAULT_TTA_VIEWS, "tta_views")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
     example = None
@@ -518,14 +539,18 @@ def log_classifier(
         artifacts = save_artifacts(model, model_cfg, preprocess, temperature, Path(tmp) / "artifacts")
         code = Path(tmp) / "code" / "galmorph"
         shutil.copytree(Path(galmorph.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # a model from code, not a pickle: loading runs this file, nothing is unpickled
+        model_code = Path(tmp) / "galmorph_model.py"
+        model_code.write_text(_MODEL_CODE)
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=GalaxyPyfunc(),
+            python_model=str(model_code),
             artifacts=artifacts,
             code_paths=[str(code)],
             pip_requirements=_pip_requirements(),
             signature=classifier_signature(),
             input_example=pd.DataFrame(example) if example else None,
+            model_config={"tta_views": views, "batch_size": batch_size},
             metadata={"classes": list(CLASSES), "temperature": temperature, "galmorph_version": galmorph.__version__},
         )
     return info.model_uri
@@ -543,12 +568,11 @@ def load_classifier(uri: str, *, cfg: MlflowConfig | None = None) -> Any:
 
 def register_model(
     model_uri: str, name: str, tags: Mapping[str, Any] | None = None, *, cfg: MlflowConfig | None = None
-) -> int:
-    """Register a logged model under `name` and return the new version number (an int, like
-    ModelVersion.version in MLflow 3)."""
+) -> str:
+    """Register a logged model under `name` and return the new version as a string (as VersionInfo has it)."""
     _client(cfg)
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
-    return int(version.version)
+    return str(version.version)
 
 
 def set_alias(name: str, alias: str, version: str | int, *, cfg: MlflowConfig | None = None) -> None:
@@ -724,3 +748,50 @@ def spark_udf(
     return mlflow.pyfunc.spark_udf(
         spark, model_uri, result_type=result_type, env_manager="local", params=dict(params or {})
     )
+
+
+# ======================================================================================================
+# Nested trial runs of Optuna studies (added by helper "tune"; galmorph.tuning drives them).
+
+
+@contextlib.contextmanager
+def start_child_run(
+    run_name: str,
+    params: Any = None,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    killed_on: tuple[type[BaseException], ...] = (),
+) -> Iterator[mlflow.ActiveRun]:
+    """A run nested under the active run (an Optuna trial under its study's run).
+
+    No provenance tags: the parent holds them, and recomputing git status and DVC hashes would cost
+    seconds per trial. The run ends FINISHED, KILLED when one of `killed_on` escapes (a pruned trial),
+    FAILED on any other exception.
+    """
+    parent = _active_run()
+    run = mlflow.start_run(
+        experiment_id=parent.info.experiment_id,  # else MLflow files the child under the Default experiment
+        run_name=run_name,
+        nested=True,
+        tags={k: str(v) for k, v in (tags or {}).items()},
+    )
+    try:
+        if params is not None and (flat := flatten_params(params)):
+            mlflow.log_params(flat)
+        yield run
+    except killed_on:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def run_exists(run_id: str, *, cfg: MlflowConfig | None = None) -> bool:
+    """Whether the store has this run (a resumed study's parent may live in another tracking store)."""
+    try:
+        run = _client(cfg).get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.lifecycle_stage != "deleted"

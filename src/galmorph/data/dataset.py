@@ -55,6 +55,18 @@ def label_ids(catalogue: pd.DataFrame) -> np.ndarray:
     return catalogue["label_id"].fillna(-1).to_numpy(dtype=np.int64)
 
 
+def read_splits(path: str | os.PathLike) -> pd.DataFrame:
+    """The split stage's catalogue, with the columns training needs checked up front."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: not found (run `galmorph split` first)")
+    df = pd.read_parquet(p)
+    missing = [c for c in ("galaxy_id", "image_path", "label_id", "split") if c not in df.columns]
+    if missing:
+        raise UserError(f"{p}: missing column(s) {', '.join(missing)} (expected the split stage's output)")
+    return df
+
+
 class ImageDataset(Dataset):
     """Images of a catalogue (DataFrame with image_path) or of a plain list of paths/bytes."""
 
@@ -73,7 +85,9 @@ class ImageDataset(Dataset):
             self.labels = label_ids(catalogue)
             self.soft = soft_targets(catalogue)
         else:
-            self.sources = [s if isinstance(s, bytes | bytearray) else resolve_image_path(str(s), root) for s in catalogue]
+            self.sources = [
+                s if isinstance(s, bytes | bytearray) else resolve_image_path(str(s), root) for s in catalogue
+            ]
             self.labels = np.full(len(self.sources), -1, dtype=np.int64)
             self.soft = np.full((len(self.sources), len(CLASSES)), np.nan, dtype=np.float32)
         self.transform = transform

@@ -34,17 +34,6 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def read_splits(path: str | Path) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: not found (run `galmorph split` first)")
-    df = pd.read_parquet(p)
-    missing = [c for c in ("galaxy_id", "image_path", "label_id", "split") if c not in df.columns]
-    if missing:
-        raise UserError(f"{p}: missing column(s) {', '.join(missing)}")
-    return df
-
-
 def mlflow_run_id(train_metrics: str | Path) -> str | None:
     """The training run's id from train.metrics (evaluate logs into that run), or None."""
     p = Path(train_metrics)
@@ -135,12 +124,14 @@ def _confident_call_galleries(
 
 def evaluate_stability(splits: pd.DataFrame, params: Params, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
     from galmorph.evaluation.stability import repeated_split_columns, run_stability, summarize
+    from galmorph.stages.train import tuned
     from galmorph.training.features import load_feature_cache, read_meta
 
     if not params.evaluate.stability:
         return {"skipped_reason": "evaluate.stability is false"}, {}
     if not repeated_split_columns(splits):
         return {"skipped_reason": "no repeated splits (split.repeats is 0)"}, {}
+    params = tuned(params)  # the recipe the train stage used: params.yaml plus the tuned values of tune.out
     features = None
     if params.train.mode == "frozen" and read_meta(params.embed.out) is not None:
         features = load_feature_cache(params.embed.out, model_cfg=params.model, preprocess=params.preprocess)
@@ -165,6 +156,7 @@ def evaluate_ood(loaded: Any, params: Params, out: Path) -> tuple[dict[str, Any]
 
 def run(params: Params) -> Evaluation:
     """Everything the stage computes and writes under evaluate.out_dir (except metrics.json and MLflow)."""
+    from galmorph.data.dataset import read_splits
     from galmorph.models.resnet import load_model
 
     cfg = params.evaluate
@@ -179,7 +171,6 @@ def run(params: Params) -> Evaluation:
 
     scored = score(loaded.model, test, loaded.preprocess, cfg, temperature, name="Test split")
     test_section = write_set(scored, loaded.model, loaded.preprocess, cfg, out)
-    test_section["tta_views"] = len(cfg.tta_views)
     metrics = {**flat_kpis("test", test_section), "temperature": temperature}
 
     uncertain_path = Path(params.join.uncertain_out)

@@ -111,7 +111,7 @@ def reliability_figure(
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy in the bin")
     ax.set_title(f"{title}\n(top-label confidence, equal-width bins)", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8, title="ECE [95% CI]", title_fontsize=8)
+    ax.legend(loc="lower right", fontsize=8, title="ECE [95% CI]", title_fontsize=8)
     ax.grid(alpha=0.3)
     hist.set_ylabel("share of\ngalaxies")
     hist.set_xlabel("model confidence (top-class probability)")
@@ -132,8 +132,8 @@ def coverage_figure(curve: pd.DataFrame, threshold: float, title: str = "Abstent
             f"threshold {threshold:.2f}\ncoverage {at['coverage']:.1%}, accuracy {at['accuracy']:.1%}",
             (at["coverage"], at["accuracy"]),
             textcoords="offset points",
-            xytext=(-10, -34),
-            ha="right",
+            xytext=(12, -30),
+            ha="left",
             fontsize=8,
         )
     ax.set_xlim(0, 1.02)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from galmorph.config import CLASSES, EvaluateConfig, PreprocessConfig
@@ -86,6 +87,8 @@ def check_readable(
             load_rgb(path)
         except FileNotFoundError:
             return "file not found"
+        except Image.DecompressionBombError as exc:  # > 2x PIL's MAX_IMAGE_PIXELS: refuse rather than exhaust memory
+            return f"too large to decode safely: {exc}"
         except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
             return f"cannot decode: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
         return None
@@ -142,6 +145,7 @@ def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
         "n": len(labels),
         "classes": {c: int(counts[i]) for i, c in enumerate(CLASSES)},
         "temperature": scored.temperature,
+        "tta_views": len(cfg.tta_views) if tta is not None else 0,
         "kpis": calibrated,
         "kpis_uncalibrated": raw,
         "kpis_tta": tta,

@@ -84,7 +84,9 @@ class GalaxyNet(nn.Module):
 
 def build_model(cfg: ModelConfig) -> GalaxyNet:
     """The network of `cfg` with its initial weights (imagenet, a state-dict path, or none)."""
-    model = GalaxyNet(cfg.arch, build_head(cfg, FEATURE_DIMS.get(cfg.arch, 0)))
+    if cfg.arch not in FEATURE_DIMS:
+        raise UserError(f"params: model.arch: expected one of {', '.join(FEATURE_DIMS)}, got {cfg.arch!r}")
+    model = GalaxyNet(cfg.arch, build_head(cfg, FEATURE_DIMS[cfg.arch]))
     weights = cfg.weights.strip()
     if weights.lower() == "imagenet":
         model.backbone.load_state_dict(_imagenet_state(cfg.arch), strict=False)

@@ -1,10 +1,10 @@
 """`galmorph predict`: score image files with the registered model (or a local one), fast.
 
 The model is the same GalaxyClassifier the logged pyfunc wraps (EvalPreset, stored temperature, TTA
-views), so a CLI prediction equals what REST, the web page and the Spark job return. What makes it fast
-at survey scale is around the model: files are decoded and preprocessed in DataLoader worker processes
-while the network scores the previous batch, batches of `batch_size`, channels-last memory on CPU
-(oneDNN's fast convolution layout). One unreadable file gets an `error` and the batch goes on.
+views, BatchNorm folded, channels-last), so a CLI prediction equals what REST, the web page and the Spark
+job return. What this module adds for survey-sized folders: files are decoded and preprocessed in
+DataLoader worker processes while the network scores the previous batch, and one unreadable file gets
+an `error` while the batch goes on.
 
     galmorph predict images/ more/*.png --out predictions.csv            # models:/galmorph@champion
     galmorph predict cutout.jpg --model models:/galmorph@challenger --tta --threshold 0.8
@@ -31,11 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from galmorph import tracking
-from galmorph.config import MlflowConfig, ModelConfig, Params, PreprocessConfig, from_dict
+from galmorph.config import MlflowConfig, Params
 from galmorph.errors import UserError
 from galmorph.io import write_csv, write_json, write_parquet
+from galmorph.models import resnet
 from galmorph.serving import registry
-from galmorph.serving.pyfunc import UNCERTAIN, GalaxyClassifier, build_network, decode_image
+from galmorph.serving.pyfunc import UNCERTAIN, GalaxyClassifier, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
@@ -96,21 +97,10 @@ def resolve_model(spec: str | None, cfg: MlflowConfig) -> ModelRef:
 
 
 def load_checkpoint(path: str | Path) -> GalaxyClassifier:
-    """models/model.pt as the train stage saves it (weights_only-loadable dict of state and configs)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path}: not a galmorph checkpoint ({str(exc).splitlines()[0]})") from None
-    missing = [k for k in ("model_state", "model_cfg", "preprocess") if k not in ckpt]
-    if missing:
-        raise UserError(f"{path}: checkpoint lacks {', '.join(missing)} (expected the train stage's models/model.pt)")
-    net = build_network(from_dict(ModelConfig, ckpt["model_cfg"], "model"))
-    net.load_state_dict(ckpt["model_state"])
+    """models/model.pt as the train stage saves it (weights, configs, classes, temperature)."""
+    loaded = resnet.load_model(path)
     return GalaxyClassifier(
-        net,
-        from_dict(PreprocessConfig, ckpt["preprocess"], "preprocess"),
-        temperature=float(ckpt.get("temperature", 1.0)),
-        classes=tuple(ckpt.get("classes", ("spiral", "elliptical"))),
+        loaded.model, loaded.preprocess, temperature=loaded.temperature, classes=loaded.classes, device="cpu"
     )
 
 
@@ -128,8 +118,6 @@ def load_model(ref: ModelRef, cfg: MlflowConfig) -> GalaxyClassifier:
         classifier = getattr(pyfunc.unwrap_python_model(), "classifier", None)
         if not isinstance(classifier, GalaxyClassifier):
             raise UserError(f"--model {ref.uri}: not a galmorph classifier (it was not logged by `galmorph train`)")
-    if classifier.device.type == "cpu":
-        classifier.net.to(memory_format=torch.channels_last)
     return classifier
 
 
@@ -244,7 +232,7 @@ def score_files(
         for batch, batch_errors in _batches(classifier, paths, batch_size, workers):
             if batch is not None:
                 rows = [start + i for i, e in enumerate(batch_errors) if not e]
-                probs[rows] = classifier._forward(batch.contiguous(memory_format=torch.channels_last), tta)
+                probs[rows] = classifier._forward(batch, tta)
             errors.extend(batch_errors)
             start += len(batch_errors)
             bar.update(len(batch_errors))

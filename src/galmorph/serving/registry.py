@@ -19,6 +19,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -123,7 +124,7 @@ def gate(
             reasons.append(
                 "the two versions were not evaluated on the same test split "
                 f"({SPLIT_KEY} {old_split or 'missing'} vs {new_split or 'missing'}); "
-                "their metrics are not comparable"
+                "their metrics are not comparable (`galmorph promote --rescore` scores both on the current one)"
             )
     for key in SHOWN_METRICS[2:]:
         old = _number(champion, key) if champion is not None else None
@@ -263,6 +264,49 @@ def promote(
     return Promotion(challenger, champion, decision, True, forced, note)
 
 
+def rescore(
+    name: str,
+    versions: list[VersionInfo],
+    splits: pd.DataFrame,
+    mlflow_cfg: MlflowConfig,
+    *,
+    n_bins: int = 15,
+    batch_size: int = 64,
+    workers: int = 2,
+) -> dict[str, dict[str, float]]:
+    """Score versions on the current test split and store the results as their test tags.
+
+    For comparing a challenger with a champion that was evaluated on an older split (new data arrived):
+    both are run over the same images here, so the gate compares like with like. The probabilities come
+    from the pyfunc, temperature included, so the ECE is the calibrated one.
+    """
+    from galmorph.evaluation.metrics import classification_metrics, flat_metrics
+    from galmorph.serving import predict
+
+    digest = test_split_digest(splits)
+    test = splits[splits["split"] == "test"]
+    labels = test["label_id"].to_numpy()
+    results = {}
+    for version in versions:
+        classifier = predict.load_model(predict.ModelRef(version.uri, name, version.version), mlflow_cfg)
+        scored = predict.score_files(classifier, test["image_path"].tolist(), batch_size=batch_size, workers=workers)
+        ok = (scored["error"] == "").to_numpy()
+        if not ok.any():
+            raise UserError(
+                f"rescoring version {version.version}: no test image could be read (first: {scored['error'].iloc[0]})"
+            )
+        probs = scored[[f"p_{c}" for c in classifier.classes]].to_numpy()[ok]
+        flat = flat_metrics("test", classification_metrics(probs, labels[ok], n_bins=n_bins, n_resamples=0))
+        metrics = {F1_KEY: flat["test_macro_f1"], ECE_KEY: flat["test_ece"], "test_accuracy": flat["test_accuracy"]}
+        tags = {k: repr(v) for k, v in metrics.items()}
+        tags.update({SPLIT_KEY: digest, "rescored_at": _now(), "rescored_unreadable": str(int((~ok).sum()))})
+        if version.tags.get(SPLIT_KEY) not in (None, digest):
+            tags["previous_test_split_digest"] = version.tags[SPLIT_KEY]
+        tracking.set_version_tags(name, version.version, tags, cfg=mlflow_cfg)
+        results[version.version] = metrics
+    return results
+
+
 def rollback(name: str, mlflow_cfg: MlflowConfig) -> tuple[VersionInfo, VersionInfo]:
     """Point @champion back at the version that held it before; returns (from, to)."""
     current = version_by_alias(name, CHAMPION, mlflow_cfg)
@@ -341,6 +385,14 @@ def promotion_report(promotion: Promotion) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
+def _rescore_pair(name: str, params: Params) -> None:
+    split_path = Path(params.split.out)
+    if not split_path.is_file():
+        raise UserError(f"{split_path}: splits table not found; --rescore scores both versions on its test rows")
+    pair = [v for v in (version_by_alias(name, a, params.mlflow) for a in (CHAMPION, CHALLENGER)) if v is not None]
+    rescore(name, pair, pd.read_parquet(split_path), params.mlflow, n_bins=params.evaluate.ece_bins)
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
     """`galmorph promote`, `galmorph models` and `galmorph rollback` (dispatched on the subcommand)."""
     name = getattr(args, "name", None) or params.mlflow.registered_model
@@ -353,6 +405,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
             f"{name}: @{CHAMPION} moved back from version {before.version} to version {after.version}", markup=False
         )
     elif args.command == "promote":
+        if args.rescore:
+            _rescore_pair(name, params)
         result = promote(name, params.register, params.mlflow, force=args.force, reason=args.reason)
         console.print(decision_table(result))
         for warning in result.decision.warnings:

@@ -51,14 +51,16 @@ def _thumbnail(data: bytes) -> str | None:
 def classify_upload(
     classifier: GalaxyClassifier, data: bytes, *, threshold: float, tta: bool = False
 ) -> dict[str, Any]:
-    """{"probabilities": {class: p}, "verdict": class|uncertain, "top": p} or {"error": reason}."""
+    """{"probabilities": {class: p}, "verdict": class|uncertain, "top": p, "leaning": top class} or
+    {"error": reason}."""
     if not data:
         return {"error": "the file is empty"}
     row = classifier.predict([data], tta=tta, threshold=threshold).iloc[0]
     if str(row["label"]).startswith(ERROR_PREFIX):
         return {"error": "not a readable image (" + str(row["label"])[len(ERROR_PREFIX) :] + ")"}
     probs = {c: float(row[f"p_{c}"]) for c in classifier.classes}
-    return {"probabilities": probs, "verdict": str(row["label"]), "top": max(probs.values())}
+    leaning = max(probs, key=probs.__getitem__)
+    return {"probabilities": probs, "verdict": str(row["label"]), "top": probs[leaning], "leaning": leaning}
 
 
 def create_app(
@@ -124,18 +126,14 @@ def build(
     if not max_upload_mb > 0:
         raise UserError(f"--max-upload-mb {max_upload_mb}: expected a positive size")
     ref = resolve_model(model, mlflow_cfg)
-    app = create_app(
-        load_model(ref, mlflow_cfg), ref, threshold=threshold, max_upload_bytes=int(max_upload_mb * 2**20)
-    )
+    app = create_app(load_model(ref, mlflow_cfg), ref, threshold=threshold, max_upload_bytes=int(max_upload_mb * 2**20))
     return app, ref
 
 
 def app_from_env() -> Flask:
     """For WSGI servers: GALMORPH_MODEL (default the champion), GALMORPH_PARAMS (default params.yaml)."""
     params = load_params(os.environ.get("GALMORPH_PARAMS", "params.yaml"))
-    app, _ = build(
-        os.environ.get("GALMORPH_MODEL"), params.mlflow, threshold=params.evaluate.abstain_threshold
-    )
+    app, _ = build(os.environ.get("GALMORPH_MODEL"), params.mlflow, threshold=params.evaluate.abstain_threshold)
     return app
 
 

@@ -51,7 +51,7 @@ def fetch_data(cfg: DataConfig, *, force: bool = False, progress: bool = True) -
     source = describe_local(cfg.local, raw) if cfg.source == "local" else None
     source = describe_manifest(cfg.manifest, raw) if cfg.source == "manifest" else source
     previous = read_previous(raw)
-    removed = clean(raw) if force or owner(raw) != cfg.source else []
+    removed = clean(raw, keep={SOURCE_JSON}) if force or owner(raw) != cfg.source else []
     (raw / SOURCE_JSON).unlink(missing_ok=True)  # until the new one is written, nothing is described
     if cfg.source == "synthetic":
         source = synthetic_source(cfg.synthetic, raw, previous, force=force, progress=progress)
@@ -64,9 +64,11 @@ def fetch_data(cfg: DataConfig, *, force: bool = False, progress: bool = True) -
 
 def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.data
-    source, removed = fetch_data(cfg, force=getattr(args, "force", False))
+    force = getattr(args, "force", False)
+    source, removed = fetch_data(cfg, force=force)
     if removed:
-        print(f"removed from {cfg.raw_dir} (not part of source {cfg.source}): {', '.join(removed)}")
+        why = "--force" if force else f"not part of source {cfg.source}"
+        print(f"removed from {cfg.raw_dir} ({why}): {', '.join(removed)}")
     if source["kind"] == "manifest":
         what = f"manifest {source['path']}, images under {source['image_root']}"
     else:

@@ -87,6 +87,15 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Rank 0's BatchNorm running statistics everywhere (what DDP does before each forward): after the
+    last step of an epoch every rank would otherwise validate and save with its own, slightly different, ones."""
+    if not ctx.is_distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.is_distributed:
         dist.barrier()

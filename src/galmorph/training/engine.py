@@ -166,6 +166,7 @@ def train_one_epoch(
     ctx: DistContext | None = None,
     desc: str = "train",
     total: int | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """One pass over `batches`; returns train_loss, train_acc, images_per_s (summed over processes)."""
     ctx = ctx or DistContext()
@@ -173,7 +174,7 @@ def train_one_epoch(
     # loss * n, correct, n, accumulated on the device so a GPU step never waits for a .item()
     sums = torch.zeros(3, device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not ctx.is_main or total == 0)
+    bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not (ctx.is_main and progress) or total == 0)
     for step, (x, labels, soft, _idx) in enumerate(iterate(batches)):
         x = to_device(x, device, channels_last)
         labels, soft = labels.to(device, non_blocking=True), soft.to(device, non_blocking=True)
@@ -213,6 +214,7 @@ def evaluate(
     ctx: DistContext | None = None,
     desc: str = "val",
     prefix: str = "val",
+    progress: bool = True,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Plain NLL (no weights, no smoothing: comparable across configs), accuracy and macro F1.
 
@@ -222,7 +224,7 @@ def evaluate(
     model.eval()
     idx_parts, logit_parts, label_parts = [], [], []
     for x, labels, _soft, idx in tqdm(
-        iterate(batches), desc=desc, unit="batch", leave=False, disable=not ctx.is_main
+        iterate(batches), desc=desc, unit="batch", leave=False, disable=not (ctx.is_main and progress)
     ):
         x = to_device(x, device, channels_last)
         with autocast(device, amp_dtype):

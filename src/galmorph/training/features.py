@@ -254,3 +254,32 @@ def load_feature_cache(
         backbone_state=torch.load(out / "backbone.pt", map_location="cpu", weights_only=True),
         meta=meta,
     )
+
+
+def ensure_feature_cache(
+    catalogue: pd.DataFrame,
+    model_cfg: ModelConfig,
+    preprocess: PreprocessConfig,
+    embed: EmbedConfig,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+) -> tuple[FeatureCache, bool]:
+    """The cache under embed.out for these rows and params: reused when its fingerprint matches
+    (returns (cache, True)), else computed and written (returns (cache, False))."""
+    ids = catalogue["galaxy_id"].astype(str).tolist()
+    meta = read_meta(embed.out)
+    if meta is not None and meta.get("fingerprint") == fingerprint(model_cfg, preprocess, embed, ids):
+        return load_feature_cache(embed.out, model_cfg=model_cfg, preprocess=preprocess), True
+    cache = build_feature_cache(catalogue, model_cfg, preprocess, embed, device=device, progress=progress)
+    save_feature_cache(cache, embed.out)
+    return cache, False
+
+
+def skip_feature_cache(out_dir: str | Path, reason: str) -> None:
+    """Leave embed.out holding only a note: the stage's output exists for DVC, no stale features linger."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("features.npy", "backbone.pt", "ids.parquet"):
+        (out / name).unlink(missing_ok=True)
+    write_json(out / "meta.json", {"format": "galmorph.features/skipped", "reason": reason})

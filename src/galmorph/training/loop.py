@@ -41,7 +41,7 @@ from galmorph.models.resnet import (
     param_groups,
     set_trainable,
 )
-from galmorph.training.distributed import DistContext, barrier, local_device, process_group
+from galmorph.training.distributed import DistContext, barrier, broadcast_buffers, local_device, process_group
 from galmorph.training.engine import (
     Batch,
     Criterion,
@@ -145,7 +145,9 @@ def fit(
                 ctx=ctx,
                 desc=f"epoch {epoch}/{tcfg.epochs}",
                 total=data.steps_per_epoch,
+                progress=progress,
             )
+            broadcast_buffers(model, ctx)
             val_metrics, val_logits = evaluate(
                 model.head if tcfg.mode == "frozen" else model,
                 data.val_batches(),
@@ -155,6 +157,7 @@ def fit(
                 channels_last=data.channels_last,
                 views=data.val_views,
                 ctx=ctx,
+                progress=progress,
             )
             metrics |= val_metrics
             metrics["lr"] = float(optimizer.param_groups[0]["lr"])
@@ -366,7 +369,9 @@ def _optimizer(model: GalaxyNet, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up over warmup_epochs, then cosine to zero (or constant)."""
     warmup = cfg.warmup_epochs * steps_per_epoch
     total = max(cfg.epochs * steps_per_epoch, 1)
@@ -576,11 +581,3 @@ def _determinism(deterministic: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         cudnn.benchmark, cudnn.deterministic = before[2], before[3]
-
-
-def history_frame(history: list[dict[str, float]]) -> pd.DataFrame:
-    """The per-epoch curves table (train.curves; DVC plots and the MLflow artifact read the same file)."""
-    frame = pd.DataFrame(history)
-    if "epoch" in frame:
-        frame["epoch"] = frame["epoch"].astype(int)
-    return frame

@@ -43,7 +43,9 @@ def table2_name(url: str) -> str:
     return TABLE2_NAME + (".gz" if urlsplit(url).path.endswith(".gz") else "")
 
 
-def zenodo_md5s(api_url: str, *, retries: int, timeout_s: float, backoff_s: float, session=None) -> dict[str, str]:
+def zenodo_md5s(
+    api_url: str, *, retries: int, timeout_s: float, backoff_s: float, session: requests.Session | None = None
+) -> dict[str, str]:
     """{file name: md5} from a Zenodo record's API answer (`files` as a list, or InvenioRDM's `entries`)."""
     record = get_json(api_url, retries=retries, timeout_s=timeout_s, backoff_s=backoff_s, session=session)
     files = record.get("files") if isinstance(record, dict) else None
@@ -53,6 +55,8 @@ def zenodo_md5s(api_url: str, *, retries: int, timeout_s: float, backoff_s: floa
         raise UserError(f"{api_url}: expected a Zenodo record with a `files` list")
     md5s = {}
     for entry in files:
+        if not isinstance(entry, dict):
+            continue
         name, checksum = entry.get("key") or entry.get("filename"), str(entry.get("checksum") or "")
         algo, _, digest = checksum.partition(":")
         if name and algo == "md5" and digest:
@@ -140,13 +144,14 @@ def fetch_galaxyzoo(cfg: GalaxyZooConfig, raw_dir: str | os.PathLike, *, progres
     ledger_path = raw / DOWNLOADS_JSON
     ledger = _read_json(ledger_path)
     write_json(ledger_path, ledger)  # from now on raw_dir is known to hold galaxyzoo's (partial) files
+    t2 = table2_name(cfg.table2_url)
     net = {"retries": cfg.retries, "timeout_s": cfg.timeout_s, "backoff_s": cfg.backoff_s}
     session = requests.Session()
     zenodo: dict[str, str] | None = None
 
     def expected_md5(name: str) -> str | None:
         nonlocal zenodo
-        if name == table2_name(cfg.table2_url):
+        if name == t2:
             return cfg.table2_md5
         if cfg.zenodo_api_url is None:
             return None
@@ -162,7 +167,7 @@ def fetch_galaxyzoo(cfg: GalaxyZooConfig, raw_dir: str | os.PathLike, *, progres
     def ensure(name: str, url: str) -> str:
         """The file's MD5, downloading it unless the ledger says this URL already finished."""
         entry = ledger.get(name) or {}
-        pinned = cfg.table2_md5.lower() if name == table2_name(cfg.table2_url) and cfg.table2_md5 else None
+        pinned = cfg.table2_md5.lower() if name == t2 and cfg.table2_md5 else None
         if (raw / name).is_file() and entry.get("url") == url and pinned in (None, entry.get("md5")):
             return entry["md5"]
         md5 = download(url, raw / name, md5=expected_md5(name), progress=progress, session=session, **net)
@@ -171,7 +176,6 @@ def fetch_galaxyzoo(cfg: GalaxyZooConfig, raw_dir: str | os.PathLike, *, progres
         return md5
 
     try:
-        t2 = table2_name(cfg.table2_url)
         md5 = {"table2": ensure(t2, cfg.table2_url), "mapping": ensure(MAPPING_NAME, cfg.mapping_url)}
         images = raw / IMAGES_ROOT
         unpacked = _read_json(images / MARKER_NAME)

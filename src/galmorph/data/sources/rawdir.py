@@ -145,12 +145,12 @@ def synthetic_source(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate the synthetic data set into raw_dir, unless the `previous` fetch (its source.json) generated
-    it with the same settings and its catalogues are unchanged: the generator is deterministic, so that is
-    the same data, and re-rendering thousands of JPEGs would only cost time."""
+    it with the same settings and generator code and its catalogues are unchanged: the generator is
+    deterministic, so that is the same data, and re-rendering thousands of JPEGs would only cost time."""
     from galmorph.data.sources import synthetic  # imported here: only this source needs the generator
 
     raw = Path(raw_dir)
-    settings = dataclasses.asdict(cfg)
+    settings = {**dataclasses.asdict(cfg), "generator_md5": md5_file(synthetic.__file__)}
     table2, mapping, images = raw / TABLE2_NAME, raw / MAPPING_NAME, raw / IMAGES_SUBDIR
     previous = previous or {}
     current = (
@@ -163,9 +163,8 @@ def synthetic_source(
         and previous.get("md5") == {"table2": md5_file(table2), "mapping": md5_file(mapping)}
     )
     if current:
-        md5, counts = previous["md5"], previous.get("counts")
+        md5 = previous["md5"]
     else:
-        counts = synthetic.generate(cfg, raw, progress=progress)
-        counts.pop("stale_images_removed", None)  # depends on what was there before, not on the data
+        synthetic.generate(cfg, raw, progress=progress)
         md5 = {"table2": md5_file(table2), "mapping": md5_file(mapping)}
-    return catalogue_source("synthetic", table2, mapping, images, md5, settings=settings, counts=counts)
+    return catalogue_source("synthetic", table2, mapping, images, md5, settings=settings)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.fft
+import scipy.ndimage
 from PIL import Image
 from tqdm import tqdm
 
@@ -64,16 +65,19 @@ REFERENCE_SIZE = 424
 _STREAM_CATALOGUE, _STREAM_MAPPING, _STREAM_MISSING, _STREAM_RENDER = 11, 12, 13, 14
 
 _SPIRAL, _ELLIPTICAL, _LENTICULAR = "spiral", "elliptical", "lenticular"
-_MORPH_SHARES = (0.64, 0.215, 0.145)  # lenticulars: smooth disks, early type but a split vote
+_MORPH_SHARES = (0.65, 0.19, 0.16)  # lenticulars: smooth disks, early type but a split vote
 _MERGER_SHARE = 0.03  # galaxies with an interacting companion (P_MG votes)
 _DUPLICATE_SHARE = 0.004  # mapping rows repeating an objid (the real mapping has some)
 _COADD_SHARE = 0.003  # mapping rows of Stripe 82 coadds: objids that are not in table 2
-_FLAG_NOISE = 0.095  # scatter of the "earlier" estimate the flags come from (about 13% disagree with 0.8 rule)
+_FLAG_NOISE = 0.135  # scatter of the earlier estimate the flags come from
 _THRESHOLD = 0.8  # the GZ1 flag threshold on the debiased fractions
+# Where morphology becomes half visible: r_e in PSF FWHMs for arms, an edge-on disk, the debiasing's
+# observables and a confidently smooth profile; and the surface brightness at r_e in sky-noise units.
+_RES_ARMS, _RES_EDGE, _RES_OBS, _RES_SMOOTH, _SN_HALF = 1.6, 1.4, 1.5, 2.35, 5.0
 
 # Composite colours (SDSS gri -> RGB), sky noise per band and the asinh stretch (Lupton et al. 2004).
 _RGB_SCALE = np.array([1.0, 1.3, 2.0], dtype=np.float32)  # i -> R, r -> G, g -> B
-_SKY_SIGMA = np.array([0.5, 0.85, 1.2], dtype=np.float32)  # g, r, i in units of the r-band sky noise
+_SKY_SIGMA = np.array([0.5, 0.85, 1.2], dtype=np.float32)  # g, r, i sky noise, in the units of `sb`
 _SKY_PEDESTAL = np.array([0.43, 1.06, 1.5], dtype=np.float32)  # residual sky after subtraction (g, r, i)
 _STRETCH_ALPHA = 0.0125
 _STRETCH_Q = 9.0
@@ -88,22 +92,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _colour_ratios(g_r: np.ndarray, r_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flux in g and i relative to r, from the g-r and r-i colours (magnitudes)."""
-    return 10 ** (-0.4 * g_r), 10 ** (0.4 * r_i)
-
-
 def _sky_positions(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """RA/Dec in degrees inside the SDSS DR7 legacy footprint: the northern cap plus the southern stripes."""
     north = rng.random(n) < 0.88
-    ra = np.where(north, rng.uniform(110.0, 260.0, n), 0.0)
-    sin_dec = rng.uniform(math.sin(math.radians(-5.0)), math.sin(math.radians(70.0)), n)
-    dec = np.degrees(np.arcsin(sin_dec))
+    north_ra = rng.uniform(110.0, 260.0, n)
+    north_dec = np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(-5.0)), math.sin(math.radians(70.0)), n)))
     stripe_dec = np.array([0.0, 14.5, 29.5])[rng.integers(0, 3, n)]  # stripes 82, 76, 86
     south_ra = np.mod(rng.uniform(-50.0, 60.0, n), 360.0)
-    ra = np.where(north, ra, south_ra)
-    dec = np.where(north, dec, stripe_dec + rng.uniform(-1.25, 1.25, n))
-    return ra, dec
+    south_dec = stripe_dec + rng.uniform(-1.25, 1.25, n)
+    return np.where(north, north_ra, south_ra), np.where(north, north_dec, south_dec)
 
 
 def _ascii_columns(parts: list[np.ndarray | bytes]) -> list[str]:
@@ -186,7 +183,7 @@ def _votes(pop: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarra
     # Lenticulars: a smooth disk splits the vote, the more so edge-on, where it resembles an edge-on spiral.
     cs = np.select(
         [morph == _SPIRAL, morph == _ELLIPTICAL],
-        [0.15 + 0.84 * pop["v_sp"] ** 0.8, 0.3 * (1.0 - v_el) + 0.015],
+        [0.2 + 0.78 * _sigmoid((pop["v_sp"] - 0.54) / 0.08), 0.3 * (1.0 - v_el) + 0.015],
         0.15 + 0.3 * edge_on * pop["v_obs"] + 0.1 * (1.0 - v_el),
     ) * (1.0 - mg)
     el = np.clip(1.0 - cs - dk - mg, 0.0, 1.0)
@@ -207,7 +204,7 @@ def _votes(pop: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarra
         ],
         axis=1,
     )
-    q = np.maximum(q * rng.lognormal(0.0, 0.3, q.shape), 1e-6)
+    q = np.maximum(q * rng.lognormal(0.0, 0.22, q.shape), 1e-6)
     q /= q.sum(axis=1, keepdims=True)
     # A multinomial draw as a chain of binomials: vectorised over galaxies, unlike Generator.multinomial.
     counts = np.zeros(q.shape, dtype=np.int64)
@@ -245,11 +242,11 @@ def sample_population(n_galaxies: int, seed: int) -> pd.DataFrame:
     spiral = morph == _SPIRAL
     merger = rng.random(n) < _MERGER_SHARE
     # Distance (1 = nearest): far galaxies are smaller, fainter and relatively more blurred.
-    dist = 1.0 + 3.5 * rng.beta(1.2, 2.6, n)
-    r_e = np.clip(25.0 * rng.lognormal(0.0, 0.25, n) * np.where(ell, 0.75, 1.0) * dist**-0.6, 4.0, 80.0)
-    sb = 54.0 * rng.lognormal(0.0, 0.4, n) * np.where(ell, 1.1, 1.0) * dist**-1.6
-    psf_fwhm = 2.5 * rng.lognormal(0.0, 0.15, n) * dist**0.45
-    psf_beta = rng.uniform(2.5, 4.5, n)
+    dist = 1.0 + 3.5 * rng.beta(1.85, 1.95, n)
+    r_e = np.clip(30.0 * rng.lognormal(0.0, 0.25, n) * np.where(ell, 0.9, 1.0) * dist**-0.4, 4.0, 90.0)
+    sb = 70.0 * rng.lognormal(0.0, 0.4, n) * np.where(ell, 1.4, 1.0) * dist**-2.0
+    psf_fwhm = 3.6 * rng.lognormal(0.0, 0.15, n) * dist**0.9
+    psf_wing = rng.uniform(0.05, 0.2, n)  # share of the starlight in the broad wing of the PSF
     sky = rng.lognormal(0.0, 0.12, n)
     pa = rng.uniform(0.0, math.pi, n)
     cos_i = np.where(disk, rng.random(n), 1.0)  # disks are randomly oriented
@@ -257,13 +254,13 @@ def sample_population(n_galaxies: int, seed: int) -> pd.DataFrame:
     q_disk = np.sqrt(cos_i**2 + q0**2 * (1.0 - cos_i**2))
     q_ell = np.clip(1.0 - np.abs(rng.normal(0.0, 0.22, n)), 0.42, 1.0)  # E0 to E6
     q = np.where(ell, q_ell, q_disk)
-    sersic_n = np.where(ell, rng.uniform(3.0, 4.8, n), rng.uniform(1.5, 4.0, n))
+    sersic_n = np.where(ell, rng.uniform(2.5, 4.5, n), rng.uniform(1.5, 4.0, n))
     bulge_frac = np.select([ell, spiral], [1.0, 0.7 * rng.beta(1.6, 4.0, n)], rng.uniform(0.3, 0.7, n))
     bulge_re = np.where(ell, r_e, r_e * rng.uniform(0.12, 0.3, n))
     n_arms = rng.choice(np.array([2, 3, 4]), n, p=[0.6, 0.25, 0.15])
     pitch = np.radians(rng.uniform(10.0, 32.0, n))
     arm_contrast = np.where(spiral, np.clip(rng.beta(2.4, 1.8, n), 0.05, 1.0), 0.0)
-    arm_sharpness = rng.uniform(2.0, 4.0, n)
+    arm_sharpness = rng.uniform(1.5, 3.0, n)
     chirality = np.where(rng.random(n) < 0.5, 1, -1)
     arm_phase = rng.uniform(0.0, 2 * math.pi, n)
     bar = np.where(disk & (rng.random(n) < 0.3) & (bulge_frac < 0.5), rng.uniform(0.3, 1.0, n), 0.0)
@@ -283,15 +280,15 @@ def sample_population(n_galaxies: int, seed: int) -> pd.DataFrame:
     # with the seeing, `sn` its surface brightness with the sky noise; arms also need contrast and a
     # face-on view, an edge-on disk needs to be resolved to look like a disk rather than a cigar-shaped blob.
     resolved = r_e / psf_fwhm
-    sn = _sigmoid(np.log(sb / 7.6) / 0.4)
-    faceon = np.clip((cos_i - 0.2) / 0.35, 0.0, 1.0)
+    sn = _sigmoid(np.log(sb / _SN_HALF) / 0.4)
+    faceon = np.clip((cos_i - 0.12) / 0.28, 0.0, 1.0)
     arm_strength = np.clip(arm_contrast / 0.45, 0.0, 1.0) * (1.0 - 0.4 * bulge_frac)
-    v_arm = np.where(spiral, arm_strength * _sigmoid((resolved - 3.0) / 0.8) * sn * faceon, 0.0)
+    v_arm = np.where(spiral, arm_strength * _sigmoid((resolved - _RES_ARMS) / 0.3) * sn * faceon, 0.0)
     edge = np.where(spiral, np.clip((0.42 - cos_i) / 0.22, 0.0, 1.0), 0.0)
-    v_edge = edge * _sigmoid((resolved - 2.5) / 0.8) * sn
+    v_edge = edge * _sigmoid((resolved - _RES_EDGE) / 0.3) * sn
     v_sp = np.maximum(v_arm, 0.92 * v_edge)
-    v_obs = _sigmoid((resolved - 3.2) / 0.8) * sn
-    v_el = _sigmoid((resolved - 2.9) / 0.8) * sn**1.5
+    v_obs = _sigmoid((resolved - _RES_OBS) / 0.3) * sn
+    v_el = _sigmoid((resolved - _RES_SMOOTH) / 0.3) * sn**1.5
     latent = {"morph": morph, "merger": merger, "sn": sn, "v_arm": v_arm, "v_sp": v_sp, "v_el": v_el}
     latent.update(v_obs=v_obs, q=q, cos_i=cos_i, chirality=chirality, nvote=nvote)
     t = _thousandths(_votes(latent, rng), nvote)
@@ -300,11 +297,13 @@ def sample_population(n_galaxies: int, seed: int) -> pd.DataFrame:
     # brightness), the excess of elliptical votes that distance causes: population-level, not per galaxy.
     shift = np.minimum(np.rint(350.0 * (1.0 - v_obs)).astype(np.int64), p_el)
     el_deb, cs_deb = p_el - shift, p_cs + shift
-    # The published flags come from an earlier estimate of the debiased fractions, so they disagree with
-    # the 0.8 rule on the final ones for about an eighth of the galaxies, as in the real table.
-    jitter = rng.normal(0.0, _FLAG_NOISE, n)
-    spiral_flag = (cs_deb / 1000.0 + jitter) > _THRESHOLD
-    ell_flag = (el_deb / 1000.0 - jitter) > _THRESHOLD
+    # The published flags come from an earlier estimate of the debiased fractions (a debiasing calibrated
+    # differently, plus scatter), so they disagree with the 0.8 rule on the final ones for about an eighth of
+    # the galaxies, as in the real table, mostly among the faint ones where the correction is large.
+    early_shift = 0.35 * (1.0 - v_obs) * rng.uniform(0.3, 1.7, n) + rng.normal(0.0, _FLAG_NOISE, n)
+    early_shift = np.minimum(early_shift, p_el / 1000.0)
+    spiral_flag = (p_cs / 1000.0 + early_shift) > _THRESHOLD
+    ell_flag = (p_el / 1000.0 - early_shift) > _THRESHOLD
     objid = _objids(rng, n, sky_version=1, reruns=(40, 41, 44), runs=(94, 8200))
 
     table2 = {
@@ -333,7 +332,7 @@ def sample_population(n_galaxies: int, seed: int) -> pd.DataFrame:
         "r_e": r_e,
         "sb": sb,
         "psf_fwhm": psf_fwhm,
-        "psf_beta": psf_beta,
+        "psf_wing": psf_wing,
         "sky": sky,
         "pa": pa,
         "cos_i": cos_i,
@@ -473,23 +472,30 @@ def _splat(plane: np.ndarray, cols: np.ndarray, rows: np.ndarray, flux: np.ndarr
 
 
 def _sed(g_r: float, r_i: float) -> np.ndarray:
-    g, i = _colour_ratios(np.float64(g_r), np.float64(r_i))
-    return np.array([g, 1.0, i], dtype=np.float32)
+    """Flux in (g, r, i) relative to r, from the g-r and r-i colours in magnitudes."""
+    return np.array([10 ** (-0.4 * g_r), 1.0, 10 ** (0.4 * r_i)], dtype=np.float32)
 
 
-def _moffat_alpha(fwhm: float, beta: float) -> float:
-    return fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+_WING_WIDTH = 2.5  # sigma of the PSF's wing over that of its core (a double Gaussian, as SDSS photo fits)
 
 
-def _psf_convolve(bands: np.ndarray, fwhm: float, beta: float) -> np.ndarray:
-    """Convolve (3, H, W) with a Moffat PSF through a zero-padded FFT (no wrap-around)."""
+def _gaussian_otf(freq_y: np.ndarray, freq_x: np.ndarray, sigma: float) -> np.ndarray:
+    """Fourier transform of a unit 2-D Gaussian: separable, so two 1-D exponentials and an outer product."""
+    a = np.float32(-2.0 * math.pi**2 * sigma * sigma)
+    return np.exp(a * freq_y * freq_y)[:, None] * np.exp(a * freq_x * freq_x)[None, :]
+
+
+def _psf_convolve(bands: np.ndarray, fwhm: float, wing: float) -> np.ndarray:
+    """Convolve (3, H, W) with a double-Gaussian PSF through a zero-padded FFT (no wrap-around); the PSF's
+    transform is analytic, so only the image is transformed."""
     size = bands.shape[-1]
-    alpha = _moffat_alpha(fwhm, beta)
-    pad = scipy.fft.next_fast_len(size + int(math.ceil(4 * fwhm)) + 2, real=True)
-    d = np.minimum(np.arange(pad), pad - np.arange(pad)).astype(np.float32)
-    kernel = (1.0 + (d[None, :] ** 2 + d[:, None] ** 2) / np.float32(alpha * alpha)) ** np.float32(-beta)
-    kernel /= kernel.sum()
-    otf = scipy.fft.rfft2(kernel)
+    sigma = fwhm / 2.3548
+    pad = scipy.fft.next_fast_len(size + int(math.ceil(3.0 * _WING_WIDTH * sigma)) + 1, real=True)
+    fy = scipy.fft.fftfreq(pad).astype(np.float32)
+    fx = scipy.fft.rfftfreq(pad).astype(np.float32)
+    otf = np.float32(1.0 - wing) * _gaussian_otf(fy, fx, sigma) + np.float32(wing) * _gaussian_otf(
+        fy, fx, _WING_WIDTH * sigma
+    )
     out = scipy.fft.irfft2(scipy.fft.rfft2(bands, s=(pad, pad)) * otf, s=(pad, pad))
     return out[:, :size, :size].astype(np.float32)
 
@@ -555,8 +561,6 @@ def _disk_galaxy(g: Mapping[str, Any], dx, dy, r_e: float, soft: float, s: float
     bar_len = 1.2 * h
     if g["bar"] > 0 and n_arms == 2:  # arms start at the ends of the bar
         phase = n_arms * (g["bar_angle"] - chir * math.log(bar_len / h) / tan_p)
-    theta = np.arctan2(vd, ud)
-    log_r = np.log(r / np.float32(h))
     # Real arms are neither identical nor perfectly logarithmic: a wobble in the winding and a brightness
     # that waxes and wanes along each arm.
     wobble, ph = rng.uniform(0.0, 0.6, 2), rng.uniform(0.0, 2 * math.pi, 3)
@@ -564,14 +568,22 @@ def _disk_galaxy(g: Mapping[str, Any], dx, dy, r_e: float, soft: float, s: float
     def bend(th, lr):
         return wobble[0] * np.sin(th + ph[0]) + wobble[1] * np.sin(2.5 * lr + ph[1])
 
-    psi = n_arms * (theta - np.float32(chir / tan_p) * log_r) - np.float32(phase) + bend(theta, log_r)
-    k = g["arm_sharpness"]
-    wave = ((1.0 + np.cos(psi)) * 0.5) ** np.float32(k) * (1.0 + 0.4 * np.sin(theta + 1.7 * log_r + ph[2]))
-    wave_mean = math.gamma(k + 0.5) / (math.sqrt(math.pi) * math.gamma(k + 1.0))
     r_in = max(2.0 * g["bulge_re"] * s, 0.6 * h, bar_len if g["bar"] > 0 else 0.0)
-    arm_amp = np.float32(g["arm_contrast"]) * (1.0 - np.exp(-((r / np.float32(r_in)) ** 2)))
-    arms = disk * arm_amp * (wave / np.float32(wave_mean))
-    base = disk * (1.0 - arm_amp)
+    if g["arm_contrast"] > 0:
+        theta = np.arctan2(vd, ud)
+        log_r = np.log(r / np.float32(h))
+        psi = n_arms * (theta - np.float32(chir / tan_p) * log_r) - np.float32(phase) + bend(theta, log_r)
+        k = g["arm_sharpness"]
+        wave = ((1.0 + np.cos(psi)) * 0.5) ** np.float32(k) * (1.0 + 0.4 * np.sin(theta + 1.7 * log_r + ph[2]))
+        wave_mean = math.gamma(k + 0.5) / (math.sqrt(math.pi) * math.gamma(k + 1.0))
+        arm_amp = np.float32(g["arm_contrast"]) * (1.0 - np.exp(-((r / np.float32(r_in)) ** 2)))
+        # Star formation is clumpy: a smooth random texture breaks the arms (and, less, the disk) into
+        # patches, as strongly as the arms stand out.
+        texture = _smooth_noise(rng, r.shape, max(0.2 * h, 1.0)) * np.float32(g["arm_contrast"])
+        arms = disk * arm_amp * (wave / np.float32(wave_mean)) * np.clip(1.0 + 0.5 * texture, 0.1, None)
+        base = disk * (1.0 - arm_amp) * np.clip(1.0 + 0.2 * texture, 0.5, None)
+    else:  # a lenticular: a smooth disk
+        arms, base = np.zeros_like(disk), disk
     q_b = _bulge_q(q)
     bulge = np.float32(_bulge_sigma(g, s)) * _sersic(u, v, q_b, max(g["bulge_re"] * s, 0.5), g["sersic_n"], soft)
     if g["bar"] > 0:
@@ -663,40 +675,46 @@ def _add_neighbours(bands: np.ndarray, g: Mapping[str, float], s: float, rng: np
 def _add_stars(bands: np.ndarray, g: Mapping[str, float], fwhm: float, s: float, rng: np.random.Generator) -> None:
     """Foreground stars: the PSF itself, with diffraction spikes on the bright ones."""
     size = bands.shape[-1]
-    beta = g["psf_beta"]
-    alpha = _moffat_alpha(fwhm, beta)
+    sigma, wing = fwhm / 2.3548, g["psf_wing"]
+    wide = _WING_WIDTH * sigma
     for _ in range(int(rng.poisson(g["star_density"]))):
         cx, cy = rng.uniform(0.0, 1.0, 2) * size
         flux = 10 ** rng.uniform(1.3, 4.6) * s * s
         g_r = rng.uniform(0.1, 1.5)
-        half = min(size, fwhm * (3.0 + 4.0 * max(math.log10(max(flux / (s * s), 1.0)) - 2.0, 0.0)))
-        st = _stamp(size, cx, cy, half)
+        wing_peak = flux * wing / (2 * math.pi * wide * wide)
+        spike_amp = flux * 0.004 / fwhm if flux / (s * s) > 8000 else 0.0
+        # draw out to where the wing and the spikes fade under ~1/50 of the sky noise: no visible stamp edge
+        half = wide * math.sqrt(2.0 * math.log(max(wing_peak / 0.02, 1.0))) + 2.0
+        if spike_amp:
+            half = max(half, fwhm * ((spike_amp / 0.02) ** (1 / 1.5) - 1.0))
+        st = _stamp(size, cx, cy, min(half, 1.5 * size))
         if st is None:
             continue
         sl, dx, dy = st
         r2 = dx * dx + dy * dy
-        norm = (beta - 1.0) / (math.pi * alpha * alpha)
-        prof = np.float32(flux * norm) * (1.0 + r2 / np.float32(alpha * alpha)) ** np.float32(-beta)
-        if flux / (s * s) > 8000:
-            width = max(0.5 * fwhm / 2.355, 0.35)
+        core = np.float32(flux * (1.0 - wing) / (2 * math.pi * sigma * sigma)) * np.exp(r2 / np.float32(-2 * sigma**2))
+        prof = core + np.float32(wing_peak) * np.exp(r2 / np.float32(-2 * wide**2))
+        if spike_amp:
+            width = max(0.5 * sigma, 0.35)
             spikes = (
                 np.exp(-0.5 * (dx / width) ** 2) * (1 + np.abs(dy) / fwhm) ** -1.5
                 + np.exp(-0.5 * (dy / width) ** 2) * (1 + np.abs(dx) / fwhm) ** -1.5
             )
-            prof = prof + np.float32(flux * 0.004 / fwhm) * spikes
+            prof = prof + np.float32(spike_amp) * spikes
         bands[(slice(None), *sl)] += prof[None] * _sed(g_r, 0.4 * g_r)[:, None, None]
 
 
 def _stretch(bands: np.ndarray) -> np.ndarray:
     """SDSS-style asinh colour composite (Lupton et al. 2004): colours are kept in the saturated cores."""
     rgb = bands[::-1] * _RGB_SCALE[:, None, None]  # (g, r, i) -> (i, r, g) = (R, G, B)
-    intensity = rgb.mean(axis=0)
-    safe = np.where(np.abs(intensity) < 1e-6, np.float32(1e-6), intensity)
-    ratio = np.arcsinh(np.float32(_STRETCH_Q * _STRETCH_ALPHA) * safe) / (np.float32(_STRETCH_Q) * safe)
-    rgb = np.clip(rgb * ratio[None], 0.0, None)
-    peak = rgb.max(axis=0)
-    rgb /= np.maximum(peak, 1.0)[None]
-    return np.rint(rgb.transpose(1, 2, 0) * 255.0).astype(np.uint8)
+    # asinh(Q a I) / (Q I) is even in I and tends to `a` at 0: |I| plus a hair avoids dividing by zero
+    level = np.abs(rgb[0] + rgb[1] + rgb[2]) * np.float32(1.0 / 3.0) + np.float32(1e-6)
+    rgb *= (np.arcsinh(level * np.float32(_STRETCH_Q * _STRETCH_ALPHA)) / (level * np.float32(_STRETCH_Q)))[None]
+    np.clip(rgb, 0.0, None, out=rgb)
+    rgb /= np.maximum(rgb.max(axis=0), 1.0)[None]
+    rgb *= 255.0
+    rgb += 0.5  # rounding, as the values are non-negative
+    return np.moveaxis(rgb, 0, -1).astype(np.uint8)
 
 
 _RENDER_KEYS: frozenset[str] = frozenset(
@@ -706,7 +724,7 @@ _RENDER_KEYS: frozenset[str] = frozenset(
         "r_e",
         "sb",
         "psf_fwhm",
-        "psf_beta",
+        "psf_wing",
         "sky",
         "pa",
         "cos_i",
@@ -736,10 +754,33 @@ _RENDER_KEYS: frozenset[str] = frozenset(
 """The population columns the renderer reads (the rest is catalogue and diagnostics)."""
 
 
+def _gaussian_power(sigma: float) -> float:
+    """Sum of squared weights of scipy's 2-D Gaussian filter: the variance it leaves in unit white noise."""
+    radius = int(4.0 * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    return float((k**2).sum() ** 2)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Unit-variance Gaussian random field with correlation length `sigma` pixels (over the last two axes)."""
+    white = rng.standard_normal(shape, dtype=np.float32)
+    field = scipy.ndimage.gaussian_filter(white, (0,) * (len(shape) - 2) + (sigma, sigma), mode="wrap")
+    return field * np.float32(1.0 / math.sqrt(_gaussian_power(sigma)))
+
+
+def _sky_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Unit-variance noise per band with the blotchy grain of resampled survey cut-outs (correlated over about
+    a pixel); plain white noise once the cut-out is too small to show the grain."""
+    if sigma < 0.5:
+        return rng.standard_normal(shape, dtype=np.float32)
+    return _smooth_noise(rng, shape, sigma)
+
+
 def render_galaxy(galaxy: Mapping[str, Any], size: int, rng: np.random.Generator, *, depth: float = 1.0) -> np.ndarray:
     """One SDSS-like gri composite cut-out (size x size x 3, uint8) of a population row.
 
-    The central galaxy (with its companion when merging) and field galaxies are blurred by a Moffat PSF,
+    The central galaxy (with its companion when merging) and field galaxies are blurred by the PSF (a double Gaussian),
     stars are added as the PSF itself, then sky and photon noise (`depth` < 1 for deeper imaging) and the
     asinh stretch. All lengths scale with size / 424, so a 64-px cut-out is the 424-px one seen smaller.
     """
@@ -748,12 +789,12 @@ def render_galaxy(galaxy: Mapping[str, Any], size: int, rng: np.random.Generator
     fwhm = max(g["psf_fwhm"] * s, 1.0)
     bands = _main_galaxy(g, size, s, rng)
     _add_neighbours(bands, g, s, rng)
-    bands = _psf_convolve(bands, fwhm, g["psf_beta"])
+    bands = _psf_convolve(bands, fwhm, g["psf_wing"])
     _add_stars(bands, g, fwhm, s, rng)
     bands += (_SKY_PEDESTAL * np.float32(min(s, 1.0)))[:, None, None]
     noise_scale = np.float32(min(s, 1.0) * depth * g["sky"])
     variance = _SKY_SIGMA[:, None, None] ** 2 + np.float32(_POISSON_GAIN) * np.maximum(bands, 0.0)
-    bands += noise_scale * np.sqrt(variance) * rng.standard_normal(bands.shape, dtype=np.float32)
+    bands += noise_scale * np.sqrt(variance) * _sky_noise(rng, bands.shape, 0.6 * s)
     return _stretch(bands)
 
 
@@ -770,7 +811,18 @@ def _render_task(task: tuple[dict[str, Any], int, float, int, int, str]) -> int:
     return asset_id
 
 
-def _default_workers() -> int:
+def image_tasks(
+    pop: pd.DataFrame, mapping: pd.DataFrame, image_dir: str | os.PathLike, *, size: int, seed: int
+) -> list[tuple]:
+    """One picklable render task per mapping row (`galaxy_row`, `asset_id`, `depth` columns) for render_many."""
+    records = pop[[k for k in pop.columns if k in _RENDER_KEYS]].to_dict("records")
+    return [
+        (records[row], int(asset), float(depth), size, seed, str(Path(image_dir) / f"{asset}.jpg"))
+        for row, asset, depth in zip(mapping["galaxy_row"], mapping["asset_id"], mapping["depth"], strict=True)
+    ]
+
+
+def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -778,12 +830,19 @@ def _default_workers() -> int:
 
 
 def render_many(tasks: list[tuple], workers: int | None = None, *, progress: bool = True) -> int:
-    """Render and write the tasks' JPEGs, in a process pool when workers > 1; returns how many were written."""
-    workers = _default_workers() if workers is None else max(1, workers)
+    """Render and write the tasks' JPEGs in a pool of `workers` processes; returns how many were written.
+
+    workers=None: every CPU this process may use, unless the job is so small (under ~16 full-size
+    cut-outs' work) that starting the processes would cost more than it saves.
+    """
+    if workers is None:
+        work = sum((task[3] / REFERENCE_SIZE) ** 2 for task in tasks)
+        workers = default_workers() if work >= 16 else 1
+    workers = max(1, workers)
     bar = tqdm(total=len(tasks), desc="synthetic images", unit="img", disable=not progress, leave=False)
     done = 0
     with bar:
-        if workers == 1 or len(tasks) < 4:
+        if workers == 1 or len(tasks) < 2:
             for task in tasks:
                 _render_task(task)
                 done += 1
@@ -843,12 +902,8 @@ def generate(
             (out / name).unlink(missing_ok=True)
         image_dir = out / IMAGES_SUBDIR
         image_dir.mkdir(parents=True, exist_ok=True)
-        records = pop[[k for k in pop.columns if k in _RENDER_KEYS]].to_dict("records")
         rendered = mapping.loc[~missing]
-        tasks = [
-            (records[row], int(asset), float(depth), cfg.image_size, cfg.seed, str(image_dir / f"{asset}.jpg"))
-            for row, asset, depth in zip(rendered["galaxy_row"], rendered["asset_id"], rendered["depth"], strict=True)
-        ]
+        tasks = image_tasks(pop, rendered, image_dir, size=cfg.image_size, seed=cfg.seed)
         wanted = {f"{asset}.jpg" for asset in rendered["asset_id"]}
         for old in image_dir.iterdir():
             # JPEGs of an earlier run with other settings, and temporary files of a killed one
@@ -892,18 +947,24 @@ def example_grid(cfg: SyntheticConfig, path: str | os.PathLike, *, rows: int = 4
     pop = sample_population(cfg.n_galaxies, cfg.seed)
     mapping = _mapping_rows(pop, cfg.mapping_fraction, cfg.seed)
     mapping = mapping[mapping["depth"] == 1.0].drop_duplicates("objid")
-    flags = pop.iloc[mapping["galaxy_row"].to_numpy()][["SPIRAL", "ELLIPTICAL", "UNCERTAIN"]].to_numpy()
+    shown = pop.iloc[mapping["galaxy_row"].to_numpy()]
+    flags = shown[["SPIRAL", "ELLIPTICAL", "UNCERTAIN"]].to_numpy()
+    # typical examples: leave out the rows whose flag disagrees with the 0.8 rule on the final fractions
+    rule = np.select([shown["P_CS_DEBIASED"] > _THRESHOLD, shown["P_EL_DEBIASED"] > _THRESHOLD], [0, 1], 2)
+    flags = flags * (np.argmax(flags, axis=1) == rule)[:, None]
     n_tiles = rows * cols
     quota = {0: (n_tiles * 3 + 7) // 8, 1: (n_tiles * 5 + 15) // 16}  # spiral, elliptical; the rest uncertain
     quota[2] = n_tiles - quota[0] - quota[1]
     picks: list[int] = []
     for k, want in quota.items():
         picks.extend(np.flatnonzero(flags[:, k] == 1)[:want].tolist())
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.35), dpi=75)
+    tile_px, dpi = 168, 80  # tiles shown at about their pixel size: sharp, and a PNG small enough for a README
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.3, rows * 2.6), dpi=dpi)
     for ax, pick in zip(axes.ravel(), picks, strict=False):
         row, asset = int(mapping["galaxy_row"].iloc[pick]), int(mapping["asset_id"].iloc[pick])
         galaxy = pop.iloc[row]
-        ax.imshow(render_galaxy(galaxy.to_dict(), cfg.image_size, render_seed(cfg.seed, asset)))
+        tile = Image.fromarray(render_galaxy(galaxy.to_dict(), cfg.image_size, render_seed(cfg.seed, asset)))
+        ax.imshow(tile.resize((tile_px, tile_px), Image.Resampling.LANCZOS) if cfg.image_size > tile_px else tile)
         flag = ("spiral", "elliptical", "uncertain")[int(np.argmax(flags[pick]))]
         truth = galaxy["morph"] + (" + merger" if galaxy["merger"] else "")
         ax.set_title(
@@ -918,9 +979,9 @@ def example_grid(cfg: SyntheticConfig, path: str | os.PathLike, *, rows: int = 4
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    # A 256-colour palette keeps the PNG small enough for a README (dark sky quantises well).
+    # A 256-colour palette (max-coverage keeps the faint blue and yellow tints) makes it small for a README.
     with Image.open(buf) as im:
-        small = im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
     target = Path(path)
     with atomic_path(target) as tmp:
         small.save(tmp, format="PNG", optimize=True)
@@ -931,16 +992,16 @@ def example_grid(cfg: SyntheticConfig, path: str | os.PathLike, *, rows: int = 4
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    """`galmorph synth OUT [--n-galaxies N] [--no-images]`: a synthetic data set in any folder."""
+    """`galmorph synth OUT [--n-galaxies N] [--no-images] [--examples PNG]`: a synthetic data set anywhere."""
     cfg = params.data.synthetic
     if getattr(args, "n_galaxies", None) is not None:
         cfg = replace(cfg, n_galaxies=args.n_galaxies)
     counts = generate(cfg, args.out, images=not getattr(args, "no_images", False))
-    if getattr(args, "examples", None):
-        print(f"examples: {example_grid(cfg, args.examples)}")
     classes = ", ".join(f"{k} {v}" for k, v in counts["classes"].items())
     print(
         f"{args.out}: table 2 {counts['rows']} rows ({classes}); mapping {counts['mapping_rows']} rows "
         f"({counts['mapping_duplicate_rows']} repeated objids, {counts['mapping_rows_not_in_table2']} not in "
         f"table 2); images {counts['images_written']} written, {counts['images_missing']} deliberately missing"
     )
+    if getattr(args, "examples", None):
+        print(f"examples: {example_grid(cfg, args.examples)}")

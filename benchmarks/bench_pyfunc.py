@@ -1,0 +1,166 @@
+"""Benchmark the logged MLflow classifier (galmorph.tracking + galmorph.serving.pyfunc) on CPU.
+
+What a user of `mlflow.pyfunc.load_model("models:/galmorph@champion")` gets: the params.yaml model
+(ResNet-50, MLP head) at the params.yaml input size, scoring SDSS-sized JPEGs (424x424) given as paths.
+Beside it, in the same run, the obvious baseline: the same network in eval mode called once per image
+(decode, EvalPreset, forward, softmax), no batching, no BatchNorm folding. Also: the cost of logging and
+loading the model, and what the provenance tags (git + dvc.lock + DVC experiment) add to opening a run.
+
+    .venv/bin/python benchmarks/bench_pyfunc.py                  # 128 images, 3 rounds
+    .venv/bin/python benchmarks/bench_pyfunc.py --images 256 --rounds 5 --arch resnet18
+
+Target: the pyfunc at least 2x the per-image baseline's images/s with identical probabilities (to 1e-4),
+and start_run's provenance under 2 s (exit status 1 when missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_SPEEDUP = 2.0
+TARGET_PROVENANCE_S = 2.0
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """Noisy elliptical blobs, 424x424 like SDSS cut-outs, saved as JPEG."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:424, :424].astype(np.float32)
+    paths = []
+    for i in range(n):
+        a, b = rng.uniform(10, 60, 2)
+        blob = np.exp(-(((xx - 212) / a) ** 2 + ((yy - 212) / b) ** 2))
+        img = blob[..., None] * rng.uniform(100, 255, 3) + rng.normal(0, 6, (424, 424, 3))
+        path = folder / f"g{i:05d}.jpg"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def per_image_baseline(net: torch.nn.Module, paths: list[Path], preprocess, temperature: float) -> np.ndarray:
+    from galmorph.data.images import load_rgb
+    from galmorph.data.transforms import EvalPreset
+
+    preset = EvalPreset(preprocess)
+    out = []
+    with torch.inference_mode():
+        for p in paths:
+            logits = net(preset(load_rgb(p))[None])
+            out.append(torch.softmax(logits / temperature, 1)[0].numpy())
+    return np.stack(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--arch", default=None, help="default: params.yaml model.arch")
+    args = ap.parse_args()
+
+    import dataclasses
+
+    import mlflow
+
+    from galmorph import tracking
+    from galmorph.config import load_params
+    from galmorph.serving.pyfunc import build_network
+
+    params = load_params(REPO / "params.yaml")
+    model_cfg = dataclasses.replace(params.model, weights="none", arch=args.arch or params.model.arch)
+    preprocess = params.preprocess
+    temperature = 1.7
+    torch.manual_seed(0)
+    net = build_network(model_cfg).eval()
+    print(
+        f"{model_cfg.arch} {model_cfg.head} head, input {preprocess.image_size} px, {args.images} JPEGs 424x424, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="bench-pyfunc-") as tmp:
+        tmp_path = Path(tmp)
+        paths = write_images(tmp_path, args.images)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+        cfg = dataclasses.replace(params.mlflow, experiment="bench")
+        tracking.experiment_id(cfg)  # create the store (SQLite migrations) outside the timings
+
+        # provenance: tracking.start_run (git, dvc.lock, exp tags, params) vs a bare mlflow run, in the repo
+        with contextlib.chdir(REPO):
+            exp_id = tracking.experiment_id(cfg)
+            ours, bare = [], []
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                with tracking.start_run(cfg, "train", params):
+                    pass
+                ours.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                with mlflow.start_run(experiment_id=exp_id):
+                    pass
+                bare.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        with tracking.start_run(cfg, "train", None):
+            uri = tracking.log_classifier(net, model_cfg, preprocess, temperature=temperature, input_example=paths[0])
+        log_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model = mlflow.pyfunc.load_model(uri)
+        load_s = time.perf_counter() - t0
+
+        frame = pd.DataFrame({"image": [str(p) for p in paths]})
+        pyfunc_s, base_s, tta_s = [], [], []
+        for _ in range(args.rounds):  # interleaved, so load changes hit both alike
+            t0 = time.perf_counter()
+            out = model.predict(frame)
+            pyfunc_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            expected = per_image_baseline(net, paths, preprocess, temperature)
+            base_s.append(time.perf_counter() - t0)
+        for _ in range(max(1, args.rounds // 2)):
+            t0 = time.perf_counter()
+            model.predict(frame.head(max(1, args.images // 4)), params={"tta": True})
+            tta_s.append(time.perf_counter() - t0)
+
+    diff = float(np.abs(out[["p_spiral", "p_elliptical"]].to_numpy() - expected).max())
+    n = args.images
+    rate = n / statistics.median(pyfunc_s)
+    base_rate = n / statistics.median(base_s)
+    tta_rate = max(1, n // 4) / statistics.median(tta_s)
+    print()
+    print(f"| scoring {n} paths ({args.rounds} rounds) | median s | min s | max s | images/s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, xs, r in (
+        ("pyfunc `predict` (batch 64, BN folded, channels_last)", pyfunc_s, rate),
+        ("baseline: per-image decode + forward + softmax", base_s, base_rate),
+    ):
+        print(f"| {name} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} | {r:.1f} |")
+    print(
+        f"| pyfunc `predict`, tta=True (8 views), {max(1, n // 4)} paths | {statistics.median(tta_s):.2f} | "
+        f"{min(tta_s):.2f} | {max(tta_s):.2f} | {tta_rate:.1f} |"
+    )
+    print()
+    print(f"speed-up {rate / base_rate:.2f}x; max |p_pyfunc - p_baseline| = {diff:.2e}")
+    print(f"log_classifier {log_s:.1f} s, mlflow.pyfunc.load_model {load_s:.1f} s")
+    print(
+        f"start_run with provenance: median {statistics.median(ours):.2f} s (min {min(ours):.2f}); "
+        f"bare mlflow.start_run: median {statistics.median(bare):.2f} s"
+    )
+    ok = rate / base_rate >= TARGET_SPEEDUP and diff < 1e-4 and statistics.median(ours) < TARGET_PROVENANCE_S
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

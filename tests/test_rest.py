@@ -1,0 +1,112 @@
+"""REST: `mlflow models serve -m models:/galmorph@champion --env-manager local` serves the pyfunc.
+
+Starts the real server on 127.0.0.1 (a free port), posts a JPEG as base64 and as a path, then malformed
+bodies: those get a 4xx and the server keeps answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.serving_utils import champion_store
+
+pytestmark = pytest.mark.slow
+STARTUP_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory, _mlflow_empty_db):
+    root = tmp_path_factory.mktemp("rest")
+    with champion_store(root, tiny_model, _mlflow_empty_db) as cfg:
+        port = free_port()
+        bin_dir = str(Path(sys.executable).parent)  # mlflow starts `uvicorn` from PATH
+        env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking_uri, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+        log = (root / "server.log").open("w")
+        cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/galmorph@champion"]
+        cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+        # its own process group: mlflow runs uvicorn as a child, and both must go at the end
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + STARTUP_S
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{(root / 'server.log').read_text()}")
+                try:
+                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no answer on {url}/ping after {STARTUP_S} s:\n{(root / 'server.log').read_text()}")
+                time.sleep(1)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            log.close()
+
+
+def invoke(url: str, body) -> requests.Response:
+    kwargs = {"data": body} if isinstance(body, str | bytes) else {"json": body}
+    return requests.post(f"{url}/invocations", headers={"Content-Type": "application/json"}, timeout=60, **kwargs)
+
+
+def test_dataframe_split_with_base64_and_params(server, tiny_model):
+    b64 = base64.b64encode(tiny_model.images[0].read_bytes()).decode("ascii")
+    response = invoke(
+        server,
+        {
+            "dataframe_split": {"columns": ["image"], "data": [[b64], ["bm90IGFuIGltYWdl"]]},
+            "params": {"threshold": 0.0},
+        },
+    )
+    assert response.status_code == 200, response.text
+    first, second = response.json()["predictions"]
+    assert abs(first["p_spiral"] + first["p_elliptical"] - 1) < 1e-6
+    assert first["label"] in ("spiral", "elliptical")
+    assert second["label"].startswith("error: ")  # a bad row is reported, the others still scored
+
+
+def test_dataframe_records_with_paths_and_uncertain(server, tiny_model):
+    records = [{"image": str(p)} for p in tiny_model.images[:3]]
+    response = invoke(server, {"dataframe_records": records, "params": {"threshold": 1.0, "tta": True}})
+    assert response.status_code == 200, response.text
+    assert [r["label"] for r in response.json()["predictions"]] == ["uncertain"] * 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "this is not JSON",
+        {"no_known_key": [1, 2]},
+        {"dataframe_split": {"columns": ["image"], "data": "not rows"}},
+        {"dataframe_records": [{"image": "x"}], "params": {"threshold": "high"}},
+    ],
+)
+def test_malformed_bodies_get_4xx_and_the_server_stays_up(server, tiny_model, body):
+    response = invoke(server, body)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+    ok = invoke(server, {"dataframe_records": [{"image": str(tiny_model.images[1])}]})
+    assert ok.status_code == 200

@@ -1,0 +1,179 @@
+"""The `select` stage: manifest, dropped list and report, class folders, and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from galmorph.cli import main
+from galmorph.config import CLASSES, SelectConfig
+from galmorph.data.images import CLASS_FOLDER_NAMES, build_class_folders, select_catalogue
+from galmorph.errors import UserError
+
+from .conftest import REPO
+from .test_images import write_image_zoo
+
+CFG = SelectConfig(verify="decode", workers=1, class_folders=None, out="m.parquet", dropped="d.csv", report="r.json")
+
+
+def zoo_catalogue(root: Path, *, absolute: bool = True) -> tuple[pd.DataFrame, dict]:
+    """A catalogue in join's contract over every kind of file in tests/test_images.py's zoo."""
+    expected = write_image_zoo(root)
+    rels = list(expected)
+    labels = [CLASSES[i % 2] for i in range(len(rels))]
+    catalogue = pd.DataFrame(
+        {
+            "galaxy_id": [f"58{i:04d}" for i in range(len(rels))],
+            "image_path": [str(root / r) if absolute else r for r in rels],
+            "label": labels,
+            "label_id": [CLASSES.index(c) for c in labels],
+            "p_spiral": np.linspace(0, 1, len(rels)),
+            "p_elliptical": np.linspace(1, 0, len(rels)),
+            "ra": np.arange(len(rels), dtype=float),
+        }
+    )
+    return catalogue, expected
+
+
+def run_select(tmp_path: Path, joined: Path, *extra: str) -> tuple[int, dict[str, Path]]:
+    out = {name: tmp_path / "out" / name for name in ("manifest.parquet", "dropped.csv", "select.json")}
+    sets = [
+        f"join.out={joined}",
+        f"select.out={out['manifest.parquet']}",
+        f"select.dropped={out['dropped.csv']}",
+        f"select.report={out['select.json']}",
+        "select.workers=2",
+        *extra,
+    ]
+    argv = ["--params", str(REPO / "params.yaml")] + [a for s in sets for a in ("-S", s)] + ["select"]
+    return main(argv), out
+
+
+def test_select_catalogue_keeps_decodable_rows_and_reports(tmp_path):
+    catalogue, expected = zoo_catalogue(tmp_path / "img")
+    result = select_catalogue(catalogue, CFG, progress=False)
+    kept_rels = [rel for rel, (reason, _) in expected.items() if reason is None]
+    assert len(result.manifest) == len(kept_rels)
+    assert list(result.manifest.columns) == [*catalogue.columns, "width", "height", "mode"]
+    assert set(result.manifest["mode"]) == {"RGB", "RGBA", "L", "I;16", "P", "CMYK"}
+    assert result.manifest["galaxy_id"].is_unique and result.manifest.index.equals(pd.RangeIndex(len(kept_rels)))
+    r = result.report
+    assert r["rows_in"] == len(expected) and r["kept"] == len(kept_rels) and r["dropped"] == len(result.dropped)
+    assert r["dropped_by_reason"]["missing"] == 3 and r["dropped_by_reason"]["corrupt"] == 3
+    assert r["dropped_by_reason"]["truncated"] == 2 and r["dropped_by_reason"]["not_an_image"] == 1
+    assert r["dropped_by_reason"]["zero_bytes"] == 1 and r["dropped_by_reason"]["unreadable"] == 1
+    assert r["converted_by_mode"] == {"CMYK": 1, "I;16": 1, "L": 1, "P": 1, "RGBA": 1} and r["converted"] == 5
+    assert sum(r["classes"].values()) == r["kept"] and sum(r["dropped_by_class"].values()) == r["dropped"]
+    assert list(result.dropped.columns) == ["galaxy_id", "image_path", "reason", "detail"]
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    catalogue, expected = zoo_catalogue(tmp_path, absolute=False)
+    monkeypatch.chdir(tmp_path)
+    result = select_catalogue(catalogue, dataclasses.replace(CFG, verify="exists"), progress=False)
+    assert result.report["dropped_by_reason"]["missing"] == 3 and result.report["dropped_by_reason"]["zero_bytes"] == 1
+    assert result.manifest["width"].isna().all()  # exists mode does not decode
+    assert result.manifest["image_path"].iloc[0] == "good.jpg"  # paths are kept as the catalogue wrote them
+
+
+def test_select_stage_writes_manifest_dropped_and_report(tmp_path, capsys):
+    catalogue, expected = zoo_catalogue(tmp_path / "img")
+    joined = tmp_path / "joined.parquet"
+    catalogue.to_parquet(joined)
+    rc, out = run_select(tmp_path, joined)
+    assert rc == 0
+    manifest = pd.read_parquet(out["manifest.parquet"])
+    dropped = pd.read_csv(out["dropped.csv"])
+    report = json.loads(out["select.json"].read_text())
+    assert len(manifest) + len(dropped) == len(catalogue) == report["rows_in"]
+    reasons = dict(zip(dropped["image_path"], dropped["reason"], strict=True))
+    assert reasons[str(tmp_path / "img" / "truncated.jpg")] == "truncated"
+    assert reasons[str(tmp_path / "img" / "text.jpg")] == "not_an_image"
+    assert str(tmp_path / "img" / "dir with space" / "ünïcode ✓" / "galaxy ü 1.jpg") in set(manifest["image_path"])
+    assert manifest["width"].dtype == "Int64" and (manifest["width"] == 48).all()
+    shown = capsys.readouterr().out
+    assert "dropped: truncated" in shown and "converted from CMYK" in shown
+
+
+def test_missing_joined_table_is_one_line(tmp_path, capsys):
+    rc, out = run_select(tmp_path, tmp_path / "nowhere" / "joined.parquet")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "joined.parquet: not found (run `galmorph join` first)" in err
+    assert not any(p.exists() for p in out.values())
+
+
+def test_no_image_at_all_names_the_folder(tmp_path, capsys):
+    images = tmp_path / "raw" / "images"
+    images.mkdir(parents=True)
+    catalogue = pd.DataFrame(
+        {
+            "galaxy_id": ["1", "2", "3"],
+            "image_path": [str(images / f"{i}.jpg") for i in range(3)],
+            "label": ["spiral"] * 3,
+        }
+    )
+    joined = tmp_path / "joined.parquet"
+    catalogue.to_parquet(joined)
+    rc, out = run_select(tmp_path, joined)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"no image found under {images}: 0 of 3 rows have a file" in err
+    assert not any(p.exists() for p in out.values())
+
+
+def test_nothing_decodes_says_why(tmp_path):
+    (tmp_path / "a.jpg").write_text("not a jpeg")
+    catalogue = pd.DataFrame({"galaxy_id": ["1"], "image_path": [str(tmp_path / "a.jpg")], "label": ["spiral"]})
+    with pytest.raises(UserError, match=r"none of the 1 rows has a usable image \(not_an_image 1\); e\.g\. .*a\.jpg"):
+        select_catalogue(catalogue, CFG, progress=False)
+
+
+def test_class_folders_are_symlinks_rebuilt_in_place(tmp_path, monkeypatch):
+    catalogue, _ = zoo_catalogue(tmp_path / "img")
+    monkeypatch.chdir(tmp_path)
+    relative = catalogue.assign(image_path=catalogue["image_path"].map(lambda p: os.path.relpath(p, tmp_path)))
+    manifest = select_catalogue(relative, CFG, progress=False).manifest
+    dest = tmp_path / "imagefolder"
+    counts = build_class_folders(manifest, dest)
+    assert counts == manifest["label"].value_counts().to_dict()
+    for cls, folder in CLASS_FOLDER_NAMES.items():
+        links = sorted((dest / folder).iterdir())
+        assert len(links) == counts[cls] and all(p.is_symlink() and p.is_file() for p in links)
+        assert not any(os.path.isabs(os.readlink(p)) for p in links)  # relative: the repo can move
+    # names with spaces and unicode are kept as they are
+    names = {p.name for f in CLASS_FOLDER_NAMES.values() for p in (dest / f).iterdir()}
+    assert "galaxy ü 1.jpg" in names
+
+    # a second run replaces the tree (here with fewer images) and leaves no temporary folders behind
+    counts = build_class_folders(manifest.iloc[:2], dest)
+    assert sum(counts.values()) == 2 == sum(len(list((dest / f).iterdir())) for f in CLASS_FOLDER_NAMES.values())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_class_folders_name_clashes_get_a_suffix(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "1.jpg").write_bytes(b"x")
+    manifest = pd.DataFrame(
+        {"image_path": [str(tmp_path / "a" / "1.jpg"), str(tmp_path / "b" / "1.jpg")], "label": ["spiral"] * 2}
+    )
+    build_class_folders(manifest, tmp_path / "tree")
+    links = sorted((tmp_path / "tree" / "spirals").iterdir())
+    assert [p.name for p in links] == ["1-2.jpg", "1.jpg"]
+    assert {os.readlink(p) for p in links} == set(manifest["image_path"])  # absolute paths stay absolute
+
+
+def test_class_folders_never_replace_someone_elses_folder(tmp_path):
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / "precious.csv").write_text("1,2\n")
+    manifest = pd.DataFrame({"image_path": ["x.jpg"], "label": ["spiral"]})
+    with pytest.raises(UserError, match="holds precious.csv, which this stage did not make"):
+        build_class_folders(manifest, dest)
+    assert (dest / "precious.csv").exists()

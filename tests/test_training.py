@@ -1,0 +1,291 @@
+"""fit(), its losses, checkpoints and resume, prediction, and the train stage end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from galmorph import cli
+from galmorph.config import replace
+from galmorph.data.dataset import ImageDataset, soft_targets
+from galmorph.data.transforms import EvalPreset
+from galmorph.errors import UserError
+from galmorph.stages.train import tuned
+from galmorph.training.engine import (
+    Criterion,
+    amp_dtype_for,
+    class_weights,
+    cpu_has_fast_bf16,
+    predict_logits,
+    predict_proba,
+    resolve_device,
+)
+from galmorph.training.loop import CHECKPOINT_NAME, fit, load_checkpoint
+from tests.training_utils import make_catalogue, one_thread, tiny_params
+
+TIMING = ("images_per_s", "epoch_time_s")
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    return make_catalogue(tmp_path_factory.mktemp("tiny"), n=40)
+
+
+def _without_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def test_cross_entropy_with_balanced_weights_and_smoothing():
+    labels = np.array([0, 0, 0, 1])
+    w = class_weights(labels, "balanced")
+    torch.testing.assert_close(w, torch.tensor([4 / 6, 4 / 2]))
+    assert class_weights(labels, "none") is None
+    with pytest.raises(UserError, match="no elliptical"):
+        class_weights(np.array([0, 0]), "balanced")
+    logits, y = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 0, 1])
+    soft = F.one_hot(y, 2).float()
+    crit = Criterion("ce", w, 0.1)
+    torch.testing.assert_close(crit(logits, y, soft), F.cross_entropy(logits, y, weight=w, label_smoothing=0.1))
+
+
+def test_soft_targets_equal_ce_on_one_hot_and_follow_the_votes():
+    logits, y = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 0, 1])
+    one_hot = F.one_hot(y, 2).float()
+    torch.testing.assert_close(Criterion("soft", None, 0.0)(logits, y, one_hot), F.cross_entropy(logits, y))
+    # a 60/40 galaxy: the loss is minimal at the logit difference log(0.6/0.4), not at infinity
+    target = torch.tensor([[0.6, 0.4]])
+    crit = Criterion("soft", None, 0.0)
+    losses = [float(crit(torch.tensor([[d, 0.0]]), torch.tensor([0]), target)) for d in (0.0, np.log(1.5), 3.0)]
+    assert losses[1] < losses[0] and losses[1] < losses[2]
+
+
+def test_soft_target_rows_fall_back_to_labels():
+    df = pd.DataFrame(
+        {"label_id": [0, 1, 1, 0], "p_spiral": [0.7, np.nan, 0.2, 0.6], "p_elliptical": [0.1, np.nan, 0.8, 0.6]}
+    )
+    np.testing.assert_allclose(soft_targets(df), [[0.875, 0.125], [0, 1], [0.2, 0.8], [0.5, 0.5]], rtol=1e-6)
+    assert np.allclose(soft_targets(df[["label_id"]]), [[1, 0], [0, 1], [0, 1], [1, 0]])
+
+
+def test_device_and_precision_resolution():
+    cpu = torch.device("cpu")
+    assert resolve_device("cpu") == cpu
+    assert amp_dtype_for(cpu, "fp32") is None and amp_dtype_for(cpu, "bf16") == torch.bfloat16
+    assert amp_dtype_for(cpu, "auto") == (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(UserError, match="train.device"):
+        resolve_device("tpu9")
+
+
+# --------------------------------------------------------------------------------------------------- fit
+
+
+def test_finetune_learns_a_separable_set(catalogue, params, tmp_path):
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=3, lr=0.003)
+    seen = []
+    result = fit(catalogue, p, on_epoch=lambda e, m: seen.append((e, m)), progress=False)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    keys = {"train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s"}
+    assert keys <= set(seen[0][1])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_metrics["val_acc"] >= 0.9
+    assert not result.model.training and next(result.model.parameters()).device.type == "cpu"
+    # the returned model is the best epoch's: its predictions reproduce the kept validation logits
+    val = catalogue[catalogue["split"] == "val"]
+    logits = predict_logits(result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu")
+    np.testing.assert_allclose(logits, result.val_logits, rtol=1e-3, atol=1e-3)
+
+
+def test_frozen_mode_learns_and_its_model_is_backbone_plus_head(catalogue, params, tmp_path):
+    p = tiny_params(params, tmp_path, mode="frozen", epochs=3, lr=0.003)
+    result = fit(catalogue, p, progress=False)
+    assert result.best_metrics["val_acc"] >= 0.9
+    val = catalogue[catalogue["split"] == "val"]
+    logits = predict_logits(result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu")
+    # the cache is float16: the full network on images agrees with the head on cached features to that precision
+    np.testing.assert_allclose(logits, result.val_logits, rtol=2e-2, atol=2e-2)
+
+
+def test_early_stopping_on_validation_loss(catalogue, params, tmp_path):
+    # lr 0: the validation loss never improves after epoch 1, so patience 2 stops after epoch 3
+    p = tiny_params(params, tmp_path, mode="frozen", epochs=10, lr=0.0, schedule="constant", early_stopping_patience=2)
+    result = fit(catalogue, p, progress=False)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
+
+
+def test_on_epoch_exceptions_propagate(catalogue, params, tmp_path):
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch, metrics):
+        raise Pruned(epoch)
+
+    with pytest.raises(Pruned):
+        fit(catalogue, tiny_params(params, tmp_path, mode="frozen", epochs=3), on_epoch=prune, progress=False)
+
+
+def test_missing_split_column_is_a_user_error(catalogue, params, tmp_path):
+    with pytest.raises(UserError, match="split_9"):
+        fit(catalogue, tiny_params(params, tmp_path), split_column="split_9", progress=False)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(catalogue, params, tmp_path, mode):
+    extra = {"num_workers": 1} if mode == "finetune" else {}  # augmentation in a worker process, reseeded per epoch
+    p = tiny_params(params, tmp_path, mode=mode, epochs=3, lr=0.003, warmup_epochs=1, **extra)
+    straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, metrics):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(catalogue, p, checkpoint_dir=tmp_path / "b", on_epoch=kill_after_first, progress=False)
+    ckpt = load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
+    resumed_epochs = []
+    resumed = fit(
+        catalogue,
+        p,
+        checkpoint_dir=tmp_path / "b",
+        resume=True,
+        on_epoch=lambda e, m: resumed_epochs.append(e),
+        progress=False,
+    )
+    assert resumed_epochs == [2, 3]
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
+    assert resumed.best_epoch == straight.best_epoch
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    np.testing.assert_array_equal(resumed.val_logits, straight.val_logits)
+
+
+def test_checkpoint_is_one_weights_only_dict(catalogue, params, tmp_path):
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=1)
+    fit(catalogue, p, checkpoint_dir=tmp_path / "ck", progress=False)
+    ckpt = torch.load(tmp_path / "ck" / CHECKPOINT_NAME, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "params", "rng", "history", "best"} <= set(ckpt)
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved from the unwrapped model
+    assert ckpt["params"]["train"]["lr"] == p.train.lr and ckpt["best"]["epoch"] == 1
+    assert not list((tmp_path / "ck").glob("*.tmp"))
+
+
+def test_resume_refuses_other_params(catalogue, params, tmp_path):
+    p = tiny_params(params, tmp_path, mode="frozen", epochs=1)
+    fit(catalogue, p, checkpoint_dir=tmp_path / "ck", progress=False)
+    other = dataclasses.replace(p, train=replace(p.train, lr=0.5))
+    with pytest.raises(UserError, match="train.lr"):
+        fit(catalogue, other, checkpoint_dir=tmp_path / "ck", resume=True, progress=False)
+    # settings that do not change the computation may differ
+    moved = dataclasses.replace(p, train=replace(p.train, num_workers=1))
+    assert len(fit(catalogue, moved, checkpoint_dir=tmp_path / "ck", resume=True, progress=False).history) == 1
+
+
+# ------------------------------------------------------------------------------------------- prediction
+
+
+def test_predict_proba_batches_tta_and_temperature(catalogue, params, tmp_path):
+    from galmorph.models.resnet import build_model
+
+    p = tiny_params(params, tmp_path)
+    torch.manual_seed(0)
+    model = build_model(p.model).eval()
+    rows = catalogue.iloc[:5]
+    probs = predict_proba(model, rows, p.preprocess, batch_size=2, num_workers=0, device="cpu")
+    assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1)
+    # the same as the plain eager model on the eval preset, in input order
+    x = torch.stack([ImageDataset(rows, EvalPreset(p.preprocess))[i][0] for i in range(5)])
+    with torch.inference_mode():
+        expected = torch.softmax(model(x), 1).numpy()
+    np.testing.assert_allclose(probs, expected, rtol=1e-3, atol=1e-4)
+    paths = predict_proba(model, list(rows["image_path"]), p.preprocess, num_workers=0, device="cpu")
+    np.testing.assert_allclose(paths, probs, rtol=1e-5, atol=1e-6)
+    hot = predict_proba(model, rows, p.preprocess, temperature=0.1, num_workers=0, device="cpu")
+    assert (np.abs(hot - 0.5) >= np.abs(probs - 0.5) - 1e-6).all()
+    tta = predict_proba(model, rows, p.preprocess, tta_views=["identity", "rot180"], num_workers=0, device="cpu")
+    with torch.inference_mode():
+        mean_logits = (model(x) + model(torch.rot90(x, 2, (2, 3)))) / 2
+    np.testing.assert_allclose(tta, torch.softmax(mean_logits, 1).numpy(), rtol=1e-3, atol=1e-4)
+    with pytest.raises(UserError, match="tta_views"):
+        predict_proba(model, rows, p.preprocess, tta_views=["rot45"], num_workers=0, device="cpu")
+
+
+def test_unreadable_image_is_one_line_user_error(params, tmp_path):
+    from galmorph.models.resnet import build_model
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    p = tiny_params(params, tmp_path)
+    with pytest.raises(UserError) as err:
+        predict_proba(build_model(p.model), [bad], p.preprocess, num_workers=1, device="cpu")
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------- train stage
+
+
+def test_tuned_params_override(params, tmp_path):
+    out = tmp_path / "best_params.yaml"
+    p = dataclasses.replace(params, tune=replace(params.tune, out=str(out)))
+    assert tuned(p) is p
+    out.write_text(yaml.safe_dump({"train.lr": 0.003, "model.hidden": 256}))
+    t = tuned(p)
+    assert (t.train.lr, t.model.hidden, t.train.epochs) == (0.003, 256, params.train.epochs)
+    out.write_text(yaml.safe_dump({"train.nope": 1}))
+    with pytest.raises(UserError, match="nope"):
+        tuned(p)
+
+
+def _write_params(p, tmp_path, catalogue):
+    catalogue.to_parquet(tmp_path / "splits.parquet")
+    p = dataclasses.replace(
+        p,
+        split=replace(p.split, out=str(tmp_path / "splits.parquet")),
+        tune=replace(p.tune, out=str(tmp_path / "best_params.yaml")),
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(p), sort_keys=False))
+    return p, str(path)
+
+
+@pytest.mark.slow
+def test_train_stage_end_to_end(catalogue, params, tmp_path, mlflow_uri):
+    import mlflow
+
+    p, path = _write_params(tiny_params(params, tmp_path, mode="frozen", epochs=2), tmp_path, catalogue)
+    assert cli.main(["--params", path, "train"]) == 2  # frozen mode needs the embed stage first
+    assert cli.main(["--params", path, "embed"]) == 0
+    assert cli.main(["--params", path, "train"]) == 0
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["best_epoch"] in (1, 2) and metrics["temperature"] > 0 and metrics["model_uri"]
+    bundle = torch.load(p.train.out, weights_only=True)
+    assert bundle["temperature"] == pytest.approx(metrics["temperature"])
+    curves = pd.read_csv(p.train.curves)
+    assert list(curves["epoch"]) == [1, 2] and {"train_loss", "val_loss", "train_acc", "val_acc"} <= set(curves)
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.data.tags["galmorph.stage"] == "train" and run.data.params["train.mode"] == "frozen"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
+    assert {"train/curves.csv", "train/curves.png", "train/confusion_val.png"} <= artifacts
+    model = mlflow.pyfunc.load_model(metrics["model_uri"])
+    out = model.predict(pd.DataFrame({"image": list(catalogue["image_path"].iloc[:3])}))
+    assert list(out.columns[:2]) == ["p_spiral", "p_elliptical"]

@@ -1,0 +1,381 @@
+"""galmorph.tuning and `galmorph tune`: the search space, trials as nested MLflow runs, states, resume, --show."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from galmorph import cli, tracking, tuning
+from galmorph.config import Params, load_params, replace
+from galmorph.errors import UserError
+from galmorph.io import write_parquet
+from galmorph.paths import repo_root
+from galmorph.stages import tune as tune_stage
+from galmorph.stages.train import tuned
+from galmorph.training.features import build_feature_cache, save_feature_cache
+from tests.training_utils import make_catalogue, tiny_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """40 tiny galaxies and their embedding cache (resnet18 at 32 px), built once for the module."""
+    folder = tmp_path_factory.mktemp("tune-data")
+    catalogue = make_catalogue(folder, n=40, size=48)
+    base = tiny_params(load_params(REPO / "params.yaml"), folder)
+    features = build_feature_cache(catalogue, base.model, base.preprocess, base.embed, device="cpu", progress=False)
+    return catalogue, features
+
+
+@pytest.fixture
+def tune_params(params: Params, tmp_path: Path) -> Params:
+    """Tiny training params, a 3-trial study of 2 epochs, everything written under tmp_path."""
+    p = tiny_params(params, tmp_path)
+    tune = replace(
+        p.tune,
+        n_trials=3,
+        epochs=2,
+        startup_trials=1,
+        pruner_warmup_epochs=0,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        out=str(tmp_path / "best_params.yaml"),
+    )
+    split = replace(p.split, out=str(tmp_path / "splits.parquet"))
+    return dataclasses.replace(p, tune=tune, split=split, mlflow=replace(p.mlflow, experiment="tune-test"))
+
+
+@pytest.fixture
+def quick_runs(monkeypatch):
+    """Parent runs without git/DVC provenance (tests/test_tracking.py covers it): a second saved per session."""
+    monkeypatch.setattr(tracking, "provenance_tags", lambda stage: {"galmorph.stage": stage})
+
+
+def _with_space(p: Params, space: dict) -> Params:
+    return dataclasses.replace(p, tune=replace(p.tune, space=space))
+
+
+def _runs(uri: str, experiment: str = "tune-test") -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("galmorph.stage") == "tune"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, sorted(children, key=lambda r: int(r.data.tags["optuna.trial_number"]))
+
+
+class FakeFit:
+    """Stands in for fit(): scripted per-epoch metrics by call number (= trial number for one worker)."""
+
+    def __init__(self, script: dict[int, object] | None = None, default: float = 0.8) -> None:
+        self.script = script or {}
+        self.default = default
+        self.calls = itertools.count()
+        self.seen: list[Params] = []
+
+    def __call__(self, catalogue, params, *, on_epoch, features, progress):
+        n = next(self.calls)
+        self.seen.append(params)
+        what = self.script.get(n, self.default)
+        if isinstance(what, BaseException):
+            raise what
+        for epoch in range(1, params.train.epochs + 1):
+            on_epoch(epoch, {"epoch": float(epoch), "train_loss": 0.5, "val_loss": 1 - what, "val_macro_f1": what})
+        best = {"epoch": float(params.train.epochs), "val_loss": 1 - what, "val_macro_f1": what}
+        return SimpleNamespace(best_metrics=best, best_epoch=params.train.epochs)
+
+    @property
+    def n_calls(self) -> int:
+        return len(self.seen)
+
+
+# --------------------------------------------------------------------------------------------- the space
+
+
+def test_default_space_parses_and_finetune_keys_wait(params):
+    space = tuning.parse_space(params)
+    assert [p.name for p in space][:3] == ["train.lr", "train.weight_decay", "model.hidden"]
+    lr = space[0]
+    assert (lr.type, lr.low, lr.high, lr.log) == ("float", 0.0001, 0.01, True)
+    # the default study is frozen: the finetune-only keys are declared but never sampled
+    assert set(tuning.inactive_params(space, params)) == {
+        "train.unfreeze_blocks",
+        "augment.rotation",
+        "augment.color_jitter",
+    }
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"lr": {"type": "float", "low": 0.1, "high": 1}}, "expected SECTION.KEY"),
+        ({"trian.lr": {"type": "float", "low": 0.1, "high": 1}}, "section 'trian' cannot be tuned"),
+        ({"train.lrr": {"type": "float", "low": 0.1, "high": 1}}, "train has no key 'lrr'"),
+        ({"train.epochs": {"type": "int", "low": 1, "high": 9}}, "tune.epochs"),
+        ({"train.lr": {"type": "gaussian"}}, "expected {type: float|int|categorical"),
+        ({"train.lr": {"type": "float", "low": 0.1}}, "a float needs high"),
+        ({"train.lr": {"type": "float", "low": 1.0, "high": 0.1}}, "expected low < high"),
+        ({"train.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
+        ({"train.lr": {"type": "float", "low": 0.1, "high": 1, "choices": [1]}}, r"unknown key\(s\) choices"),
+        ({"model.hidden": {"type": "float", "low": 0.5, "high": 2.0}}, "expected an integer"),
+        ({"model.hidden": {"type": "categorical", "choices": []}}, "non-empty list"),
+        ({"model.head": {"type": "categorical", "choices": ["mlp", "conv"]}}, "expected one of mlp, linear"),
+        ({"augment.rotation": {"type": "float", "low": 0, "high": 90}}, "no effect in frozen mode"),
+        ({"model.arch": {"type": "categorical", "choices": ["resnet18", "resnet50"]}}, "fixed by the embedding cache"),
+        (
+            {
+                "augment.rotation": {"type": "float", "low": 0, "high": 90, "when": {"train.mode": "finetune"}},
+                "train.mode": {"type": "categorical", "choices": ["frozen", "finetune"]},
+            },
+            "train.mode must come before augment.rotation",
+        ),
+        (
+            {
+                "train.mode": {"type": "categorical", "choices": ["frozen", "finetune"]},
+                "augment.rotation": {"type": "float", "low": 0, "high": 90, "when": {"train.mode": "finetuned"}},
+            },
+            "train.mode never takes 'finetuned'",
+        ),
+        ({}, "nothing to tune"),
+    ],
+)
+def test_space_errors_name_the_entry(params, space, message):
+    with pytest.raises(UserError, match=message) as info:
+        tuning.parse_space(_with_space(params, space))
+    assert "\n" not in str(info.value)
+
+
+def test_conditional_entries_follow_earlier_draws(params):
+    p = _with_space(
+        params,
+        {
+            "train.mode": {"type": "categorical", "choices": ["frozen", "finetune"]},
+            "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+            "augment.rotation": {"type": "float", "low": 0.0, "high": 180.0, "when": {"train.mode": "finetune"}},
+        },
+    )
+    space = tuning.parse_space(p)
+    frozen = tuning.suggest(optuna.trial.FixedTrial({"train.mode": "frozen", "train.lr": 0.01}), space, p)
+    assert frozen == {"train.mode": "frozen", "train.lr": 0.01}
+    fine = {"train.mode": "finetune", "train.lr": 0.001, "augment.rotation": 45.0}
+    assert tuning.suggest(optuna.trial.FixedTrial(fine), space, p) == fine
+    assert tuning.needs_features(p)
+    run = tuning.trial_params(p, fine)
+    assert (run.train.mode, run.augment.rotation, run.train.epochs) == ("finetune", 45.0, p.tune.epochs)
+
+
+def test_storage_urls(tmp_path):
+    assert tuning.storage_url(None) == f"sqlite:///{repo_root() / 'mlruns' / 'optuna.db'}"
+    assert tuning.storage_url("sqlite:///runs/x.db") == f"sqlite:///{repo_root() / 'runs' / 'x.db'}"
+    assert tuning.storage_url(None, f"sqlite:///{tmp_path}/o.db") == f"sqlite:///{tmp_path}/o.db"
+    url = "postgresql://tuner:s3cret@db.example.org:5432/optuna"
+    assert tuning.storage_url("sqlite:///ignored.db", url) == url
+    assert "s3cret" not in tuning.redact(url) and "tuner" in tuning.redact(url)
+    with pytest.raises(UserError, match="expected sqlite:///path/to/optuna.db or postgresql://"):
+        tuning.storage_url("mlruns/optuna.db")
+    with pytest.raises(UserError, match="in-memory"):
+        tuning.storage_url("sqlite:///:memory:")
+
+
+def test_study_name_follows_what_trials_depend_on(tune_params, tiny_data):
+    catalogue, features = tiny_data
+    name = tuning.study_name(tune_params, catalogue, features.meta)
+    assert name.startswith("galmorph-")
+    more = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=50, sampler="random"))
+    assert tuning.study_name(more, catalogue, features.meta) == name  # a bigger budget continues the study
+    space = dict(tune_params.tune.space) | {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}
+    assert tuning.study_name(_with_space(tune_params, space), catalogue, features.meta) != name
+    moved = catalogue.assign(split=catalogue["split"].where(catalogue.index != 0, "val"))
+    assert tuning.study_name(tune_params, moved, features.meta) != name
+
+
+# ------------------------------------------------------------------------------------------------ studies
+
+
+def test_study_with_real_training_nests_trial_runs(tune_params, tiny_data, mlflow_uri):
+    catalogue, features = tiny_data
+    outcome = tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage)
+    study = outcome.study
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert outcome.ran == 3
+
+    parent, children = _runs(mlflow_uri)
+    assert parent.info.run_id == outcome.parent_run_id == study.user_attrs["mlflow_run_id"]
+    assert parent.data.tags["optuna.study_name"] == study.study_name
+    assert parent.data.params["tune.n_trials"] == "3"
+    assert parent.data.metrics["trials_complete"] == 3
+    assert [c.data.tags["optuna.trial_number"] for c in children] == ["0", "1", "2"]
+    client = mlflow.MlflowClient(mlflow_uri)
+    for trial, child in zip(study.trials, children, strict=True):
+        assert child.info.status == "FINISHED" and child.data.tags["optuna.state"] == "COMPLETE"
+        assert child.data.tags["optuna.study_name"] == study.study_name
+        assert child.data.params["train.lr"] == str(trial.params["train.lr"])
+        assert child.data.metrics["objective"] == pytest.approx(trial.value)
+        assert trial.user_attrs["mlflow_run_id"] == child.info.run_id
+        curve = client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert sorted(m.step for m in curve) == [1, 2]  # per-epoch metrics, step = epoch
+        assert trial.intermediate_values == {m.step: pytest.approx(m.value) for m in curve}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/trials.csv", "optuna/timeline.png"} <= artifacts
+
+    document = tuning.best_params_document(outcome, tune_params.tune.metric)
+    tuning.write_best_params(tune_params.tune.out, document)
+    written = yaml.safe_load(Path(tune_params.tune.out).read_text())
+    assert written["params"] == study.best_params
+    assert written["trial"] == study.best_trial.number and written["value"] == pytest.approx(study.best_value)
+    # the train stage applies exactly these values
+    final = tuned(tune_params)
+    assert final.train.lr == study.best_params["train.lr"]
+    assert final.model.hidden == study.best_params["model.hidden"]
+
+
+def test_failed_nan_and_pruned_trials_are_recorded_and_the_study_goes_on(
+    tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs
+):
+    catalogue, features = tiny_data
+    fake = FakeFit({0: 0.9, 1: RuntimeError("boom"), 2: 0.1, 3: math.nan, 4: 0.1})
+    monkeypatch.setattr(tuning, "fit", fake)
+    outcome = tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+    states = [t.state.name for t in outcome.study.trials]
+    assert states == ["COMPLETE", "FAIL", "PRUNED", "FAIL", "PRUNED"]  # the budget counts COMPLETE + PRUNED only
+    assert "RuntimeError: boom" in outcome.study.trials[1].user_attrs["error"]
+    assert "FloatingPointError" in outcome.study.trials[3].user_attrs["error"]
+    assert outcome.study.trials[2].intermediate_values == {1: 0.1}  # pruned after its first epoch
+
+    parent, children = _runs(mlflow_uri)
+    status = [(c.info.status, c.data.tags["optuna.state"]) for c in children]
+    assert status == [
+        ("FINISHED", "COMPLETE"),
+        ("FAILED", "FAIL"),
+        ("KILLED", "PRUNED"),
+        ("FAILED", "FAIL"),
+        ("KILLED", "PRUNED"),
+    ]
+    assert "boom" in children[1].data.tags["optuna.error"]
+    assert parent.data.metrics["trials_fail"] == 2 and parent.data.metrics["trials_pruned"] == 2
+    # the finished trials (0, 2, 4) could have run 3 x 2 epochs; pruning stopped two after one
+    assert parent.data.metrics["epochs_saved"] == pytest.approx(1 - 4 / 6)
+
+
+def test_a_user_error_stops_the_study_after_one_trial(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
+    catalogue, features = tiny_data
+    monkeypatch.setattr(tuning, "fit", FakeFit(default=0.5, script={0: UserError("splits.parquet: bad column x")}))
+    with pytest.raises(UserError, match="bad column x"):
+        tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+    study = optuna.load_study(
+        study_name=tuning.study_name(tune_params, catalogue, features.meta), storage=tune_params.tune.storage
+    )
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def test_resume_continues_without_redoing_trials(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
+    catalogue, features = tiny_data
+    fake = FakeFit({0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8, 4: 0.9})
+    monkeypatch.setattr(tuning, "fit", fake)
+    two = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=2))
+    run = lambda p, **kw: tuning.run_study(  # noqa: E731
+        catalogue, p, features=features, storage=p.tune.storage, plots=False, progress=False, **kw
+    )
+    first = run(two)
+    assert fake.n_calls == 2
+    again = run(two)  # nothing left to do
+    assert fake.n_calls == 2 and again.ran == 0
+    assert again.parent_run_id == first.parent_run_id  # one MLflow run per study, across sessions
+    four = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=5))
+    limited = run(four, worker_trials=1)  # this worker's own budget
+    assert limited.ran == 1 and fake.n_calls == 3
+    final = run(four)
+    assert fake.n_calls == 5 and final.ran == 2
+    assert [t.number for t in final.study.trials] == [0, 1, 2, 3, 4]
+    drawn = [tuple(sorted(t.params.items())) for t in final.study.trials]
+    assert len(set(drawn)) == 5  # every session drew new points (seeded per trial, not per process)
+    _parent, children = _runs(mlflow_uri)
+    assert len(children) == 5
+
+
+def test_a_trial_over_the_global_budget_is_dropped_before_training(
+    tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs
+):
+    """Two workers asking at the same moment: the later trial finds the budget taken and never trains."""
+    catalogue, features = tiny_data
+    fake = FakeFit()
+    monkeypatch.setattr(tuning, "fit", fake)
+    p = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=2))
+    study, _ = tuning.open_study(p, "race", tuning.open_storage(p.tune.storage))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # heartbeats are for optimize(); these trials stay RUNNING
+        study.ask(), study.ask()  # two trials running elsewhere fill the budget
+        late = study.ask()
+    objective = tuning._Objective(catalogue, p, tuning.parse_space(p), features, "test-worker")
+    with pytest.raises(tuning._OverBudget):
+        objective(late)
+    assert "over the global budget" in study.trials[2].user_attrs["skipped"]
+    assert fake.n_calls == 0
+
+
+# ------------------------------------------------------------------------------------------ stage and CLI
+
+
+def test_stage_writes_best_params_and_show_prints_a_table(
+    tune_params, tiny_data, mlflow_uri, monkeypatch, tmp_path, capsys, quick_runs
+):
+    catalogue, features = tiny_data
+    write_parquet(tune_params.split.out, catalogue)
+    save_feature_cache(features, tune_params.embed.out)
+    monkeypatch.setattr(tuning, "fit", FakeFit({0: 0.7, 1: 0.9, 2: 0.8}))
+    monkeypatch.setattr(tuning, "study_figures", lambda study, seed=0: ({}, {}))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(dataclasses.asdict(tune_params), sort_keys=False))
+
+    assert cli.main(["--params", str(params_file), "tune"]) == 0
+    out = capsys.readouterr().out
+    written = yaml.safe_load(Path(tune_params.tune.out).read_text())
+    assert written["trial"] == 1 and written["value"] == pytest.approx(0.9)
+    assert "tune: best trial 1 val_macro_f1 0.9000" in out
+
+    assert cli.main(["--params", str(params_file), "tune", "--show"]) == 0
+    table = capsys.readouterr().out
+    assert written["study"] in table and "rank" in table and "train.lr" in table
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert [row.split("│")[2].strip() for row in rows] == ["1", "2", "0"]  # trials by value, best first
+    assert "3 complete" in table
+
+    assert cli.main(["--params", str(params_file), "tune", "--storage", "mongodb://nowhere/db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("galmorph tune: error: tune.storage") and "\n" not in err
+
+
+def test_show_lists_the_studies_when_params_changed(
+    tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs, capsys
+):
+    catalogue, features = tiny_data
+    monkeypatch.setattr(tuning, "fit", FakeFit())
+    tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+    capsys.readouterr()
+    other = dataclasses.replace(tune_params, tune=replace(tune_params.tune, epochs=5))
+    tuning.show(other, catalogue, other.tune.storage, features.meta)
+    out = capsys.readouterr().out
+    assert "no study" in out and tuning.study_name(tune_params, catalogue, features.meta) in out
+
+
+def test_stage_main_takes_the_cli_namespace(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
+    """main() as dvc runs it: the budget from params, --n-trials limiting this worker."""
+    catalogue, features = tiny_data
+    write_parquet(tune_params.split.out, catalogue)
+    save_feature_cache(features, tune_params.embed.out)
+    fake = FakeFit()
+    monkeypatch.setattr(tuning, "fit", fake)
+    monkeypatch.setattr(tuning, "study_figures", lambda study, seed=0: ({}, {}))
+    tune_stage.main(tune_params, argparse.Namespace(show=False, storage=None, n_trials=2))
+    assert fake.n_calls == 2
+    assert yaml.safe_load(Path(tune_params.tune.out).read_text())["trials"]["complete"] == 2

@@ -1,0 +1,171 @@
+"""The web page: uploads through Flask's test client (fast), then a real headless chromium (marker browser)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from galmorph.errors import UserError
+from galmorph.serving import web
+from tests.serving_utils import champion_store, galaxy_image
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LIMIT_MB = 0.25
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model, tmp_path_factory, _mlflow_empty_db):
+    with champion_store(tmp_path_factory.mktemp("web"), tiny_model, _mlflow_empty_db) as cfg:
+        yield cfg
+
+
+@pytest.fixture(scope="module")
+def app(store):
+    app, ref = web.build(None, store, threshold=0.7, max_upload_mb=LIMIT_MB)
+    assert (ref.name, ref.version, ref.alias) == ("galmorph", "1", "champion")
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def jpeg_bytes(seed: int = 0, size: int = 96, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    galaxy_image(seed, size, mode).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def upload(client, data: bytes, name: str = "galaxy.jpg", url: str = "/", **form):
+    return client.post(url, data={"image": (io.BytesIO(data), name), **form}, content_type="multipart/form-data")
+
+
+def test_page_names_the_model(client):
+    page = client.get("/").get_data(as_text=True)
+    assert "galmorph" in page and "version 1" in page and "@champion" in page
+    assert 'type="file"' in page
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("RGB", "JPEG"), ("RGBA", "PNG"), ("L", "PNG")])
+def test_upload_shows_probabilities_and_verdict(client, mode, fmt):
+    response = upload(client, jpeg_bytes(mode=mode, fmt=fmt), name=f"g.{fmt.lower()}")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'id="verdict"' in page and 'id="p-spiral"' in page and 'id="p-elliptical"' in page
+    assert "data:image/jpeg;base64," in page  # the thumbnail of what was scored
+
+
+def test_api_returns_json_that_sums_to_one(client):
+    body = upload(client, jpeg_bytes(), url="/api/predict", tta="on").get_json()
+    assert set(body["probabilities"]) == {"spiral", "elliptical"}
+    assert abs(sum(body["probabilities"].values()) - 1) < 1e-6
+    assert body["verdict"] in ("spiral", "elliptical", "uncertain")
+    assert body["model"] == "galmorph v1 (@champion)"
+
+
+def test_bad_uploads_get_a_message_and_the_server_carries_on(client):
+    response = upload(client, b"this is not an image", name="notes.txt")
+    assert response.status_code == 400 and "not a readable image" in response.get_data(as_text=True)
+    response = upload(client, b"", name="empty.jpg")
+    assert response.status_code == 400 and "the file is empty" in response.get_data(as_text=True)
+    response = client.post("/", data={}, content_type="multipart/form-data")
+    assert response.status_code == 400 and "choose an image file" in response.get_data(as_text=True)
+    huge = b"\xff\xd8" + os.urandom(int(LIMIT_MB * 2**20) + 1000)
+    response = upload(client, huge, name="huge.jpg")
+    assert response.status_code == 413 and f"{LIMIT_MB:g} MB limit" in response.get_data(as_text=True)
+    assert upload(client, huge, url="/api/predict").get_json()["error"].startswith("the file is larger")
+    assert upload(client, jpeg_bytes()).status_code == 200
+    assert client.get("/healthz").get_json()["status"] == "ok"
+
+
+def test_bad_model_and_settings_are_user_errors(store):
+    with pytest.raises(UserError, match="has no alias @staging"):
+        web.build("models:/galmorph@staging", store, threshold=0.7)
+    with pytest.raises(UserError, match="no registered model 'other'"):
+        web.build("models:/other@champion", store, threshold=0.7)
+    with pytest.raises(UserError, match="--threshold"):
+        web.build(None, store, threshold=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which("chromium") and not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (.ci/system-deps installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.browser
+def test_browser_upload_reads_the_verdict(server, browser, tmp_path):
+    image = tmp_path / "NGC_1300.jpg"
+    image.write_bytes(jpeg_bytes(seed=2, size=256))
+    page = browser.new_page(viewport={"width": 900, "height": 760})
+    try:
+        page.goto(server)
+        assert "galmorph" in page.inner_text("#model") and "@champion" in page.inner_text("#model")
+        page.set_input_files("#image", str(image))
+        page.click("#submit")
+        page.wait_for_selector("#verdict")
+        assert page.inner_text("#verdict").strip().lower() in ("spiral", "elliptical", "uncertain")
+        assert page.inner_text("#p-spiral").endswith("%")
+        shots = Path(os.environ.get("GALMORPH_SCREENSHOT_DIR") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "web_screenshot.png"), full_page=True)
+
+        bad = tmp_path / "notes.jpg"
+        bad.write_text("not a galaxy")
+        page.set_input_files("#image", str(bad))
+        page.click("#submit")
+        page.wait_for_selector("#error")
+        assert "not a readable image" in page.inner_text("#error")
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_browser_refuses_a_huge_file_before_uploading(server, browser, tmp_path):
+    huge = tmp_path / "huge.jpg"
+    huge.write_bytes(b"\xff\xd8" + os.urandom(int(LIMIT_MB * 2**20) * 2))
+    page = browser.new_page()
+    try:
+        page.goto(server)
+        page.set_input_files("#image", str(huge))
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('hint').textContent.includes('over the')")
+        assert "limit" in page.inner_text("#hint")
+        assert page.query_selector("#verdict") is None
+    finally:
+        page.close()
