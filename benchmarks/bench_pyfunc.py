@@ -2,15 +2,16 @@
 
 What a user of `mlflow.pyfunc.load_model("models:/galmorph@champion")` gets: the params.yaml model
 (ResNet-50, MLP head) at the params.yaml input size, scoring SDSS-sized JPEGs (424x424) given as paths.
-Beside it, in the same run, the obvious baseline: the same network in eval mode called once per image
-(decode, EvalPreset, forward, softmax), no batching, no BatchNorm folding. Also: the cost of logging and
-loading the model, and what the provenance tags (git + dvc.lock + DVC experiment) add to opening a run.
+Beside it, in the same run, the obvious baselines: the same network in eval mode (decode, EvalPreset,
+forward, softmax) in batches of 64 with NCHW tensors and unfolded BatchNorm, and one image at a time.
+Also: the cost of logging and loading the model, and what the provenance tags (git + dvc.lock + DVC
+experiment) add to opening a run.
 
     .venv/bin/python benchmarks/bench_pyfunc.py                  # 128 images, 3 rounds
     .venv/bin/python benchmarks/bench_pyfunc.py --images 256 --rounds 5 --arch resnet18
 
-Target: the pyfunc at least 2x the per-image baseline's images/s with identical probabilities (to 1e-4),
-and start_run's provenance under 2 s (exit status 1 when missed).
+Target: the pyfunc at least as fast as the batched baseline and 2x the one-at-a-time one, with the same
+probabilities (to 1e-4), and start_run with provenance under 2 s (exit status 1 when missed).
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def per_image_baseline(net: torch.nn.Module, paths: list[Path], preprocess, temperature: float) -> np.ndarray:
+def baseline(net: torch.nn.Module, paths: list[Path], preprocess, temperature: float, batch_size: int) -> np.ndarray:
+    """The obvious implementation: decode, EvalPreset, forward in eval mode (NCHW, BatchNorm as is), softmax."""
     from galmorph.data.images import load_rgb
     from galmorph.data.transforms import EvalPreset
 
     preset = EvalPreset(preprocess)
     out = []
     with torch.inference_mode():
-        for p in paths:
-            logits = net(preset(load_rgb(p))[None])
-            out.append(torch.softmax(logits / temperature, 1)[0].numpy())
-    return np.stack(out)
+        for start in range(0, len(paths), batch_size):
+            x = torch.stack([preset(load_rgb(p)) for p in paths[start : start + batch_size]])
+            out.append(torch.softmax(net(x) / temperature, 1).numpy())
+    return np.concatenate(out)
 
 
 def main() -> int:
@@ -120,44 +122,54 @@ def main() -> int:
         load_s = time.perf_counter() - t0
 
         frame = pd.DataFrame({"image": [str(p) for p in paths]})
-        pyfunc_s, base_s, tta_s = [], [], []
-        for _ in range(args.rounds):  # interleaved, so load changes hit both alike
+        few = max(1, args.images // 8)  # batch-1 forwards are slow: the per-image baseline scores fewer
+        pyfunc_s, batched_s, single_s = [], [], []
+        for _ in range(args.rounds):  # interleaved, so load changes hit all alike
             t0 = time.perf_counter()
             out = model.predict(frame)
             pyfunc_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            expected = per_image_baseline(net, paths, preprocess, temperature)
-            base_s.append(time.perf_counter() - t0)
-        for _ in range(max(1, args.rounds // 2)):
+            expected = baseline(net, paths, preprocess, temperature, batch_size=64)
+            batched_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            model.predict(frame.head(max(1, args.images // 4)), params={"tta": True})
-            tta_s.append(time.perf_counter() - t0)
+            baseline(net, paths[:few], preprocess, temperature, batch_size=1)
+            single_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        model.predict(frame.head(few), params={"tta": True})
+        tta_s = [time.perf_counter() - t0]
 
     diff = float(np.abs(out[["p_spiral", "p_elliptical"]].to_numpy() - expected).max())
     n = args.images
-    rate = n / statistics.median(pyfunc_s)
-    base_rate = n / statistics.median(base_s)
-    tta_rate = max(1, n // 4) / statistics.median(tta_s)
+    rows = [
+        ("pyfunc `predict` (batches of 64, BN folded, channels_last)", n, pyfunc_s),
+        ("baseline: batches of 64, NCHW, BN as trained", n, batched_s),
+        ("baseline: one image at a time", few, single_s),
+        ("pyfunc `predict`, tta=True (8 views)", few, tta_s),
+    ]
+    rates = {name: k / statistics.median(xs) for name, k, xs in rows}
+    rate, batched_rate, single_rate = (rates[r[0]] for r in rows[:3])
     print()
-    print(f"| scoring {n} paths ({args.rounds} rounds) | median s | min s | max s | images/s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, xs, r in (
-        ("pyfunc `predict` (batch 64, BN folded, channels_last)", pyfunc_s, rate),
-        ("baseline: per-image decode + forward + softmax", base_s, base_rate),
-    ):
-        print(f"| {name} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} | {r:.1f} |")
+    print(f"| scoring JPEG paths ({args.rounds} rounds, TTA 1) | images | median s | min s | max s | images/s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, k, xs in rows:
+        med = statistics.median(xs)
+        print(f"| {name} | {k} | {med:.2f} | {min(xs):.2f} | {max(xs):.2f} | {rates[name]:.1f} |")
+    print()
     print(
-        f"| pyfunc `predict`, tta=True (8 views), {max(1, n // 4)} paths | {statistics.median(tta_s):.2f} | "
-        f"{min(tta_s):.2f} | {max(tta_s):.2f} | {tta_rate:.1f} |"
+        f"speed-up {rate / batched_rate:.2f}x over the batched baseline, {rate / single_rate:.1f}x over one at a "
+        f"time; max |p_pyfunc - p_baseline| = {diff:.2e}"
     )
-    print()
-    print(f"speed-up {rate / base_rate:.2f}x; max |p_pyfunc - p_baseline| = {diff:.2e}")
     print(f"log_classifier {log_s:.1f} s, mlflow.pyfunc.load_model {load_s:.1f} s")
     print(
         f"start_run with provenance: median {statistics.median(ours):.2f} s (min {min(ours):.2f}); "
         f"bare mlflow.start_run: median {statistics.median(bare):.2f} s"
     )
-    ok = rate / base_rate >= TARGET_SPEEDUP and diff < 1e-4 and statistics.median(ours) < TARGET_PROVENANCE_S
+    ok = (
+        rate / single_rate >= TARGET_SPEEDUP
+        and rate >= batched_rate
+        and diff < 1e-4
+        and statistics.median(ours) < TARGET_PROVENANCE_S
+    )
     print("targets met" if ok else "TARGETS MISSED")
     return 0 if ok else 1
 

@@ -61,11 +61,11 @@ def bench_render(n: int, size: int, workers: int) -> None:
 
 def bench_catalogue() -> None:
     fraction = FULL_MAPPING_ROWS / FULL_ROWS
-    best = float("inf")
+    best = best_cpu = float("inf")
     for _ in range(2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         table2, mapping = synthetic.generate_catalogues(FULL_ROWS, fraction, seed=0)
-        best = min(best, time.perf_counter() - t0)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, _cpu_seconds() - c0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "GalaxyZoo1_DR_table2.csv"
         t0 = time.perf_counter()
@@ -76,8 +76,8 @@ def bench_catalogue() -> None:
         read = time.perf_counter() - t0
         size_mb = path.stat().st_size / 1e6
     print(f"catalogue: table 2 {len(table2):,} rows + mapping {len(mapping):,} rows")
-    print(f"  generate_catalogues    {best:8.2f} s (best of 2)")
-    print(f"  baseline: pandas to_csv {write:7.2f} s, read_csv {read:.2f} s of the same table ({size_mb:.0f} MB)")
+    print(f"  generate_catalogues     wall {best:6.2f} s, CPU {best_cpu:6.2f} s (best of 2)")
+    print(f"  baseline: pandas to_csv wall {write:6.2f} s, read_csv {read:.2f} s of that table 2 ({size_mb:.0f} MB)")
 
 
 def bench_generate(workers: int) -> None:

@@ -3,6 +3,7 @@ pixels agree with the votes (checked physically: colour, brightness, size, arm w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_same_seed_same_bytes_in_any_process_layout_other_seed_differs(tmp_path,
     reference, _ = tiny_set
     synth.generate(TINY, tmp_path / "again", workers=2, progress=False)  # a process pool this time
     assert _digests(tmp_path / "again") == _digests(reference)
-    other = SyntheticConfig(**{**TINY.__dict__, "seed": TINY.seed + 1})
+    other = dataclasses.replace(TINY, seed=TINY.seed + 1)
     synth.generate(other, tmp_path / "other", images=False, progress=False)
     for name in ("GalaxyZoo1_DR_table2.csv", "gz2_filename_mapping.csv"):
         assert (tmp_path / "other" / name).read_bytes() != (reference / name).read_bytes()

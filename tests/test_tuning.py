@@ -178,8 +178,9 @@ def test_storage_urls(tmp_path):
     assert tuning.storage_url(None) == f"sqlite:///{repo_root() / 'mlruns' / 'optuna.db'}"
     assert tuning.storage_url("sqlite:///runs/x.db") == f"sqlite:///{repo_root() / 'runs' / 'x.db'}"
     assert tuning.storage_url(None, f"sqlite:///{tmp_path}/o.db") == f"sqlite:///{tmp_path}/o.db"
-    url = "postgresql://tuner:s3cret@db.example.org:5432/optuna"
+    url = "postgresql+psycopg2://tuner:s3cret@db.example.org:5432/optuna"
     assert tuning.storage_url("sqlite:///ignored.db", url) == url
+    assert tuning.storage_url("postgresql://tuner:s3cret@db.example.org:5432/optuna") == url  # galmorph[postgres]
     assert "s3cret" not in tuning.redact(url) and "tuner" in tuning.redact(url)
     with pytest.raises(UserError, match="expected sqlite:///path/to/optuna.db or postgresql://"):
         tuning.storage_url("mlruns/optuna.db")

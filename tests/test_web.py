@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import io
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from werkzeug.serving import make_server
 
 from galmorph.errors import UserError
 from galmorph.serving import web
+from tests.conftest import REPO
 from tests.serving_utils import champion_store, galaxy_image
 
 CHROMIUM = "/usr/bin/chromium"
@@ -102,6 +106,24 @@ def test_bad_model_and_settings_are_user_errors(store):
         web.build("models:/other@champion", store, threshold=0.7)
     with pytest.raises(UserError, match="--threshold"):
         web.build(None, store, threshold=1.5)
+
+
+def test_app_from_env_for_wsgi_servers(store, monkeypatch):
+    monkeypatch.setenv("GALMORPH_PARAMS", str(REPO / "params.yaml"))
+    monkeypatch.setenv("GALMORPH_MODEL", "models:/galmorph/1")
+    page = web.app_from_env().test_client().get("/").get_data(as_text=True)
+    assert "version <b>1</b>" in page and "@champion" not in page
+
+
+def test_main_refuses_a_busy_port(store, params):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = argparse.Namespace(
+            model=None, threshold=None, host="127.0.0.1", port=busy.getsockname()[1], max_upload_mb=1.0
+        )
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
+            web.main(dataclasses.replace(params, mlflow=store), args)
 
 
 # ---------------------------------------------------------------------------------------------- browser

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -335,8 +336,12 @@ def storage_url(cfg_storage: str | None, override: str | None = None) -> str:
             db = repo_root() / db
         db.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db}"
-    if scheme.split("+")[0] in ("postgresql", "postgres", "mysql"):
-        return url.replace("postgres://", "postgresql://", 1)
+    if scheme in ("postgresql", "postgres"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; galmorph[postgres] installs psycopg2
+        driver = "postgresql+psycopg2" if importlib.util.find_spec("psycopg2") else "postgresql"
+        return f"{driver}://{url.split('://', 1)[1]}"
+    if scheme.split("+")[0] in ("postgresql", "mysql"):
+        return url
     raise UserError(f"tune.storage: {redact(url)!r}: expected sqlite:///path/to/optuna.db or postgresql://user@host/db")
 
 

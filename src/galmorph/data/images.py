@@ -61,7 +61,7 @@ DROP_REASONS: tuple[str, ...] = (
     "unreadable",  # a directory, or permission denied
     "zero_bytes",
     "not_an_image",  # e.g. an HTML error page or a text file saved as .jpg
-    "truncated",  # the decoder ran out of data: an interrupted download
+    "truncated",  # the data stops early: an interrupted download, or a zero-filled tail
     "corrupt",  # a decode error inside the data, or an image signature with an unreadable header
     "too_large",  # over PIL's decompression-bomb limit
     "unsupported_mode",  # decodes, but to_rgb cannot convert its pixel mode
@@ -164,31 +164,43 @@ def _signature(data: bytes) -> str | None:
     return None
 
 
+def _jpeg_cut_short(fh: io.BufferedIOBase, size: int, tail_bytes: int = 1 << 16) -> bool:
+    """True when an end-of-image marker does not follow the last start-of-scan marker. libjpeg only warns
+    when the scan runs into zeros instead (a file pre-allocated and never completely written), and PIL then
+    returns a half-grey image without an error. Reads the file's tail only, unless the marker is not there."""
+    fh.seek(max(0, size - tail_bytes))
+    data = fh.read()
+    eoi = data.rfind(b"\xff\xd9")
+    if eoi < 0 and size > tail_bytes:  # a long trailer after the image: look at all of it
+        fh.seek(0)
+        data = fh.read()
+        eoi = data.rfind(b"\xff\xd9")
+    return eoi < 0 or data.find(b"\xff\xda", eoi) >= 0
+
+
 def check_image_file(path: str | os.PathLike) -> CheckResult:
     """Decode one file completely, the way load_rgb will, and say why it is unusable (reason None: usable).
 
     PIL reads a file's header lazily, so only `load()` proves the pixels are all there; PIL's
     ImageFile.LOAD_TRUNCATED_IMAGES must stay False for truncation to raise. The original mode is returned
-    so select can count how many images load_rgb will convert.
+    so select can count how many images load_rgb will convert. PIL reads the open file itself: decoding
+    from an in-memory copy (BytesIO) measured 15-20% slower.
     """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fh = open(path, "rb")  # noqa: SIM115 (closed by the with below)
     except FileNotFoundError:
         return "missing", "no such file", None, None, None
     except OSError as exc:
         return "unreadable", exc.strerror or type(exc).__name__, None, None, None
-    if not data:
-        return "zero_bytes", "empty file", None, None, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # EXIF and palette warnings, one per file, would flood the terminal
+    with fh:
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return "zero_bytes", "empty file", None, None, None
+            with Image.open(fh) as im:
                 mode, (width, height) = im.mode, im.size
                 im.load()
-                if im.format == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-                    # libjpeg only warns when the scan runs into zeros instead of the end marker (a file
-                    # pre-allocated and never completely written); PIL then returns a half-grey image
+                if im.format == "JPEG" and _jpeg_cut_short(fh, size):
                     return "truncated", "no end-of-image marker after the scan data", None, None, None
                 ImageOps.exif_transpose(im, in_place=True)  # as load_rgb does; a broken EXIF block is corrupt
                 try:
@@ -198,11 +210,15 @@ def check_image_file(path: str | os.PathLike) -> CheckResult:
         except Image.DecompressionBombError as exc:
             return "too_large", str(exc), None, None, None
         except UnidentifiedImageError:
-            fmt = _signature(data)
+            fh.seek(0)
+            head = fh.read(16)
+            fmt = _signature(head)
             if fmt is not None:
                 return "corrupt", f"starts like a {fmt} but its header cannot be read", None, None, None
-            return "not_an_image", f"not an image format PIL reads (starts with {data[:8]!r})", None, None, None
+            return "not_an_image", f"not an image format PIL reads (starts with {head[:8]!r})", None, None, None
         except OSError as exc:
+            if exc.errno is not None:  # the file system, not the decoder (EIO, EISDIR...)
+                return "unreadable", exc.strerror or type(exc).__name__, None, None, None
             reason = "truncated" if "truncated" in str(exc) else "corrupt"
             return reason, str(exc), None, None, None
         except Exception as exc:  # PIL's plugins also raise SyntaxError, ValueError, struct.error, EOFError...
@@ -211,7 +227,9 @@ def check_image_file(path: str | os.PathLike) -> CheckResult:
 
 
 def _check_chunk(paths: list[str]) -> list[CheckResult]:
-    return [check_image_file(p) for p in paths]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF and palette warnings, one per file, would flood the terminal
+        return [check_image_file(p) for p in paths]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -232,9 +250,9 @@ def decode_images(
     with bar:
         if workers <= 1 or len(paths) <= chunk_size:
             results = []
-            for path in paths:
-                results.append(check_image_file(path))
-                bar.update()
+            for i in range(0, len(paths), chunk_size):
+                results.extend(_check_chunk(list(paths[i : i + chunk_size])))
+                bar.update(len(results) - bar.n)
             return results
         chunks = [list(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
         results = []

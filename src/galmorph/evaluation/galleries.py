@@ -95,6 +95,14 @@ def _votes(row: pd.Series, true: str, classes: Sequence[str]) -> str:
     return "votes " + " ".join(parts) if parts else "votes n/a"
 
 
+def heat_rgba(heat: np.ndarray, max_alpha: float = 0.55) -> np.ndarray:
+    """A heat map in [0, 1] as an RGBA layer whose opacity follows the heat: where the model did not look,
+    the galaxy stays visible as it is (a uniform tint would hide faint arms and companions)."""
+    rgba = plt.get_cmap("inferno")(np.clip(heat, 0.0, 1.0))
+    rgba[..., 3] = max_alpha * np.clip(heat, 0.0, 1.0)
+    return rgba
+
+
 def gallery_figure(
     images: Sequence[Image.Image | None],
     captions: Sequence[str],
@@ -104,7 +112,8 @@ def gallery_figure(
     ncols: int = 4,
     overlays: Sequence[np.ndarray | None] | None = None,
 ) -> Figure:
-    """A grid of captioned tiles; a frame colour per tile (the model's call) and an optional heat map over it.
+    """A grid of captioned tiles; a frame colour per tile (the model's call) and an optional heat map over it
+    (contours at 50% and 80% of its peak).
 
     A tile whose image is None (unreadable since the split was made) shows the reason in its caption."""
     n = len(images)
@@ -120,8 +129,14 @@ def gallery_figure(
         else:
             ax.imshow(np.asarray(img))
             if overlays is not None and overlays[i] is not None:
-                ax.imshow(
-                    overlays[i], cmap="inferno", alpha=0.45, extent=(-0.5, img.width - 0.5, img.height - 0.5, -0.5)
+                ax.imshow(heat_rgba(overlays[i]), extent=(-0.5, img.width - 0.5, img.height - 0.5, -0.5))
+                ax.contour(
+                    np.linspace(0, img.width - 1, overlays[i].shape[1]),
+                    np.linspace(0, img.height - 1, overlays[i].shape[0]),
+                    overlays[i],
+                    levels=[0.5, 0.8],
+                    colors=["#ffd54f", "#ffffff"],
+                    linewidths=0.8,
                 )
             colour = colours[i] if colours is not None else "black"
             ax.axis("on")

@@ -214,20 +214,27 @@ def roc_curve_table(probs: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr})
 
 
-def coverage_curve(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None) -> pd.DataFrame:
+def coverage_curve(
+    probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None, *, min_kept: int | None = None
+) -> pd.DataFrame:
     """Abstention like Galaxy Zoo's "uncertain": keep a galaxy only when its top probability >= threshold.
 
-    One row per threshold: coverage (share kept), accuracy and macro F1 of the kept ones, n_kept.
+    One row per threshold: coverage (share kept), accuracy and macro F1 of the kept ones, n_kept. Thresholds
+    that keep fewer than `min_kept` galaxies are left out (an accuracy of 2 galaxies is noise, not a curve);
+    the default is a tenth of the set, at most 20.
     """
     probs, labels = validate(probs, labels, "probs")
     if thresholds is None:
         thresholds = np.round(np.linspace(1.0 / probs.shape[1], 1.0, 51), 4)
+    if min_kept is None:
+        min_kept = max(1, min(20, len(labels) // 10))
     conf = probs.max(axis=1)
     rows = []
     for t in np.asarray(thresholds, dtype=np.float64):
         keep = conf >= t
-        rows.append({"threshold": float(t), **_selective(probs[keep], labels[keep], len(labels))})
-    return pd.DataFrame(rows)
+        if keep.sum() >= min_kept:
+            rows.append({"threshold": float(t), **_selective(probs[keep], labels[keep], len(labels))})
+    return pd.DataFrame(rows, columns=["threshold", "coverage", "accuracy", "macro_f1", "n_kept"])
 
 
 def _selective(probs: np.ndarray, labels: np.ndarray, n_total: int) -> dict[str, float]:

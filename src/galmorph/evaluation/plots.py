@@ -119,23 +119,23 @@ def reliability_figure(
     return fig
 
 
-def coverage_figure(curve: pd.DataFrame, threshold: float, title: str = "Abstention: coverage vs accuracy") -> Figure:
+def coverage_figure(
+    curve: pd.DataFrame, at: Mapping[str, float] | None = None, title: str = "Abstention: coverage vs accuracy"
+) -> Figure:
     """Accuracy of the galaxies the model keeps, as the abstention threshold rises (Galaxy Zoo's
-    "uncertain"); the chosen threshold is marked."""
+    "uncertain"); `at` (metrics.abstention's dict) marks the chosen threshold."""
     fig, ax = plt.subplots(figsize=(5.0, 4.2))
-    ok = curve["n_kept"] > 0
-    ax.plot(curve.loc[ok, "coverage"], curve.loc[ok, "accuracy"], color=CLASS_COLOURS["spiral"], lw=2, marker=".")
-    at = curve.iloc[(curve["threshold"] - threshold).abs().argmin()]
-    if at["n_kept"] > 0:
-        ax.scatter([at["coverage"]], [at["accuracy"]], s=70, color=CLASS_COLOURS["elliptical"], zorder=5)
-        ax.annotate(
-            f"threshold {threshold:.2f}\ncoverage {at['coverage']:.1%}, accuracy {at['accuracy']:.1%}",
-            (at["coverage"], at["accuracy"]),
-            textcoords="offset points",
-            xytext=(12, -30),
-            ha="left",
-            fontsize=8,
+    ax.plot(curve["coverage"], curve["accuracy"], color=CLASS_COLOURS["spiral"], lw=2, marker=".")
+    if at is not None and at["n_kept"] > 0:
+        ax.scatter(
+            [at["coverage"]],
+            [at["accuracy"]],
+            s=70,
+            color=CLASS_COLOURS["elliptical"],
+            zorder=5,
+            label=f"threshold {at['threshold']:.2f}: coverage {at['coverage']:.1%}, accuracy {at['accuracy']:.1%}",
         )
+        ax.legend(loc="best", fontsize=8)
     ax.set_xlim(0, 1.02)
     ax.invert_xaxis()  # reading left to right: the model abstains on more and more galaxies
     ax.set_xlabel("coverage (share of galaxies the model labels)")

@@ -40,7 +40,7 @@ h3 { margin-top: 1.4em; } .meta { color: #666; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 0.6em 0 1em; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; } th { background: #f4f6f8; }
 td:first-child, th:first-child { text-align: left; } .ci { color: #777; font-size: 0.88em; }
-.figs { display: flex; flex-wrap: wrap; gap: 1em; } .figs figure { margin: 0; flex: 1 1 340px; max-width: 560px; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; } .figs figure { margin: 0; flex: 0 1 370px; }
 figure img { width: 100%; border: 1px solid #eee; } figcaption { font-size: 0.85em; color: #555; }
 .gallery img { max-width: 100%; border: 1px solid #eee; margin: 0.3em 0 1.2em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 0.8em; margin: 0.8em 0; }

@@ -195,7 +195,7 @@ def write_plot_tables(scored: ScoredSet, cfg: EvaluateConfig, out: Path) -> dict
             reliability_curve(scored.probs_raw, labels, cfg.ece_bins).to_rows()
         ),
         "reliability_calibrated.csv": pd.DataFrame(reliability_curve(probs, labels, cfg.ece_bins).to_rows()),
-        "coverage.csv": coverage_curve(probs, labels).dropna(subset=["accuracy"]),
+        "coverage.csv": coverage_curve(probs, labels),
     }
     written = {}
     for name, table in tables.items():
@@ -223,7 +223,7 @@ def write_figures(scored: ScoredSet, section: dict[str, Any], cfg: EvaluateConfi
             title=f"Reliability diagram: {title}",
         ),
         "coverage": plots.coverage_figure(
-            coverage_curve(probs, labels), cfg.abstain_threshold, title=f"Abstention: {title}"
+            coverage_curve(probs, labels), section["abstention"], title=f"Abstention: {title}"
         ),
     }
     if "p_spiral" in scored.catalogue and np.isfinite(scored.catalogue["p_spiral"].to_numpy(dtype=float)).sum() >= 3:

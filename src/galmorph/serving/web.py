@@ -21,6 +21,7 @@ import base64
 import io
 import math
 import os
+import socket
 import sys
 from typing import Any
 
@@ -137,13 +138,19 @@ def app_from_env() -> Flask:
     return app
 
 
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
     threshold = params.evaluate.abstain_threshold if args.threshold is None else args.threshold
+    _check_port(args.host, args.port)  # before loading the model; werkzeug would sys.exit() instead
     app, ref = build(args.model, params.mlflow, threshold=threshold, max_upload_mb=args.max_upload_mb)
-    try:
-        server = make_server(args.host, args.port, app, threaded=True)
-    except OSError as exc:
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); pass another --port") from None
+    server = make_server(args.host, args.port, app, threaded=True)
     print(f"{ref.display} on http://{args.host}:{server.server_port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

@@ -647,7 +647,7 @@ def _add_companion(bands: np.ndarray, g: Mapping[str, float], c: np.ndarray, r_e
         scatter = rng.normal(0.0, 0.25 * r_e, (2, 400)) * (0.3 + t)
         cols = ox + rad * np.cos(ang) + scatter[0]
         rows = oy - rad * np.sin(ang) + scatter[1]
-        _splat(tail, cols, rows, g["sb"] * 0.8 * (1.0 - 0.7 * t) * max(s, 0.2) ** 2 * np.ones(400))
+        _splat(tail, cols, rows, g["sb"] * 0.8 * (1.0 - 0.7 * t) * s * s)  # flux scales with pixel area
     bands += tail[None] * _sed(0.5, 0.25)[:, None, None]
 
 
@@ -780,9 +780,10 @@ def _sky_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -
 def render_galaxy(galaxy: Mapping[str, Any], size: int, rng: np.random.Generator, *, depth: float = 1.0) -> np.ndarray:
     """One SDSS-like gri composite cut-out (size x size x 3, uint8) of a population row.
 
-    The central galaxy (with its companion when merging) and field galaxies are blurred by the PSF (a double Gaussian),
-    stars are added as the PSF itself, then sky and photon noise (`depth` < 1 for deeper imaging) and the
-    asinh stretch. All lengths scale with size / 424, so a 64-px cut-out is the 424-px one seen smaller.
+    The central galaxy (with its companion when merging) and field galaxies are blurred by the PSF (a double
+    Gaussian), stars are added as the PSF itself, then sky and photon noise (`depth` < 1 for deeper imaging)
+    and the asinh stretch. Lengths scale with size / 424, so a 64-px cut-out is the 424-px one seen smaller
+    (with the lower per-pixel noise of a downsampled image).
     """
     g = {k: (v if isinstance(v, str) else float(v)) for k, v in galaxy.items() if k in _RENDER_KEYS}
     s = size / REFERENCE_SIZE
@@ -791,7 +792,7 @@ def render_galaxy(galaxy: Mapping[str, Any], size: int, rng: np.random.Generator
     _add_neighbours(bands, g, s, rng)
     bands = _psf_convolve(bands, fwhm, g["psf_wing"])
     _add_stars(bands, g, fwhm, s, rng)
-    bands += (_SKY_PEDESTAL * np.float32(min(s, 1.0)))[:, None, None]
+    bands += _SKY_PEDESTAL[:, None, None]
     noise_scale = np.float32(min(s, 1.0) * depth * g["sky"])
     variance = _SKY_SIGMA[:, None, None] ** 2 + np.float32(_POISSON_GAIN) * np.maximum(bands, 0.0)
     bands += noise_scale * np.sqrt(variance) * _sky_noise(rng, bands.shape, 0.6 * s)
