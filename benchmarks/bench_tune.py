@@ -35,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galmorph import tuning  # noqa: E402
+from galmorph import tracking, tuning  # noqa: E402
 from galmorph.config import CLASSES, Params, load_params, replace  # noqa: E402
 from galmorph.io import write_parquet  # noqa: E402
 from galmorph.models.resnet import build_model  # noqa: E402
@@ -166,6 +166,7 @@ def main() -> None:
         )
         storage = f"sqlite:///{work / 'optuna.db'}"
         pruned_p = bench_params(base, work, n_trials=args.trials, storage=storage)
+        tracking.experiment_id(pruned_p.mlflow)  # the new store's migrations are not tuning: outside the timing
         pruned = in_process_study(catalogue, cache, pruned_p)
         print(
             f"study, {pruned['trials']} trials, pruner {base.tune.pruner}: {pruned['wall_s']:.1f} s, "

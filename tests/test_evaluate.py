@@ -86,6 +86,7 @@ def trained(tmp_path_factory) -> Trained:
         bootstrap=100,
         tta_views=["identity", "rot90", "hflip"],
         gallery_size=4,
+        uncertain_limit=5,
         batch_size=16,
         num_workers=0,
         device="cpu",
@@ -242,9 +243,10 @@ def test_evaluate_stage_end_to_end(trained, tmp_path, mlflow_uri):
     assert metrics["temperature"] > 0
     n_test = int((trained.catalogue["split"] == "test").sum())
     assert metrics["test_n"] == n_test
-    # the UNCERTAIN galaxies: 6 with images, 1 without
-    assert metrics["uncertain_n_scored"] == 6
-    assert metrics["uncertain_n_missing_image"] == 1
+    # the UNCERTAIN galaxies: 7 in the catalogue (one without an image), a seeded sample of 5 scored
+    assert metrics["uncertain_n_catalogue"] == 7
+    assert metrics["uncertain_n_scored"] + metrics["uncertain_n_missing_image"] == 5
+    assert metrics["uncertain_n_scored"] >= 4
     assert 0 <= metrics["uncertain_agreement"] <= 1
     # stability over split_1 and split_2
     assert metrics["stability_n_splits"] == 2
@@ -273,3 +275,39 @@ def test_evaluate_stage_end_to_end(trained, tmp_path, mlflow_uri):
     names = {a.path for a in client.list_artifacts(train_run, "evaluation")}
     assert "evaluation/report.html" in names
     assert re.search(r"evaluation/", " ".join(names))
+
+
+def test_temperature_comes_from_the_model_file_or_is_fitted_on_val(trained):
+    from galmorph.evaluation.pipeline import resolve_temperature
+    from galmorph.models.resnet import load_model
+
+    loaded = load_model(trained.params.train.out)
+    t, source = resolve_temperature(loaded, trained.catalogue, trained.params)
+    assert t == loaded.temperature and "train" in source
+    uncalibrated = dataclasses.replace(loaded, temperature=1.0)
+    t, source = resolve_temperature(uncalibrated, trained.catalogue, trained.params)
+    assert t != 1.0 and "fitted here" in source
+    no_val = trained.catalogue[trained.catalogue["split"] != "val"]
+    assert resolve_temperature(uncalibrated, no_val, trained.params)[0] == 1.0
+
+
+def test_mlflow_run_id_from_train_metrics(tmp_path):
+    from galmorph.evaluation.pipeline import mlflow_run_id
+
+    assert mlflow_run_id(tmp_path / "absent.json") is None
+    (tmp_path / "m.json").write_text('{"mlflow_run_id": "abc", "val_acc": 0.9}')
+    assert mlflow_run_id(tmp_path / "m.json") == "abc"
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(UserError, match="not a JSON object"):
+        mlflow_run_id(tmp_path / "bad.json")
+
+
+def test_preprocess_mismatch_between_model_and_params_is_a_user_error(trained):
+    from galmorph.evaluation.pipeline import check_preprocess
+    from galmorph.models.resnet import load_model
+
+    loaded = load_model(trained.params.train.out)
+    check_preprocess(loaded, trained.params, "model.pt")
+    other = dataclasses.replace(trained.params, preprocess=replace(trained.params.preprocess, image_size=64))
+    with pytest.raises(UserError, match="retrain"):
+        check_preprocess(loaded, other, "model.pt")

@@ -181,3 +181,11 @@ def test_absolute_paths_join_and_normalise(tmp_path):
     got = absolute_paths(["a/b.jpg", "a//b.jpg", "./a/../a/b.jpg", "/abs/c.jpg", None, "", "ü x/d.jpg"], tmp_path)
     inside = str(tmp_path / "a" / "b.jpg")
     assert got == [inside, inside, inside, "/abs/c.jpg", None, None, str(tmp_path / "ü x" / "d.jpg")]
+
+
+@pytest.mark.realdata
+def test_real_sdss_cutouts_are_all_usable(real_galaxyzoo):
+    labels = pd.read_csv(real_galaxyzoo / "labels.csv", usecols=["filename"], nrows=40)
+    checks = check_images(labels["filename"].tolist(), "decode", root=real_galaxyzoo, progress=False)
+    assert checks["reason"].isna().all(), checks["detail"].dropna().head().tolist()
+    assert set(checks["mode"]) == {"RGB"} and (checks["width"] > 100).all()

@@ -177,3 +177,11 @@ def test_class_folders_never_replace_someone_elses_folder(tmp_path):
     with pytest.raises(UserError, match="holds precious.csv, which this stage did not make"):
         build_class_folders(manifest, dest)
     assert (dest / "precious.csv").exists()
+
+
+def test_a_bad_class_folders_path_fails_before_decoding(tmp_path, monkeypatch):
+    catalogue, _ = zoo_catalogue(tmp_path / "img")
+    monkeypatch.setattr("galmorph.data.images.check_images", lambda *a, **k: pytest.fail("decoded first"))
+    cfg = dataclasses.replace(CFG, class_folders=str(tmp_path / "img"))
+    with pytest.raises(UserError, match="select.class_folders: .* holds"):
+        select_catalogue(catalogue, cfg, progress=False)

@@ -13,7 +13,7 @@ from tests.serving_utils import champion_store, write_images
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 pyspark = pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'galmorph[spark]')")
-N_IMAGES = 240
+N_IMAGES = 200
 
 
 @pytest.fixture(scope="module")

@@ -337,6 +337,20 @@ def test_log_dataset_uses_the_files_md5_as_digest(mlflow_uri, tmp_path, monkeypa
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
 
 
+def test_log_dataset_of_a_survey_infers_the_schema_on_a_sample(mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "_SCHEMA_SAMPLE", 10)
+    df = pd.DataFrame({"galaxy_id": [f"g{i}" for i in range(50)], "label_id": range(50), "p_spiral": 0.5})
+    path = tmp_path / "manifest.parquet"
+    df.to_parquet(path, index=False)
+    with tracking.start_run(_cfg(), "train", None) as run:
+        tracking.log_dataset(df, path, name="manifest", context="training")
+    dataset = mlflow.MlflowClient(mlflow_uri).get_run(run.info.run_id).inputs.dataset_inputs[0].dataset
+    assert json.loads(dataset.profile)["num_rows"] == 50  # the whole table, though the schema saw 10 rows
+    columns = {c["name"]: c["type"] for c in json.loads(dataset.schema)["mlflow_colspec"]}
+    assert columns == {"galaxy_id": "string", "label_id": "long", "p_spiral": "double"}
+
+
 # --------------------------------------------------------------------------------------------------- UI
 
 

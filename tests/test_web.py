@@ -63,7 +63,7 @@ def upload(client, data: bytes, name: str = "galaxy.jpg", url: str = "/", **form
 
 def test_page_names_the_model(client):
     page = client.get("/").get_data(as_text=True)
-    assert "galmorph" in page and "version 1" in page and "@champion" in page
+    assert "galmorph" in page and "version <b>1</b>" in page and "@champion" in page
     assert 'type="file"' in page
 
 

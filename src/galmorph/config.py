@@ -199,6 +199,7 @@ class EvaluateConfig:
     stability: bool
     gallery_size: int
     saliency: bool
+    uncertain_limit: int | None
     ood_manifest: str | None
     batch_size: int
     num_workers: int

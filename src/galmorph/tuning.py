@@ -33,6 +33,7 @@ import importlib.util
 import json
 import math
 import os
+import random
 import socket
 import tempfile
 import time
@@ -353,23 +354,33 @@ def redact(url: str) -> str:
         return url
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """The RDB storage with heartbeats, so a worker that dies mid-trial does not hold a RUNNING trial forever."""
+def open_storage(url: str, attempts: int = 6) -> optuna.storages.RDBStorage:
+    """The RDB storage with heartbeats, so a worker that dies mid-trial does not hold a RUNNING trial forever.
+
+    Workers starting together on an empty database race to create Optuna's tables (PostgreSQL answers the
+    loser with a duplicate key or an existing relation); the loser tries again and finds them made.
+    """
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-            )
-    except ModuleNotFoundError as exc:
-        raise UserError(
-            f"tune.storage {redact(url)}: the database driver {exc.name} is not installed "
-            "(pip install 'galmorph[postgres]' for PostgreSQL)"
-        ) from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
-        raise UserError(f"tune.storage {redact(url)}: cannot open the study database: {first}") from None
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+                )
+        except ModuleNotFoundError as exc:
+            raise UserError(
+                f"tune.storage {redact(url)}: the database driver {exc.name} is not installed "
+                "(pip install 'galmorph[postgres]' for PostgreSQL)"
+            ) from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt + random.random())
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+            raise UserError(f"tune.storage {redact(url)}: cannot open the study database: {first}") from None
+    raise AssertionError("unreachable")
 
 
 class PerTrialSeedSampler(optuna.samplers.BaseSampler):

@@ -369,6 +369,8 @@ def select_catalogue(
     """
     if catalogue.empty:
         raise UserError("the catalogue has no rows (nothing for select to check)")
+    if cfg.class_folders:
+        check_class_folders(cfg.class_folders)  # before the long decode, not after it
     checks = check_images(catalogue["image_path"].tolist(), cfg.verify, cfg.workers, root=root, progress=progress)
     keep = checks["reason"].isna().to_numpy()
     if not keep.any():
@@ -406,9 +408,10 @@ def select_catalogue(
 CLASS_FOLDER_NAMES: dict[str, str] = {c: f"{c}s" for c in CLASSES}
 
 
-def _check_replaceable(dest: Path) -> None:
-    """Only a folder this function made (class subfolders of symlinks) may be replaced: a typo in
+def check_class_folders(dest: str | os.PathLike) -> None:
+    """Only a folder build_class_folders made (class subfolders of symlinks) may be replaced: a typo in
     select.class_folders must not delete someone's data."""
+    dest = Path(dest)
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise UserError(f"select.class_folders: {dest} exists and is not a folder; choose another path")
     if not dest.exists():
@@ -442,7 +445,7 @@ def build_class_folders(
     """
     dest = Path(dest)
     base = Path(root) if root is not None else Path.cwd()
-    _check_replaceable(dest)
+    check_class_folders(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the tree from everyone else on a shared machine

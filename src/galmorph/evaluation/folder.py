@@ -161,7 +161,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             "temperature": loaded.temperature,
         },
     }
-    write_json(out / "metrics.json", flat)
+    write_json(out / "metrics.json", jsonable(flat))
     write_json(out / "summary.json", jsonable(summary))
     report = write_report(summary, out / "report.html")
     k = section["kpis"]

@@ -76,6 +76,10 @@ def evaluate_uncertain(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Score the galaxies the catalogue flagged UNCERTAIN against their vote majority."""
     cfg = params.evaluate
+    n_catalogue = len(uncertain)
+    if cfg.uncertain_limit is not None and n_catalogue > cfg.uncertain_limit:
+        # at survey scale there are hundreds of thousands: a seeded sample answers the question as well
+        uncertain = uncertain.sample(n=cfg.uncertain_limit, random_state=cfg.seed).sort_index()
     rows, n_missing = uncertain_rows(uncertain)
     if rows.empty:
         reason = (
@@ -90,7 +94,13 @@ def evaluate_uncertain(
     p_sp = rows["p_spiral"].to_numpy(dtype=np.float64)
     agreement = vote_agreement(probs, p_sp, rows["p_elliptical"].to_numpy(dtype=np.float64), cfg.abstain_threshold)
     rho = vote_correlation(probs, p_sp)
-    section: dict[str, Any] = {"agreement": agreement, "n_missing_image": n_missing, "vote_spearman": rho}
+    section: dict[str, Any] = {
+        "agreement": agreement,
+        "n_missing_image": n_missing,
+        "vote_spearman": rho,
+        "n_catalogue": n_catalogue,
+        "n_sampled": len(uncertain),
+    }
     fig = plots.vote_fraction_figure(probs[:, 0], p_sp, None, "Model vs volunteers: UNCERTAIN galaxies", rho)
     section["figure"] = str(out / "figures" / "uncertain_votes.png")
     plots.save_figure(fig, section["figure"])
@@ -100,6 +110,7 @@ def evaluate_uncertain(
     flat = {f"uncertain_{k}": float(v) for k, v in agreement.items() if isinstance(v, int | float)}
     flat["uncertain_vote_spearman"] = rho
     flat["uncertain_n_missing_image"] = float(n_missing)
+    flat["uncertain_n_catalogue"] = float(n_catalogue)
     return section, flat
 
 

@@ -210,8 +210,11 @@ def uncertain_html(u: Mapping[str, Any]) -> str:
     if u.get("skipped_reason"):
         return parts[0] + f"<p class='note'>{_e(u['skipped_reason'])}</p>"
     a = u["agreement"]
+    sampled = ""
+    if u.get("n_sampled", 0) < u.get("n_catalogue", 0):
+        sampled = f"A seeded sample of {u['n_sampled']:,} of the catalogue's {u['n_catalogue']:,}: "
     parts.append(
-        f"<p>{a['n_scored']:,} galaxies scored ({u.get('n_missing_image', 0):,} without an image file left out). "
+        f"<p>{sampled}{a['n_scored']:,} galaxies scored ({u.get('n_missing_image', 0):,} without an image file left out). "
         f"Compared with the vote majority (P(spiral) vs P(elliptical); {a['n_vote_ties']:,} ties and "
         f"{a['n_without_votes']:,} without votes left out): the model agrees on "
         f"<b>{_num(a['agreement'], '.1%')}</b> of {a['n_compared']:,}. Its confident calls (top probability "
