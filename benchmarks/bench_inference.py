@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.rounds} interleaved rounds x {args.batches} batches; CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_fast_bf16()}"
     )
-    print(f"| variant | median img/s | min | max | vs baseline | max abs logit diff |")
+    print("| variant | median img/s | min | max | vs baseline | max abs logit diff |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rates.items():
         med = statistics.median(r)

@@ -94,7 +94,9 @@ def test_cache_for_another_backbone_is_refused(catalogue, params, tmp_path):
 
 def test_fit_on_the_cache_equals_fit_embedding_in_memory(catalogue, params, tmp_path):
     p = tiny_params(params, tmp_path, mode="frozen", epochs=2)
-    cache, reused = ensure_feature_cache(catalogue, p.model, p.preprocess, p.embed, progress=False)
+    cache, reused = ensure_feature_cache(
+        catalogue, p.model, p.preprocess, p.embed, precision=p.train.precision, progress=False
+    )
     assert not reused
     from_cache = fit(catalogue, p, features=cache, progress=False)
     in_memory = fit(catalogue, p, progress=False)

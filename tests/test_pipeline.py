@@ -111,7 +111,7 @@ def test_data_pipeline_repro_is_incremental_and_versioned(tmp_path):
     before = (proj / "data/processed/splits.parquet").read_bytes()
     shutil.rmtree(proj / ".dvc" / "cache")
     shutil.rmtree(proj / "data")
-    _run(["dvc", "pull"], proj)
+    _run(["dvc", "pull", *DATA_STAGES], proj)
     assert (proj / "data/processed/splits.parquet").read_bytes() == before
     status = _run(["dvc", "status", *DATA_STAGES], proj)
     assert "up to date" in status.stdout.lower()

@@ -81,7 +81,7 @@ def test_flatten_params_uses_params_yaml_keys_and_spelling(params):
     flat = tracking.flatten_params(params)
     assert flat["train.lr"] == str(params.train.lr)
     assert flat["model.arch"] == params.model.arch
-    assert flat["tune.space.lr.low"] == str(params.tune.space["lr"]["low"])
+    assert flat["tune.space.train.lr.low"] == str(params.tune.space["train.lr"]["low"])
     assert flat["embed.views"] == json.dumps(params.embed.views)
     assert flat["mlflow.tracking_uri"] == "null"
     assert flat["train.channels_last"] in ("true", "false")

@@ -105,7 +105,9 @@ def test_finetune_learns_a_separable_set(catalogue, params, tmp_path):
     assert not result.model.training and next(result.model.parameters()).device.type == "cpu"
     # the returned model is the best epoch's: its predictions reproduce the kept validation logits
     val = catalogue[catalogue["split"] == "val"]
-    logits = predict_logits(result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu")
+    logits = predict_logits(
+        result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu", precision="fp32"
+    )
     np.testing.assert_allclose(logits, result.val_logits, rtol=1e-3, atol=1e-3)
 
 
@@ -114,7 +116,9 @@ def test_frozen_mode_learns_and_its_model_is_backbone_plus_head(catalogue, param
     result = fit(catalogue, p, progress=False)
     assert result.best_metrics["val_acc"] >= 0.9
     val = catalogue[catalogue["split"] == "val"]
-    logits = predict_logits(result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu")
+    logits = predict_logits(
+        result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu", precision="fp32"
+    )
     # the cache is float16: the full network on images agrees with the head on cached features to that precision
     np.testing.assert_allclose(logits, result.val_logits, rtol=2e-2, atol=2e-2)
 

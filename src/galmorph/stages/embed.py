@@ -18,7 +18,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         print(f"embed: skipped (train.mode={params.train.mode}); wrote {cfg.out}/meta.json")
         return
     catalogue = read_splits(params.split.out)
-    cache, reused = ensure_feature_cache(catalogue, params.model, params.preprocess, cfg, device=params.train.device)
+    cache, reused = ensure_feature_cache(
+        catalogue, params.model, params.preprocess, cfg, device=params.train.device, precision=params.train.precision
+    )
     n, v, d = cache.features.shape
     verb = "reused" if reused else "wrote"
     print(

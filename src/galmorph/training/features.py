@@ -195,6 +195,7 @@ def build_feature_cache(
         "n": len(ids),
         "feature_dim": int(feats.shape[-1]),
         "device": dev.type,
+        "precision": str(amp_dtype_for(dev, precision) or torch.float32).removeprefix("torch."),
     }
     return FeatureCache(
         features=feats,
@@ -263,6 +264,7 @@ def ensure_feature_cache(
     embed: EmbedConfig,
     *,
     device: str = "auto",
+    precision: str = "auto",
     progress: bool = True,
 ) -> tuple[FeatureCache, bool]:
     """The cache under embed.out for these rows and params: reused when its fingerprint matches
@@ -271,7 +273,9 @@ def ensure_feature_cache(
     meta = read_meta(embed.out)
     if meta is not None and meta.get("fingerprint") == fingerprint(model_cfg, preprocess, embed, ids):
         return load_feature_cache(embed.out, model_cfg=model_cfg, preprocess=preprocess), True
-    cache = build_feature_cache(catalogue, model_cfg, preprocess, embed, device=device, progress=progress)
+    cache = build_feature_cache(
+        catalogue, model_cfg, preprocess, embed, device=device, precision=precision, progress=progress
+    )
     save_feature_cache(cache, embed.out)
     return cache, False
 
