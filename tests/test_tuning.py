@@ -380,3 +380,17 @@ def test_stage_main_takes_the_cli_namespace(tune_params, tiny_data, mlflow_uri, 
     tune_stage.main(tune_params, argparse.Namespace(show=False, storage=None, n_trials=2))
     assert fake.n_calls == 2
     assert yaml.safe_load(Path(tune_params.tune.out).read_text())["trials"]["complete"] == 2
+
+
+def test_zero_trials_skips_the_study_and_train_keeps_params_yaml(tune_params, tiny_data, monkeypatch):
+    """tune.n_trials: 0 switches tuning off: no study, an empty tune.out, and train uses params.yaml as it is."""
+    catalogue, _ = tiny_data
+    write_parquet(tune_params.split.out, catalogue)
+    fake = FakeFit()
+    monkeypatch.setattr(tuning, "fit", fake)
+    off = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=0))
+    tune_stage.main(off, argparse.Namespace(show=False, storage=None, n_trials=None))
+    assert fake.n_calls == 0
+    assert yaml.safe_load(Path(off.tune.out).read_text())["params"] == {}
+    assert not Path(off.tune.storage.removeprefix("sqlite:///")).exists()
+    assert tuned(off) is off

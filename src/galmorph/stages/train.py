@@ -84,5 +84,7 @@ def tuned(params: Params) -> Params:
     flat = raw.get("params", raw) if isinstance(raw, dict) else None
     if not isinstance(flat, dict):
         raise UserError(f"{path}: expected a mapping of SECTION.KEY: value (e.g. train.lr: 0.001)")
+    if not flat:
+        return params
     print(f"train: using tuned params from {path}: {', '.join(f'{k}={v}' for k, v in flat.items())}")
     return with_overrides(params, flat, str(path))

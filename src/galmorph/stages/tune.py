@@ -18,6 +18,11 @@ def main(params: Params, args: argparse.Namespace) -> None:
     catalogue = read_splits(params.split.out)
     storage = tuning.storage_url(cfg.storage, args.storage)
     frozen = tuning.needs_features(params)
+    if cfg.n_trials == 0 and not args.show:
+        # tuning switched off: train then uses params.yaml as it is (tune.out must still exist for DVC)
+        tuning.write_best_params(cfg.out, {"params": {}, "note": "tune.n_trials is 0: no study was run"})
+        print(f"tune: skipped (tune.n_trials is 0); wrote {cfg.out} with no tuned values")
+        return
     if args.show:
         tuning.show(params, catalogue, storage, read_meta(params.embed.out) if frozen else None)
         return
