@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,21 @@ from galmorph.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GALAXYZOO = REPO.parent / "shared" / "galaxyzoo"
+
+
+#: Markers whose tests may skip on a developer's machine (no PostgreSQL, chromium, Java or ../shared) but
+#: must run in CI, where .ci/system-deps installs what they need: there a skip is a failure, not a green run.
+REQUIRED_IN_CI = ("realdata", "postgres", "browser", "spark")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI") and any(item.get_closest_marker(m) for m in REQUIRED_IN_CI):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where it must run: {reason}"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import mlflow
 import optuna
+import optuna_dashboard
 import pytest
 import yaml
 
@@ -327,6 +328,20 @@ def test_a_trial_over_the_global_budget_is_dropped_before_training(
 # ------------------------------------------------------------------------------------------ stage and CLI
 
 
+def _wsgi_get(app, path: str) -> dict:
+    """GET path from a WSGI app in-process; the JSON body."""
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), status
+    return json.loads(body)
+
+
 def test_stage_writes_best_params_and_show_prints_a_table(
     tune_params, tiny_data, mlflow_uri, monkeypatch, tmp_path, capsys, quick_runs
 ):
@@ -350,6 +365,13 @@ def test_stage_writes_best_params_and_show_prints_a_table(
     rows = [line for line in table.splitlines() if line.startswith("│")]
     assert [row.split("│")[2].strip() for row in rows] == ["1", "2", "0"]  # trials by value, best first
     assert "3 complete" in table
+
+    # optuna-dashboard (README) reads the same storage: its API lists the study and its 3 trials
+    dashboard = optuna_dashboard.wsgi(tune_params.tune.storage)
+    (summary,) = _wsgi_get(dashboard, "/api/studies")["study_summaries"]
+    assert summary["study_name"] == written["study"]
+    detail = _wsgi_get(dashboard, f"/api/studies/{summary['study_id']}")
+    assert sorted(t["number"] for t in detail["trials"]) == [0, 1, 2]
 
     assert cli.main(["--params", str(params_file), "tune", "--storage", "mongodb://nowhere/db"]) == 2
     err = capsys.readouterr().err.strip()

@@ -113,7 +113,9 @@ def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a folder with spirals/ and ellipticals/ subfolders, or a manifest CSV")
     p.add_argument("--model", help="model file (default: train.out, i.e. models/model.pt)")
     p.add_argument("--out", help="report folder (default: <evaluate.out_dir>/folder-<name>)")
-    p.add_argument("--path-column", help="CSV: the image-path column (default: image_path, filename, path, file or image)")
+    p.add_argument(
+        "--path-column", help="CSV: the image-path column (default: image_path, filename, path, file or image)"
+    )
     p.add_argument("--label-column", default="label", help="CSV: the label column (default: label)")
     p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation pass")
 
