@@ -163,7 +163,7 @@ def test_browser_upload_reads_the_verdict(server, browser, tmp_path):
         page.wait_for_selector("#verdict")
         assert page.inner_text("#verdict").strip().lower() in ("spiral", "elliptical", "uncertain")
         assert page.inner_text("#p-spiral").endswith("%")
-        shots = Path(os.environ.get("GALMORPH_SCREENSHOT_DIR") or tmp_path)
+        shots = Path(os.environ.get("GALMORPH_SCREENSHOT_DIR") or REPO / "reports" / "web")  # git-ignored
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "web_screenshot.png"), full_page=True)
 
