@@ -27,6 +27,7 @@ from galmorph.training.engine import (
     predict_proba,
     resolve_device,
 )
+from galmorph.training.features import build_feature_cache
 from galmorph.training.loop import CHECKPOINT_NAME, fit, load_checkpoint
 from tests.training_utils import make_catalogue, one_thread, tiny_params
 
@@ -121,6 +122,26 @@ def test_frozen_mode_learns_and_its_model_is_backbone_plus_head(catalogue, param
     )
     # the cache is float16: the full network on images agrees with the head on cached features to that precision
     np.testing.assert_allclose(logits, result.val_logits, rtol=2e-2, atol=2e-2)
+
+
+def test_fits_on_one_cache_share_its_derived_inputs_not_their_weights(catalogue, params, tmp_path):
+    """Tuning trials reuse what fit() derives from the cache (standardised features, the built backbone) and
+    still train exactly as a fit on a fresh cache does, without touching each other's network."""
+    p = tiny_params(params, tmp_path, mode="frozen", epochs=2, lr=0.003)
+    train_val = catalogue[catalogue["split"].isin(["train", "val"])]
+    cache = build_feature_cache(train_val, p.model, p.preprocess, p.embed, device="cpu", progress=False)
+    fresh = dataclasses.replace(cache, derived={})
+    first = fit(catalogue, p, features=cache, progress=False)
+    (template,) = [inputs.template for inputs in cache.derived.values()]
+    second = fit(catalogue, p, features=cache, progress=False)
+    alone = fit(catalogue, p, features=fresh, progress=False)
+    assert len(cache.derived) == 1
+    np.testing.assert_array_equal(second.val_logits, first.val_logits)
+    np.testing.assert_array_equal(alone.val_logits, first.val_logits)
+    assert first.model.backbone is not template.backbone and second.model.backbone is not first.model.backbone
+    other = dataclasses.replace(p, train=replace(p.train, val_tta=True))  # other validation views: its own entry
+    fit(catalogue, other, features=cache, progress=False)
+    assert len(cache.derived) == 1 and next(iter(cache.derived))[1] != (0,)
 
 
 def test_early_stopping_on_validation_loss(catalogue, params, tmp_path):

@@ -70,6 +70,9 @@ class FeatureCache:
     views: list[str]
     backbone_state: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    #: what fit() derives from this cache (standardised features, the built backbone), kept for the next fit on
+    #: the same rows: tuning trials share it instead of rebuilding it each time
+    derived: dict[Any, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def rows(self, galaxy_ids: Sequence[str]) -> np.ndarray:
         """Row numbers of `galaxy_ids` in the cache; a clear error when the cache lacks some."""
