@@ -314,3 +314,25 @@ def test_train_stage_end_to_end(catalogue, params, tmp_path, mlflow_uri):
     model = mlflow.pyfunc.load_model(metrics["model_uri"])
     out = model.predict(pd.DataFrame({"image": list(catalogue["image_path"].iloc[:3])}))
     assert list(out.columns[:2]) == ["p_spiral", "p_elliptical"]
+
+
+def test_train_preset_without_augmentation_frames_like_the_eval_preset(params):
+    """TrainPreset augments at twice the input size; with every augmentation off it must still frame and scale
+    the galaxy as EvalPreset does (only the resampling order differs)."""
+    from PIL import Image
+
+    from galmorph.data.transforms import TrainPreset
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:424, :424]
+    blob = np.exp(-((xx - 212.0) ** 2 + (yy - 190.0) ** 2) / (2 * 30.0**2))  # an off-centre smooth galaxy
+    pixels = (255 * np.clip(blob[..., None] * [1.0, 0.8, 0.6] + rng.normal(0, 0.01, (424, 424, 3)), 0, 1)).astype(
+        np.uint8
+    )
+    img = Image.fromarray(pixels)
+    off = replace(params.augment, rotation=0.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
+    train = TrainPreset(params.preprocess, off)(img)
+    evaluated = EvalPreset(params.preprocess)(img)
+    assert train.shape == evaluated.shape == (3, params.preprocess.image_size, params.preprocess.image_size)
+    assert params.preprocess.crop > 2 * params.preprocess.image_size  # the downscaled path is the one tested
+    assert float((train - evaluated).abs().max()) < 0.1  # normalised units: a few grey levels at most
