@@ -3,7 +3,7 @@
 All variants run in one process, interleaved round by round (so a busy neighbour slows them alike), on
 the same random batch; each prints its median images/s, the ratio to the baseline's median, and its
 largest deviation from the baseline's logits (exact variants differ by rounding only).
-The variant marked "default" is what galmorph.training.engine.predict_proba runs.
+The variant marked "default" is what galmorph.models.inference.predict_logits runs.
 
     .venv/bin/python benchmarks/bench_inference.py                      # 64 px (params.yaml's image_size)
     .venv/bin/python benchmarks/bench_inference.py --image-size 224 --batch-size 32
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from galmorph.config import ModelConfig, PreprocessConfig
+from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_logits, prepare_for_inference
 from galmorph.models.resnet import build_model
-from galmorph.training.engine import amp_dtype_for, cpu_has_fast_bf16, predict_logits, prepare_for_inference
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, default=2, help="batches per variant per round")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes to compile)")
-    ap.add_argument("--images", type=int, default=0, help="also time predict_proba end to end on N real JPEGs")
+    ap.add_argument("--images", type=int, default=0, help="also time predict_logits end to end on N real JPEGs")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         pre = PreprocessConfig(resize=424, crop=256, image_size=args.image_size)
         e2e = {}
         for name, kwargs in (
-            ("predict_proba default (2 decode workers)", {}),
+            ("predict_logits default (2 decode workers)", {}),
             ("same loader, baseline model", {"baseline": True}),
         ):
             start = time.perf_counter()

@@ -39,8 +39,8 @@ def prepare(workdir: Path, seed: int, gzipped: bool) -> Path:
     source = raw / "source.json"
     if source.is_file():
         return raw
-    from galmorph.data.catalog import MAPPING_NAME, TABLE2_NAME
-    from galmorph.data.sources.synthetic import generate_catalogues
+    from galmorph.data.gzcsv import MAPPING_NAME, TABLE2_NAME
+    from galmorph.data.sources.synthetic.population import generate_catalogues
     from galmorph.io import write_json
 
     raw.mkdir(parents=True, exist_ok=True)

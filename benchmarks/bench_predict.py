@@ -34,8 +34,8 @@ import torch
 from galmorph.config import load_params
 from galmorph.data.images import load_rgb
 from galmorph.data.transforms import EvalPreset
+from galmorph.models.inference import GalaxyClassifier, build_network
 from galmorph.serving import predict
-from galmorph.serving.pyfunc import GalaxyClassifier, build_network
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_IMAGES = REPO.parent / "shared" / "galaxyzoo" / "images" / "kaggle_gz2"

@@ -1,11 +1,11 @@
-"""Benchmark the logged MLflow classifier (galmorph.tracking + galmorph.serving.pyfunc) on CPU.
+"""Benchmark the logged MLflow classifier (galmorph.tracking + galmorph.models.inference) on CPU.
 
 What a user of `mlflow.pyfunc.load_model("models:/galmorph@champion")` gets: the params.yaml model
 (ResNet-50, MLP head) at the params.yaml input size, scoring SDSS-sized JPEGs (424x424) given as paths.
 Beside it, in the same run, the obvious baselines: the same network in eval mode (decode, EvalPreset,
 forward, softmax) in batches of 64 with NCHW tensors and unfolded BatchNorm, and one image at a time.
 Also: the cost of logging and loading the model, what the provenance tags (git + dvc.lock + DVC
-experiment) add to opening a run, and tracking.log_dataset on a survey-sized catalogue beside MLflow's own
+experiment) add to opening a run, and runs.log_dataset on a survey-sized catalogue beside MLflow's own
 from_pandas + log_input.
 
     .venv/bin/python benchmarks/bench_pyfunc.py                  # 128 images, 3 rounds
@@ -95,9 +95,9 @@ def main() -> int:
 
     import mlflow
 
-    from galmorph import tracking
     from galmorph.config import load_params
-    from galmorph.serving.pyfunc import build_network
+    from galmorph.models.inference import build_network
+    from galmorph.tracking import logged_model, runs, store
 
     params = load_params(REPO / "params.yaml")
     model_cfg = dataclasses.replace(params.model, weights="none", arch=args.arch or params.model.arch)
@@ -117,15 +117,15 @@ def main() -> int:
         paths = write_images(tmp_path, args.images)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
         cfg = dataclasses.replace(params.mlflow, experiment="bench")
-        tracking.experiment_id(cfg)  # create the store (SQLite migrations) outside the timings
+        store.experiment_id(cfg)  # create the store (SQLite migrations) outside the timings
 
-        # provenance: tracking.start_run (git, dvc.lock, exp tags, params) vs a bare mlflow run, in the repo
+        # provenance: runs.start_run (git, dvc.lock, exp tags, params) vs a bare mlflow run, in the repo
         with contextlib.chdir(REPO):
-            exp_id = tracking.experiment_id(cfg)
+            exp_id = store.experiment_id(cfg)
             ours, bare = [], []
             for _ in range(args.rounds):
                 t0 = time.perf_counter()
-                with tracking.start_run(cfg, "train", params):
+                with runs.start_run(cfg, "train", params):
                     pass
                 ours.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
@@ -138,9 +138,9 @@ def main() -> int:
             table = catalogue(args.catalogue_rows)
             table_path = tmp_path / "splits.parquet"
             table.to_parquet(table_path, index=False)
-            with tracking.start_run(cfg, "train", None):
+            with runs.start_run(cfg, "train", None):
                 t0 = time.perf_counter()
-                tracking.log_dataset(table, table_path, name="splits", context="training")
+                runs.log_dataset(table, table_path, name="splits", context="training")
                 dataset_s = time.perf_counter() - t0
                 t0 = time.perf_counter()  # baseline: MLflow's own from_pandas (schema from every value)
                 plain = mlflow.data.from_pandas(table, source=str(table_path), name="plain", targets="label")
@@ -148,8 +148,10 @@ def main() -> int:
                 bare_dataset_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        with tracking.start_run(cfg, "train", None):
-            uri = tracking.log_classifier(net, model_cfg, preprocess, temperature=temperature, input_example=paths[0])
+        with runs.start_run(cfg, "train", None):
+            uri = logged_model.log_classifier(
+                net, model_cfg, preprocess, temperature=temperature, input_example=paths[0]
+            )
         log_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         model = mlflow.pyfunc.load_model(uri)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from galmorph.data.images import absolute_paths, check_images, decode_images, find_files
+from galmorph.data.verify import absolute_paths, check_images, decode_images, find_files
 
 TARGET_EXISTS_S = 10.0
 MISSING_FRACTION = 0.02

@@ -21,13 +21,14 @@ import pandas as pd
 
 from galmorph.config import load_params
 from galmorph.data.sources import synthetic
+from galmorph.data.sources.synthetic import population
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_ROWS, FULL_MAPPING_ROWS = 667_944, 355_990
 
 
 def _render_tasks(n: int, size: int, out: Path) -> list[tuple]:
-    pop = synthetic.sample_population(n, seed=0)
+    pop = population.sample_population(n, seed=0)
     rows = pd.DataFrame({"galaxy_row": range(n), "asset_id": range(1, n + 1), "depth": 1.0})
     return synthetic.image_tasks(pop, rows, out, size=size, seed=0)
 
@@ -64,7 +65,7 @@ def bench_catalogue() -> None:
     best = best_cpu = float("inf")
     for _ in range(2):
         t0, c0 = time.perf_counter(), _cpu_seconds()
-        table2, mapping = synthetic.generate_catalogues(FULL_ROWS, fraction, seed=0)
+        table2, mapping = population.generate_catalogues(FULL_ROWS, fraction, seed=0)
         best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, _cpu_seconds() - c0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "GalaxyZoo1_DR_table2.csv"

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from galmorph.config import load_params, replace
 from galmorph.data.dataset import ImageDataset
 from galmorph.data.transforms import EvalPreset
+from galmorph.models.inference import amp_dtype_for, autocast
 from galmorph.models.resnet import build_model, param_groups, set_trainable
-from galmorph.training.engine import amp_dtype_for, autocast
 from galmorph.training.features import FeatureCache, compute_features
 from galmorph.training.loop import fit
 

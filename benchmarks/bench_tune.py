@@ -35,11 +35,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from galmorph import tracking, tuning  # noqa: E402
 from galmorph.config import CLASSES, Params, load_params, replace  # noqa: E402
 from galmorph.io import write_parquet  # noqa: E402
 from galmorph.models.resnet import build_model  # noqa: E402
+from galmorph.tracking import store  # noqa: E402
 from galmorph.training.features import FeatureCache, save_feature_cache  # noqa: E402
+from galmorph.tuning.results import epochs_summary  # noqa: E402
+from galmorph.tuning.study import storage_url  # noqa: E402
+from galmorph.tuning.worker import run_study  # noqa: E402
 
 
 def synthetic_data(params: Params, n: int, dim: int, views: int, seed: int = 0) -> tuple[pd.DataFrame, FeatureCache]:
@@ -97,10 +100,10 @@ def bench_params(base: Params, work: Path, **tune: object) -> Params:
 
 def in_process_study(catalogue: pd.DataFrame, cache: FeatureCache, params: Params) -> dict[str, float]:
     start = time.perf_counter()
-    outcome = tuning.run_study(catalogue, params, features=cache, storage=params.tune.storage, progress=False)
+    outcome = run_study(catalogue, params, features=cache, storage=params.tune.storage, progress=False, echo=print)
     wall = time.perf_counter() - start
     finished = outcome.study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
-    epochs = tuning.epochs_summary(outcome.study, params.tune.epochs)
+    epochs = epochs_summary(outcome.study, params.tune.epochs)
     return {
         "wall_s": wall,
         "trials": len(finished),
@@ -125,7 +128,7 @@ def postgres_workers(
         if proc.returncode != 0:
             raise SystemExit(f"worker failed:\n{out[-3000:]}")
     best = yaml.safe_load((Path(yaml.safe_load(params_file.read_text())["tune"]["out"])).read_text())
-    study = optuna.load_study(study_name=best["study"], storage=tuning.storage_url(None, storage))
+    study = optuna.load_study(study_name=best["study"], storage=storage_url(None, storage))
     done = [
         t for t in study.get_trials() if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
@@ -166,7 +169,7 @@ def main() -> None:
         )
         storage = f"sqlite:///{work / 'optuna.db'}"
         pruned_p = bench_params(base, work, n_trials=args.trials, storage=storage)
-        tracking.experiment_id(pruned_p.mlflow)  # the new store's migrations are not tuning: outside the timing
+        store.experiment_id(pruned_p.mlflow)  # the new store's migrations are not tuning: outside the timing
         pruned = in_process_study(catalogue, cache, pruned_p)
         print(
             f"study, {pruned['trials']} trials, pruner {base.tune.pruner}: {pruned['wall_s']:.1f} s, "
@@ -205,7 +208,7 @@ def postgres_part(
     results = {}
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(postgres_cluster(["optuna1", "optuna2", "mlflow"]))
-        url = stack.enter_context(mlflow_server(tuning.storage_url(None, f"{pg}/mlflow"), work / "artifacts"))
+        url = stack.enter_context(mlflow_server(storage_url(None, f"{pg}/mlflow"), work / "artifacts"))
         for workers in (1, 2):
             p = bench_params(base, work, n_trials=args.pg_trials, study_name=f"pg{workers}")
             params_file = work / f"params-{workers}.yaml"

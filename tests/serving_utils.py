@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from galmorph import tracking
 from galmorph.config import MlflowConfig, ModelConfig, PreprocessConfig, RegisterConfig
-from galmorph.serving import registry
-from galmorph.serving.pyfunc import build_network
-from galmorph.tracking import VersionInfo
+from galmorph.models.inference import build_network
+from galmorph.serving import promotion
+from galmorph.tracking import logged_model, runs
+from galmorph.tracking.registry import VersionInfo
 
 TINY_MODEL = ModelConfig(arch="resnet18", weights="none", head="linear", hidden=16, dropout=0.0)
 TINY_PREPROCESS = PreprocessConfig(resize=64, crop=48, image_size=32)
@@ -75,8 +75,8 @@ def tiny_network(seed: int = 0) -> torch.nn.Module:
 
 def log_tiny_model(cfg: MlflowConfig, example: Path, *, seed: int = 0, temperature: float = 1.5) -> str:
     """Log a randomly initialised resnet18 as the pyfunc (what the train stage logs); returns its URI."""
-    with tracking.start_run(cfg, "test", {"seed": seed}):
-        return tracking.log_classifier(
+    with runs.start_run(cfg, "test", {"seed": seed}):
+        return logged_model.log_classifier(
             tiny_network(seed), TINY_MODEL, TINY_PREPROCESS, temperature=temperature, input_example=example
         )
 
@@ -102,7 +102,7 @@ def register_tiny(
 ) -> VersionInfo:
     """A new version of cfg.registered_model with test-metric tags, as the register stage would add."""
     metrics = {"test_macro_f1": f1, "test_ece_calibrated": ece, "test_accuracy": f1, "test_split_digest": split}
-    return registry.register_version(cfg.registered_model, tiny.source, {**metrics, **tags}, cfg)
+    return promotion.register_version(cfg.registered_model, tiny.source, {**metrics, **tags}, cfg)
 
 
 @contextlib.contextmanager
@@ -114,5 +114,5 @@ def champion_store(root: Path, tiny: TinyModel, empty_db: Path) -> Iterator[Mlfl
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", cfg.tracking_uri)
         register_tiny(tiny, cfg)
-        registry.promote(cfg.registered_model, RegisterConfig(0.01, 0.1, "unused.json"), cfg)
+        promotion.promote(cfg.registered_model, RegisterConfig(0.01, 0.1, "unused.json"), cfg)
         yield cfg

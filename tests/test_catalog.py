@@ -1,4 +1,4 @@
-"""galmorph.data.catalog on small hand-made catalogues whose every expected number is worked out by hand."""
+"""The Galaxy Zoo CSV reader, the catalogue join and the manifest reader on small hand-made catalogues whose every expected number is worked out by hand."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 
 from galmorph.config import JoinConfig
-from galmorph.data.catalog import (
-    CONTRACT_COLUMNS,
-    FRACTION_COLUMNS,
-    TABLE2_SCHEMA,
-    join_catalogues,
-    read_manifest_catalogue,
-    read_mapping,
-    read_table2,
-)
+from galmorph.data.gzcsv import FRACTION_COLUMNS, TABLE2_SCHEMA, read_mapping, read_table2
+from galmorph.data.join import join_catalogues
+from galmorph.data.labels import CONTRACT_COLUMNS
+from galmorph.data.sources.manifest import read_manifest_catalogue
 from galmorph.errors import UserError
 
 HEADER = list(TABLE2_SCHEMA)

@@ -12,9 +12,10 @@ import yaml
 
 from galmorph import cli
 from galmorph.config import replace
+from galmorph.data.transforms import VIEWS, apply_view, check_views
 from galmorph.errors import UserError
 from galmorph.training import features as feats
-from galmorph.training.features import VIEWS, apply_view, check_views, ensure_feature_cache, load_feature_cache
+from galmorph.training.features import ensure_feature_cache, load_feature_cache
 from galmorph.training.loop import fit
 from tests.training_utils import make_catalogue, one_thread, tiny_params
 

@@ -18,10 +18,11 @@ from PIL import Image
 
 from galmorph.cli import main
 from galmorph.config import DataConfig, Params
-from galmorph.data.catalog import build_catalogue, read_source
+from galmorph.data.join import build_catalogue
 from galmorph.data.sources import rawdir, synthetic
 from galmorph.data.sources.galaxyzoo import MARKER_NAME, unpack_images
-from galmorph.data.sources.synthetic import generate_catalogues
+from galmorph.data.sources.rawdir import read_source
+from galmorph.data.sources.synthetic.population import generate_catalogues
 from galmorph.errors import UserError
 from galmorph.stages.fetch import fetch_data
 
@@ -424,10 +425,10 @@ def run_cli(*sets: str) -> int:
     return main(argv)
 
 
-def test_cli_bad_source_dir_is_one_line_and_exit_2(tmp_path, capsys):
+def test_cli_bad_source_dir_is_one_line_and_exit_1(tmp_path, capsys):
     rc = run_cli("data.source=local", f"data.local.dir={tmp_path / 'nowhere'}", f"data.raw_dir={tmp_path / 'raw'}")
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("galmorph fetch: error: ") and "nowhere: data.local.dir is not a folder" in err
 
 

@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
-from galmorph.data import images
-from galmorph.data.images import (
+from galmorph.data import verify
+from galmorph.data.images import load_rgb
+from galmorph.data.verify import (
     DROP_REASONS,
     absolute_paths,
     check_image_file,
     check_images,
     decode_images,
     find_files,
-    load_rgb,
 )
 
 
@@ -86,9 +86,13 @@ def zoo(tmp_path) -> tuple[Path, dict[str, tuple[str | None, str | None]]]:
     return tmp_path, write_image_zoo(tmp_path)
 
 
-def test_truncated_images_are_not_loaded_leniently():
-    # PIL pads truncated images with grey when this is True; the whole check relies on it being False
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+def test_load_rgb_refuses_a_truncated_image_instead_of_padding_it():
+    """PIL pads a truncated image with grey once anything sets ImageFile.LOAD_TRUNCATED_IMAGES; the loader of
+    select, training and serving must raise instead."""
+    jpeg = _jpeg_bytes()
+    with pytest.raises(OSError, match="truncated"):
+        load_rgb(jpeg[: len(jpeg) // 2])
+    assert load_rgb(jpeg).size == (48, 48)
 
 
 def test_every_kind_of_file_gets_its_reason(zoo):
@@ -147,7 +151,7 @@ def test_find_files_lists_each_folder_once(tmp_path, monkeypatch):
         calls.append(path)
         return real_scandir(path)
 
-    monkeypatch.setattr(images.os, "scandir", counting_scandir)
+    monkeypatch.setattr(verify.os, "scandir", counting_scandir)
     reasons, _ = find_files([str(tmp_path / f"{i}.jpg") for i in range(25)] + [None])
     assert calls == [str(tmp_path)]
     assert list(reasons[:20]) == [None] * 20 and set(reasons[20:]) == {"missing"}
@@ -163,7 +167,7 @@ def test_too_large_and_unsupported_mode(tmp_path, monkeypatch):
     def refuse(im):
         raise ValueError(f"conversion from {im.mode} to RGB not supported")
 
-    monkeypatch.setattr(images, "to_rgb", refuse)
+    monkeypatch.setattr(verify, "to_rgb", refuse)
     reason, detail, width, _, mode = check_image_file(path)
     assert reason == "unsupported_mode" and mode == "RGB" and width == 48 and "not supported" in detail
 

@@ -68,14 +68,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     raw = catalogue_raw(tmp_path, [row(1), row(2, P_CS="n/a?")])
     rc, out = run_join(tmp_path, raw)
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("galmorph join: error: ") and "line 3, column P_CS" in err
     assert not any(p.exists() for p in out.values())
 
 
 def test_missing_source_json(tmp_path, capsys):
     rc, _ = run_join(tmp_path, tmp_path / "nowhere")
-    assert rc == 2 and "source.json: not found (run `galmorph fetch` first)" in capsys.readouterr().err
+    assert rc == 1 and "source.json: not found (run `galmorph fetch` first)" in capsys.readouterr().err
 
 
 def test_manifest_source_through_the_stage(tmp_path):
@@ -140,8 +140,8 @@ def test_synthetic_catalogues_join_as_generated(tmp_path):
     """The synthetic source's files (official format, with its duplicate and coadd mapping rows) join cleanly;
     expected numbers are recomputed here with plain pandas."""
     from galmorph.config import JoinConfig
-    from galmorph.data.catalog import build_catalogue
-    from galmorph.data.sources.synthetic import generate_catalogues
+    from galmorph.data.join import build_catalogue
+    from galmorph.data.sources.synthetic.population import generate_catalogues
 
     table2, mapping = generate_catalogues(400, 0.8, seed=3)
     table2.to_csv(tmp_path / "t2.csv", index=False)

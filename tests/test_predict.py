@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galmorph import cli, tracking
+from galmorph import cli
 from galmorph.errors import UserError
 from galmorph.models import resnet
 from galmorph.serving import predict
+from galmorph.serving.resolve import load_model, resolve_model
+from galmorph.tracking import logged_model
 from tests.conftest import REPO
 from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, champion_store, galaxy_image, tiny_network
 
@@ -25,7 +27,7 @@ def store(tiny_model, tmp_path_factory, _mlflow_empty_db):
 
 @pytest.fixture(scope="module")
 def classifier(store):
-    return predict.load_model(predict.resolve_model(None, store), store)
+    return load_model(resolve_model(None, store), store)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def test_equals_the_logged_pyfunc_batching_and_workers_aside(classifier, store, 
     ours = predict.score_files(classifier, paths, batch_size=4, workers=0, progress=False)
     other = predict.score_files(classifier, paths, batch_size=64, workers=2, progress=False)
     np.testing.assert_allclose(ours["p_spiral"], other["p_spiral"], atol=1e-6)
-    pyfunc = tracking.load_classifier("models:/galmorph@champion", cfg=store)
+    pyfunc = logged_model.load_classifier("models:/galmorph@champion", cfg=store)
     expected = pyfunc.predict(pd.DataFrame({"image": paths}))
     np.testing.assert_allclose(ours["p_spiral"], expected["p_spiral"], atol=1e-4)
     tta = predict.score_files(classifier, paths, tta=True, progress=False)
@@ -114,9 +116,9 @@ def test_threshold_makes_uncertain(classifier, images):
 def test_local_checkpoint_gives_the_same_numbers(classifier, images, tmp_path):
     ckpt = tmp_path / "model.pt"
     resnet.save_model(ckpt, tiny_network(), TINY_MODEL, TINY_PREPROCESS, temperature=1.5)
-    ref = predict.resolve_model(str(ckpt), None)
+    ref = resolve_model(str(ckpt), None)
     assert ref.version == "local"
-    local = predict.load_model(ref, None)
+    local = load_model(ref, None)
     paths = predict.expand_inputs([str(images)])
     a = predict.score_files(local, paths, progress=False)
     b = predict.score_files(classifier, paths, progress=False)
@@ -162,12 +164,12 @@ def test_cli_writes_csv_json_and_stdout(store, images, tmp_path, capsys):
     ],
 )
 def test_cli_bad_input_is_one_line(store, images, capsys, args, message):
-    assert run_cli(str(images / "a.jpg"), *args) == 2
+    assert run_cli(str(images / "a.jpg"), *args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and err[-1].startswith("galmorph predict: error:")
 
 
 def test_cli_empty_folder(store, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert run_cli(str(tmp_path / "empty")) == 2
+    assert run_cli(str(tmp_path / "empty")) == 1
     assert "folder has no JPEG or PNG images" in capsys.readouterr().err

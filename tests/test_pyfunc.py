@@ -22,12 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
-from galmorph import tracking
 from galmorph.config import MlflowConfig, ModelConfig, PreprocessConfig
-from galmorph.data.transforms import EvalPreset
+from galmorph.data.images import decode_image, image_items
+from galmorph.data.transforms import VIEWS, EvalPreset
+from galmorph.models.inference import GalaxyClassifier, build_network
 from galmorph.models.resnet import load_model
-from galmorph.serving.pyfunc import GalaxyClassifier, build_network, decode_image, image_items
-from galmorph.training.features import VIEWS
+from galmorph.tracking import logged_model, runs
+from galmorph.tracking import registry as mlflow_registry
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MODEL_CFG = ModelConfig(arch="resnet18", weights="none", head="linear", hidden=16, dropout=0.0)
@@ -67,15 +68,16 @@ def logged(tmp_path_factory, _mlflow_empty_db):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(tmp)
-        with tracking.start_run(cfg, "train", {"model": MODEL_CFG}) as run:
-            model_uri = tracking.log_classifier(
+        with runs.start_run(cfg, "train", {"model": MODEL_CFG}) as run:
+            model_uri = logged_model.log_classifier(
                 net, MODEL_CFG, PREPROCESS, temperature=TEMPERATURE, input_example=images[0]
             )
         shipped = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp / "shipped"))) / "code"
-        assert (shipped / "galmorph" / "serving" / "pyfunc.py").is_file()
+        assert (shipped / "galmorph" / "tracking" / "logged_model.py").is_file()
+        assert (shipped / "galmorph" / "models" / "inference.py").is_file()
         assert not list(shipped.glob("**/__pycache__"))  # source only: bytecode is per-interpreter
-        version = tracking.register_model(model_uri, REGISTERED, {"source": "test"}, cfg=cfg)
-        tracking.set_alias(REGISTERED, "champion", version, cfg=cfg)
+        version = mlflow_registry.register_model(model_uri, REGISTERED, {"source": "test"}, cfg=cfg)
+        mlflow_registry.set_alias(REGISTERED, "champion", version, cfg=cfg)
         yield SimpleNamespace(
             uri=uri, model_uri=model_uri, run_id=run.info.run_id, net=net, images=images, cfg=cfg, version=version
         )
@@ -143,7 +145,7 @@ def test_loads_and_predicts_in_a_fresh_process_without_the_repo(logged, tmp_path
 def loaded(logged):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", logged.uri)
-        yield tracking.load_classifier(logged.model_uri)
+        yield logged_model.load_classifier(logged.model_uri)
 
 
 def test_temperature_is_applied(logged, loaded):
@@ -201,17 +203,21 @@ def test_rest_json_request(logged, loaded):
     assert rows[1]["label"].startswith("error: bad")
 
 
-def test_registry_alias(logged):
+def test_registry_reads_versions_and_aliases(logged):
+    """What promote, rollback and `galmorph models` read: versions with their aliases, tags and run."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", logged.uri)
-        version = tracking.get_version_by_alias(REGISTERED, "champion", cfg=logged.cfg)
-        assert str(version.version) == logged.version and version.run_id == logged.run_id
-        assert tracking.get_version_by_alias(REGISTERED, "nobody", cfg=logged.cfg) is None
-        assert tracking.get_version_by_alias("no-such-model", "champion", cfg=logged.cfg) is None
-        tracking.set_alias(REGISTERED, "challenger", logged.version, cfg=logged.cfg)
-        tracking.delete_alias(REGISTERED, "challenger", cfg=logged.cfg)
-        assert tracking.get_version_by_alias(REGISTERED, "challenger", cfg=logged.cfg) is None
-    assert tracking.alias_uri(REGISTERED, "champion") == f"models:/{REGISTERED}@champion"
+        assert mlflow_registry.registered_model_aliases(REGISTERED, cfg=logged.cfg) == {"champion": logged.version}
+        version = mlflow_registry.model_version(REGISTERED, logged.version, cfg=logged.cfg)
+        assert version.aliases == ("champion",) and version.run_id == logged.run_id
+        assert version.tags == {"source": "test"}
+        assert version.uri == f"models:/{REGISTERED}/{logged.version}"
+        assert mlflow_registry.model_versions(REGISTERED, cfg=logged.cfg) == [version]
+        assert mlflow_registry.model_version(REGISTERED, "999", cfg=logged.cfg) is None
+        assert mlflow_registry.registered_model_aliases("no-such-model", cfg=logged.cfg) is None
+        assert mlflow_registry.model_version("no-such-model", "1", cfg=logged.cfg) is None
+        assert mlflow_registry.model_versions("no-such-model", cfg=logged.cfg) == []
+        assert mlflow_registry.registered_model_tags("no-such-model", cfg=logged.cfg) == {}
 
 
 # ------------------------------------------------------------------------------------------- no mlflow
@@ -249,8 +255,7 @@ def test_other_image_modes_and_inputs(tmp_path, classifier):
 def test_decode_image_accepts_paths_bytes_base64_and_data_urls(tmp_path):
     jpg = _galaxy(tmp_path / "g.jpg", 1)
     raw = jpg.read_bytes()
-    b64 = base64.b64encode(raw).decode()
-    assert b64.startswith("/9j/")  # looks like an absolute path: must still be read as base64
+    b64 = base64.b64encode(raw).decode()  # a JPEG's starts "/9j/": it looks like an absolute path
     for item in (jpg, str(jpg), raw, bytearray(raw), b64, f"data:image/jpeg;base64,{b64}"):
         assert decode_image(item).size == (64, 64)
     buf = io.BytesIO()

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
+from galmorph.evaluation.html_report import jsonable, render, write_report
 from galmorph.evaluation.metrics import Interval, classification_metrics
 from galmorph.evaluation.plots import confusion_figure, save_figure
-from galmorph.evaluation.report import jsonable, render, write_report
 
 
 def section(tmp_path) -> dict:

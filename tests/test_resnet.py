@@ -51,7 +51,7 @@ def test_shapes_per_arch_and_head(cfg, arch, head, dim):
         ]
 
 
-def test_resnet50_forward_is_the_seed_network(params):
+def test_resnet50_mlp_head_maps_2048_features_to_two_finite_logits(params):
     model = build_model(replace(params.model, arch="resnet50", weights="none", head="mlp", hidden=1024)).eval()
     with torch.inference_mode():
         logits = model(torch.randn(2, 3, 64, 64))

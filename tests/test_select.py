@@ -13,7 +13,7 @@ import pytest
 
 from galmorph.cli import main
 from galmorph.config import CLASSES, SelectConfig
-from galmorph.data.images import CLASS_FOLDER_NAMES, build_class_folders, select_catalogue
+from galmorph.data.select import CLASS_FOLDER_NAMES, build_class_folders, select_catalogue
 from galmorph.errors import UserError
 
 from .conftest import REPO
@@ -104,7 +104,7 @@ def test_select_stage_writes_manifest_dropped_and_report(tmp_path, capsys):
 def test_missing_joined_table_is_one_line(tmp_path, capsys):
     rc, out = run_select(tmp_path, tmp_path / "nowhere" / "joined.parquet")
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert "joined.parquet: not found (run `galmorph join` first)" in err
     assert not any(p.exists() for p in out.values())
 
@@ -123,7 +123,7 @@ def test_no_image_at_all_names_the_folder(tmp_path, capsys):
     catalogue.to_parquet(joined)
     rc, out = run_select(tmp_path, joined)
     err = capsys.readouterr().err
-    assert rc == 2 and f"no image found under {images}: 0 of 3 rows have a file" in err
+    assert rc == 1 and f"no image found under {images}: 0 of 3 rows have a file" in err
     assert not any(p.exists() for p in out.values())
 
 
@@ -181,7 +181,7 @@ def test_class_folders_never_replace_someone_elses_folder(tmp_path):
 
 def test_a_bad_class_folders_path_fails_before_decoding(tmp_path, monkeypatch):
     catalogue, _ = zoo_catalogue(tmp_path / "img")
-    monkeypatch.setattr("galmorph.data.images.check_images", lambda *a, **k: pytest.fail("decoded first"))
+    monkeypatch.setattr("galmorph.data.select.check_images", lambda *a, **k: pytest.fail("decoded first"))
     cfg = dataclasses.replace(CFG, class_folders=str(tmp_path / "img"))
     with pytest.raises(UserError, match="select.class_folders: .* holds"):
         select_catalogue(catalogue, cfg, progress=False)

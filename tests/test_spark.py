@@ -9,6 +9,7 @@ import pytest
 
 from galmorph.errors import UserError
 from galmorph.serving import predict
+from galmorph.serving.resolve import load_model, resolve_model
 from tests.serving_utils import champion_store, write_images
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -43,7 +44,7 @@ def spark():
 
 @pytest.fixture(scope="module")
 def expected(store, survey):
-    classifier = predict.load_model(predict.resolve_model(None, store), store)
+    classifier = load_model(resolve_model(None, store), store)
     paths = predict.expand_inputs([str(survey)])
     return predict.score_files(classifier, paths, threshold=0.7, progress=False).set_index("path")
 
@@ -52,7 +53,7 @@ def test_folder_equals_galmorph_predict(spark, store, survey, expected, tmp_path
     from galmorph.serving.spark import run_batch
 
     out = tmp_path / "scores.parquet"
-    counts = run_batch(str(survey), str(out), None, store, master="local[2]", threshold=0.7, partitions=4)
+    _ref, counts = run_batch(str(survey), str(out), None, store, master="local[2]", threshold=0.7, partitions=4)
     got = pd.read_parquet(out).set_index("path").sort_index()
     assert list(got.columns) == ["p_spiral", "p_elliptical", "label", "error"]
     assert (got["error"] != "").sum() == 1, got["error"].iloc[0]

@@ -147,10 +147,10 @@ def test_split_stage_writes_splits_and_report(tmp_path, capsys):
 def test_split_stage_errors_are_one_line(tmp_path, capsys):
     rc, out = run_split(tmp_path, tmp_path / "missing.parquet")
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "run `galmorph select` first" in err
+    assert rc == 1 and err.count("\n") == 1 and "run `galmorph select` first" in err
     path = tmp_path / "manifest.parquet"
     manifest().to_parquet(path)
     rc, out = run_split(tmp_path, path, "split.test_fraction=0.9")
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "must be under 1" in err
+    assert rc == 1 and err.count("\n") == 1 and "must be under 1" in err
     assert not any(p.exists() for p in out.values())

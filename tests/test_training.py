@@ -13,22 +13,15 @@ import torch.nn.functional as F
 import yaml
 
 from galmorph import cli
-from galmorph.config import replace
-from galmorph.data.dataset import ImageDataset, soft_targets
+from galmorph.config import replace, with_tuned
+from galmorph.data.dataset import soft_targets
 from galmorph.data.transforms import EvalPreset
 from galmorph.errors import UserError
-from galmorph.stages.train import tuned
-from galmorph.training.engine import (
-    Criterion,
-    amp_dtype_for,
-    class_weights,
-    cpu_has_fast_bf16,
-    predict_logits,
-    predict_proba,
-    resolve_device,
-)
+from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_logits, resolve_device
+from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from galmorph.training.engine import Criterion, class_weights
 from galmorph.training.features import build_feature_cache
-from galmorph.training.loop import CHECKPOINT_NAME, fit, load_checkpoint
+from galmorph.training.loop import fit
 from tests.training_utils import make_catalogue, one_thread, tiny_params
 
 TIMING = ("images_per_s", "epoch_time_s")
@@ -222,59 +215,21 @@ def test_resume_refuses_other_params(catalogue, params, tmp_path):
     assert len(fit(catalogue, moved, checkpoint_dir=tmp_path / "ck", resume=True, progress=False).history) == 1
 
 
-# ------------------------------------------------------------------------------------------- prediction
-
-
-def test_predict_proba_batches_tta_and_temperature(catalogue, params, tmp_path):
-    from galmorph.models.resnet import build_model
-
-    p = tiny_params(params, tmp_path)
-    torch.manual_seed(0)
-    model = build_model(p.model).eval()
-    rows = catalogue.iloc[:5]
-    probs = predict_proba(model, rows, p.preprocess, batch_size=2, num_workers=0, device="cpu")
-    assert probs.shape == (5, 2) and np.allclose(probs.sum(1), 1)
-    # the same as the plain eager model on the eval preset, in input order
-    x = torch.stack([ImageDataset(rows, EvalPreset(p.preprocess))[i][0] for i in range(5)])
-    with torch.inference_mode():
-        expected = torch.softmax(model(x), 1).numpy()
-    np.testing.assert_allclose(probs, expected, rtol=1e-3, atol=1e-4)
-    paths = predict_proba(model, list(rows["image_path"]), p.preprocess, num_workers=0, device="cpu")
-    np.testing.assert_allclose(paths, probs, rtol=1e-5, atol=1e-6)
-    hot = predict_proba(model, rows, p.preprocess, temperature=0.1, num_workers=0, device="cpu")
-    assert (np.abs(hot - 0.5) >= np.abs(probs - 0.5) - 1e-6).all()
-    tta = predict_proba(model, rows, p.preprocess, tta_views=["identity", "rot180"], num_workers=0, device="cpu")
-    with torch.inference_mode():
-        mean_logits = (model(x) + model(torch.rot90(x, 2, (2, 3)))) / 2
-    np.testing.assert_allclose(tta, torch.softmax(mean_logits, 1).numpy(), rtol=1e-3, atol=1e-4)
-    with pytest.raises(UserError, match="tta_views"):
-        predict_proba(model, rows, p.preprocess, tta_views=["rot45"], num_workers=0, device="cpu")
-
-
-def test_unreadable_image_is_one_line_user_error(params, tmp_path):
-    from galmorph.models.resnet import build_model
-
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"not a jpeg")
-    p = tiny_params(params, tmp_path)
-    with pytest.raises(UserError) as err:
-        predict_proba(build_model(p.model), [bad], p.preprocess, num_workers=1, device="cpu")
-    assert str(bad) in str(err.value) and "\n" not in str(err.value)
-
-
 # ----------------------------------------------------------------------------------------- train stage
 
 
 def test_tuned_params_override(params, tmp_path):
     out = tmp_path / "best_params.yaml"
     p = dataclasses.replace(params, tune=replace(params.tune, out=str(out)))
-    assert tuned(p) is p
+    assert with_tuned(p)[0] is p
     out.write_text(yaml.safe_dump({"train.lr": 0.003, "model.hidden": 256}))
-    t = tuned(p)
+    t, flat = with_tuned(p)
     assert (t.train.lr, t.model.hidden, t.train.epochs) == (0.003, 256, params.train.epochs)
+    assert flat == {"train.lr": 0.003, "model.hidden": 256}
+    assert with_tuned(params, out)[0].train.lr == 0.003  # an explicit path instead of tune.out
     out.write_text(yaml.safe_dump({"train.nope": 1}))
     with pytest.raises(UserError, match="nope"):
-        tuned(p)
+        with_tuned(p)
 
 
 def _write_params(p, tmp_path, catalogue):
@@ -294,7 +249,7 @@ def test_train_stage_end_to_end(catalogue, params, tmp_path, mlflow_uri):
     import mlflow
 
     p, path = _write_params(tiny_params(params, tmp_path, mode="frozen", epochs=2), tmp_path, catalogue)
-    assert cli.main(["--params", path, "train"]) == 2  # frozen mode needs the embed stage first
+    assert cli.main(["--params", path, "train"]) == 1  # frozen mode needs the embed stage first
     assert cli.main(["--params", path, "embed"]) == 0
     assert cli.main(["--params", path, "train"]) == 0
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())

@@ -19,10 +19,11 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from galmorph import cli, tuning
+from galmorph import cli
 from galmorph.config import replace
 from galmorph.io import write_parquet
 from galmorph.training.features import build_feature_cache, save_feature_cache
+from galmorph.tuning.study import redact, storage_url
 from tests.postgres_utils import missing_requirements, mlflow_server, postgres_cluster
 from tests.training_utils import make_catalogue, tiny_params
 
@@ -64,7 +65,7 @@ def test_workers_share_one_study_budget_and_mlflow_run(params_file, tmp_path, mo
         pytest.skip(reason)
     with (
         postgres_cluster(["optuna", "mlflow"]) as base,
-        mlflow_server(tuning.storage_url(None, f"{base}/mlflow"), tmp_path / "artifacts") as tracking_url,
+        mlflow_server(storage_url(None, f"{base}/mlflow"), tmp_path / "artifacts") as tracking_url,
     ):
         storage = f"{base}/optuna"  # as a user writes it; galmorph picks the installed driver
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_url, "OMP_NUM_THREADS": "1"}
@@ -82,7 +83,7 @@ def test_workers_share_one_study_budget_and_mlflow_run(params_file, tmp_path, mo
         monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_url)
         assert cli.main(["--params", str(params_file), "tune", "--storage", storage]) == 0
         best = yaml.safe_load(Path(tmp_path / "best_params.yaml").read_text())
-        study = optuna.load_study(study_name=best["study"], storage=tuning.storage_url(None, storage))
+        study = optuna.load_study(study_name=best["study"], storage=storage_url(None, storage))
         trials = study.get_trials()
 
         counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -112,4 +113,4 @@ def test_workers_share_one_study_budget_and_mlflow_run(params_file, tmp_path, mo
         assert best["value"] == pytest.approx(winner.value)
         assert best["params"] == winner.params == study.best_params
         assert best["trials"]["complete"] + best["trials"]["pruned"] == BUDGET
-        assert best["storage"] == tuning.redact(tuning.storage_url(None, storage))
+        assert best["storage"] == redact(storage_url(None, storage))

@@ -16,14 +16,19 @@ import optuna_dashboard
 import pytest
 import yaml
 
-from galmorph import cli, tracking, tuning
-from galmorph.config import Params, load_params, replace
+from galmorph import cli
+from galmorph.config import Params, load_params, replace, with_tuned
 from galmorph.errors import UserError
 from galmorph.io import write_parquet
 from galmorph.paths import repo_root
 from galmorph.stages import tune as tune_stage
-from galmorph.stages.train import tuned
+from galmorph.tracking import provenance
 from galmorph.training.features import build_feature_cache, save_feature_cache
+from galmorph.tuning import results, worker
+from galmorph.tuning.results import best_params_document, write_best_params
+from galmorph.tuning.space import inactive_params, needs_features, parse_space, suggest, trial_params
+from galmorph.tuning.study import open_storage, open_study, redact, storage_url, study_name
+from galmorph.tuning.worker import run_study
 from tests.training_utils import make_catalogue, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +63,8 @@ def tune_params(params: Params, tmp_path: Path) -> Params:
 
 @pytest.fixture
 def quick_runs(monkeypatch):
-    """Parent runs without git/DVC provenance (tests/test_tracking.py covers it): a second saved per session."""
-    monkeypatch.setattr(tracking, "provenance_tags", lambda stage: {"galmorph.stage": stage})
+    """Parent runs without git/DVC provenance (test_tracking_provenance.py covers it): a second saved per session."""
+    monkeypatch.setattr(provenance, "provenance_tags", lambda stage: {"galmorph.stage": stage})
 
 
 def _with_space(p: Params, space: dict) -> Params:
@@ -104,12 +109,12 @@ class FakeFit:
 
 
 def test_default_space_parses_and_finetune_keys_wait(params):
-    space = tuning.parse_space(params)
+    space = parse_space(params)
     assert [p.name for p in space][:3] == ["train.lr", "train.weight_decay", "model.hidden"]
     lr = space[0]
     assert (lr.type, lr.low, lr.high, lr.log) == ("float", 0.0001, 0.01, True)
     # the default study is frozen: the finetune-only keys are declared but never sampled
-    assert set(tuning.inactive_params(space, params)) == {
+    assert set(inactive_params(space, params)) == {
         "train.unfreeze_blocks",
         "augment.rotation",
         "augment.color_jitter",
@@ -152,7 +157,7 @@ def test_default_space_parses_and_finetune_keys_wait(params):
 )
 def test_space_errors_name_the_entry(params, space, message):
     with pytest.raises(UserError, match=message) as info:
-        tuning.parse_space(_with_space(params, space))
+        parse_space(_with_space(params, space))
     assert "\n" not in str(info.value)
 
 
@@ -165,40 +170,40 @@ def test_conditional_entries_follow_earlier_draws(params):
             "augment.rotation": {"type": "float", "low": 0.0, "high": 180.0, "when": {"train.mode": "finetune"}},
         },
     )
-    space = tuning.parse_space(p)
-    frozen = tuning.suggest(optuna.trial.FixedTrial({"train.mode": "frozen", "train.lr": 0.01}), space, p)
+    space = parse_space(p)
+    frozen = suggest(optuna.trial.FixedTrial({"train.mode": "frozen", "train.lr": 0.01}), space, p)
     assert frozen == {"train.mode": "frozen", "train.lr": 0.01}
     fine = {"train.mode": "finetune", "train.lr": 0.001, "augment.rotation": 45.0}
-    assert tuning.suggest(optuna.trial.FixedTrial(fine), space, p) == fine
-    assert tuning.needs_features(p)
-    run = tuning.trial_params(p, fine)
+    assert suggest(optuna.trial.FixedTrial(fine), space, p) == fine
+    assert needs_features(p)
+    run = trial_params(p, fine)
     assert (run.train.mode, run.augment.rotation, run.train.epochs) == ("finetune", 45.0, p.tune.epochs)
 
 
 def test_storage_urls(tmp_path):
-    assert tuning.storage_url(None) == f"sqlite:///{repo_root() / 'mlruns' / 'optuna.db'}"
-    assert tuning.storage_url("sqlite:///runs/x.db") == f"sqlite:///{repo_root() / 'runs' / 'x.db'}"
-    assert tuning.storage_url(None, f"sqlite:///{tmp_path}/o.db") == f"sqlite:///{tmp_path}/o.db"
+    assert storage_url(None) == f"sqlite:///{repo_root() / 'mlruns' / 'optuna.db'}"
+    assert storage_url("sqlite:///runs/x.db") == f"sqlite:///{repo_root() / 'runs' / 'x.db'}"
+    assert storage_url(None, f"sqlite:///{tmp_path}/o.db") == f"sqlite:///{tmp_path}/o.db"
     url = "postgresql+psycopg2://tuner:s3cret@db.example.org:5432/optuna"
-    assert tuning.storage_url("sqlite:///ignored.db", url) == url
-    assert tuning.storage_url("postgresql://tuner:s3cret@db.example.org:5432/optuna") == url  # galmorph[postgres]
-    assert "s3cret" not in tuning.redact(url) and "tuner" in tuning.redact(url)
+    assert storage_url("sqlite:///ignored.db", url) == url
+    assert storage_url("postgresql://tuner:s3cret@db.example.org:5432/optuna") == url  # galmorph[postgres]
+    assert "s3cret" not in redact(url) and "tuner" in redact(url)
     with pytest.raises(UserError, match="expected sqlite:///path/to/optuna.db or postgresql://"):
-        tuning.storage_url("mlruns/optuna.db")
+        storage_url("mlruns/optuna.db")
     with pytest.raises(UserError, match="in-memory"):
-        tuning.storage_url("sqlite:///:memory:")
+        storage_url("sqlite:///:memory:")
 
 
 def test_study_name_follows_what_trials_depend_on(tune_params, tiny_data):
     catalogue, features = tiny_data
-    name = tuning.study_name(tune_params, catalogue, features.meta)
+    name = study_name(tune_params, catalogue, features.meta)
     assert name.startswith("galmorph-")
     more = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=50, sampler="random"))
-    assert tuning.study_name(more, catalogue, features.meta) == name  # a bigger budget continues the study
+    assert study_name(more, catalogue, features.meta) == name  # a bigger budget continues the study
     space = dict(tune_params.tune.space) | {"train.lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}
-    assert tuning.study_name(_with_space(tune_params, space), catalogue, features.meta) != name
+    assert study_name(_with_space(tune_params, space), catalogue, features.meta) != name
     moved = catalogue.assign(split=catalogue["split"].where(catalogue.index != 0, "val"))
-    assert tuning.study_name(tune_params, moved, features.meta) != name
+    assert study_name(tune_params, moved, features.meta) != name
 
 
 # ------------------------------------------------------------------------------------------------ studies
@@ -206,7 +211,7 @@ def test_study_name_follows_what_trials_depend_on(tune_params, tiny_data):
 
 def test_study_with_real_training_nests_trial_runs(tune_params, tiny_data, mlflow_uri):
     catalogue, features = tiny_data
-    outcome = tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage)
+    outcome = run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage)
     study = outcome.study
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert outcome.ran == 3
@@ -230,13 +235,13 @@ def test_study_with_real_training_nests_trial_runs(tune_params, tiny_data, mlflo
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     assert {"optuna/optimization_history.png", "optuna/trials.csv", "optuna/timeline.png"} <= artifacts
 
-    document = tuning.best_params_document(outcome, tune_params.tune.metric)
-    tuning.write_best_params(tune_params.tune.out, document)
+    document = best_params_document(outcome, tune_params.tune.metric)
+    write_best_params(tune_params.tune.out, document)
     written = yaml.safe_load(Path(tune_params.tune.out).read_text())
     assert written["params"] == study.best_params
     assert written["trial"] == study.best_trial.number and written["value"] == pytest.approx(study.best_value)
     # the train stage applies exactly these values
-    final = tuned(tune_params)
+    final, _ = with_tuned(tune_params)
     assert final.train.lr == study.best_params["train.lr"]
     assert final.model.hidden == study.best_params["model.hidden"]
 
@@ -246,8 +251,8 @@ def test_failed_nan_and_pruned_trials_are_recorded_and_the_study_goes_on(
 ):
     catalogue, features = tiny_data
     fake = FakeFit({0: 0.9, 1: RuntimeError("boom"), 2: 0.1, 3: math.nan, 4: 0.1})
-    monkeypatch.setattr(tuning, "fit", fake)
-    outcome = tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+    monkeypatch.setattr(worker, "fit", fake)
+    outcome = run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
     states = [t.state.name for t in outcome.study.trials]
     assert states == ["COMPLETE", "FAIL", "PRUNED", "FAIL", "PRUNED"]  # the budget counts COMPLETE + PRUNED only
     assert "RuntimeError: boom" in outcome.study.trials[1].user_attrs["error"]
@@ -271,11 +276,11 @@ def test_failed_nan_and_pruned_trials_are_recorded_and_the_study_goes_on(
 
 def test_a_user_error_stops_the_study_after_one_trial(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
     catalogue, features = tiny_data
-    monkeypatch.setattr(tuning, "fit", FakeFit(default=0.5, script={0: UserError("splits.parquet: bad column x")}))
+    monkeypatch.setattr(worker, "fit", FakeFit(default=0.5, script={0: UserError("splits.parquet: bad column x")}))
     with pytest.raises(UserError, match="bad column x"):
-        tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+        run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
     study = optuna.load_study(
-        study_name=tuning.study_name(tune_params, catalogue, features.meta), storage=tune_params.tune.storage
+        study_name=study_name(tune_params, catalogue, features.meta), storage=tune_params.tune.storage
     )
     assert [t.state.name for t in study.trials] == ["FAIL"]
 
@@ -283,9 +288,9 @@ def test_a_user_error_stops_the_study_after_one_trial(tune_params, tiny_data, ml
 def test_resume_continues_without_redoing_trials(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
     catalogue, features = tiny_data
     fake = FakeFit({0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8, 4: 0.9})
-    monkeypatch.setattr(tuning, "fit", fake)
+    monkeypatch.setattr(worker, "fit", fake)
     two = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=2))
-    run = lambda p, **kw: tuning.run_study(  # noqa: E731
+    run = lambda p, **kw: run_study(  # noqa: E731
         catalogue, p, features=features, storage=p.tune.storage, plots=False, progress=False, **kw
     )
     first = run(two)
@@ -311,15 +316,15 @@ def test_a_trial_over_the_global_budget_is_dropped_before_training(
     """Two workers asking at the same moment: the later trial finds the budget taken and never trains."""
     catalogue, features = tiny_data
     fake = FakeFit()
-    monkeypatch.setattr(tuning, "fit", fake)
+    monkeypatch.setattr(worker, "fit", fake)
     p = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=2))
-    study, _ = tuning.open_study(p, "race", tuning.open_storage(p.tune.storage))
+    study, _ = open_study(p, "race", open_storage(p.tune.storage))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # heartbeats are for optimize(); these trials stay RUNNING
         study.ask(), study.ask()  # two trials running elsewhere fill the budget
         late = study.ask()
-    objective = tuning._Objective(catalogue, p, tuning.parse_space(p), features, "test-worker")
-    with pytest.raises(tuning._OverBudget):
+    objective = worker._Objective(catalogue, p, parse_space(p), features, "test-worker")
+    with pytest.raises(worker._OverBudget):
         objective(late)
     assert "over the global budget" in study.trials[2].user_attrs["skipped"]
     assert fake.n_calls == 0
@@ -348,8 +353,8 @@ def test_stage_writes_best_params_and_show_prints_a_table(
     catalogue, features = tiny_data
     write_parquet(tune_params.split.out, catalogue)
     save_feature_cache(features, tune_params.embed.out)
-    monkeypatch.setattr(tuning, "fit", FakeFit({0: 0.7, 1: 0.9, 2: 0.8}))
-    monkeypatch.setattr(tuning, "study_figures", lambda study, seed=0: ({}, {}))
+    monkeypatch.setattr(worker, "fit", FakeFit({0: 0.7, 1: 0.9, 2: 0.8}))
+    monkeypatch.setattr(results, "study_figures", lambda study, seed=0: ({}, {}))
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(dataclasses.asdict(tune_params), sort_keys=False))
 
@@ -373,7 +378,7 @@ def test_stage_writes_best_params_and_show_prints_a_table(
     detail = _wsgi_get(dashboard, f"/api/studies/{summary['study_id']}")
     assert sorted(t["number"] for t in detail["trials"]) == [0, 1, 2]
 
-    assert cli.main(["--params", str(params_file), "tune", "--storage", "mongodb://nowhere/db"]) == 2
+    assert cli.main(["--params", str(params_file), "tune", "--storage", "mongodb://nowhere/db"]) == 1  # a UserError
     err = capsys.readouterr().err.strip()
     assert err.startswith("galmorph tune: error: tune.storage") and "\n" not in err
 
@@ -382,13 +387,13 @@ def test_show_lists_the_studies_when_params_changed(
     tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs, capsys
 ):
     catalogue, features = tiny_data
-    monkeypatch.setattr(tuning, "fit", FakeFit())
-    tuning.run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+    monkeypatch.setattr(worker, "fit", FakeFit())
+    run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
     capsys.readouterr()
     other = dataclasses.replace(tune_params, tune=replace(tune_params.tune, epochs=5))
-    tuning.show(other, catalogue, other.tune.storage, features.meta)
+    tune_stage.show(other, catalogue, other.tune.storage, features.meta)
     out = capsys.readouterr().out
-    assert "no study" in out and tuning.study_name(tune_params, catalogue, features.meta) in out
+    assert "no study" in out and study_name(tune_params, catalogue, features.meta) in out
 
 
 def test_stage_main_takes_the_cli_namespace(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
@@ -397,8 +402,8 @@ def test_stage_main_takes_the_cli_namespace(tune_params, tiny_data, mlflow_uri, 
     write_parquet(tune_params.split.out, catalogue)
     save_feature_cache(features, tune_params.embed.out)
     fake = FakeFit()
-    monkeypatch.setattr(tuning, "fit", fake)
-    monkeypatch.setattr(tuning, "study_figures", lambda study, seed=0: ({}, {}))
+    monkeypatch.setattr(worker, "fit", fake)
+    monkeypatch.setattr(results, "study_figures", lambda study, seed=0: ({}, {}))
     tune_stage.main(tune_params, argparse.Namespace(show=False, storage=None, n_trials=2))
     assert fake.n_calls == 2
     assert yaml.safe_load(Path(tune_params.tune.out).read_text())["trials"]["complete"] == 2
@@ -409,10 +414,10 @@ def test_zero_trials_skips_the_study_and_train_keeps_params_yaml(tune_params, ti
     catalogue, _ = tiny_data
     write_parquet(tune_params.split.out, catalogue)
     fake = FakeFit()
-    monkeypatch.setattr(tuning, "fit", fake)
+    monkeypatch.setattr(worker, "fit", fake)
     off = dataclasses.replace(tune_params, tune=replace(tune_params.tune, n_trials=0))
     tune_stage.main(off, argparse.Namespace(show=False, storage=None, n_trials=None))
     assert fake.n_calls == 0
     assert yaml.safe_load(Path(off.tune.out).read_text())["params"] == {}
     assert not Path(off.tune.storage.removeprefix("sqlite:///")).exists()
-    assert tuned(off) is off
+    assert with_tuned(off) == (off, {})

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
+from galmorph.commands import web as web_command
 from galmorph.errors import UserError
 from galmorph.serving import web
 from tests.conftest import REPO
@@ -123,7 +124,7 @@ def test_main_refuses_a_busy_port(store, params):
             model=None, threshold=None, host="127.0.0.1", port=busy.getsockname()[1], max_upload_mb=1.0
         )
         with pytest.raises(UserError, match="cannot listen on 127.0.0.1"):
-            web.main(dataclasses.replace(params, mlflow=store), args)
+            web_command.main(dataclasses.replace(params, mlflow=store), args)
 
 
 # ---------------------------------------------------------------------------------------------- browser

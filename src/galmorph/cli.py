@@ -1,8 +1,8 @@
 """The `galmorph` command: one subcommand per pipeline stage plus the tools people use on a model.
 
-Stages are imported only when their subcommand runs, so `galmorph --help` stays fast (no torch import).
-A UserError becomes one line on stderr and exit code 2; nothing else is caught, because anything else is
-a bug and its traceback is what a developer needs.
+Commands are imported only when they run, so `galmorph --help` stays fast (no torch import). A UserError
+becomes one line on stderr and its exit code; nothing else is caught, because anything else is a bug and
+its traceback is what a developer needs.
 """
 
 from __future__ import annotations
@@ -14,8 +14,16 @@ from collections.abc import Callable, Sequence
 
 import yaml
 
+from galmorph import __version__
 from galmorph.config import Params, from_dict, load_params
 from galmorph.errors import UserError
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    bad input: a file, row, column or parameter (one line on stderr says which and what was expected)
+  2    usage error on the command line
+  3    promotion refused by the gate (galmorph promote; --force --reason overrides)
+  130  interrupted (Ctrl-C)"""
 
 ArgSpec = Callable[[argparse.ArgumentParser], None]
 
@@ -144,27 +152,27 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
     "train": ("galmorph.stages.train", "train the final model and log it to MLflow", _train_args),
     "evaluate": ("galmorph.stages.evaluate", "KPIs, calibration, stability, galleries and the report", _no_args),
     "evaluate-folder": (
-        "galmorph.evaluation.folder",
+        "galmorph.commands.evaluate_folder",
         "KPIs and a report for labelled images from anywhere (spirals/ + ellipticals/ folders, or a CSV)",
         _evaluate_folder_args,
     ),
     "register": ("galmorph.stages.register", "register the trained model and set @challenger", _no_args),
-    "synth": ("galmorph.data.sources.synthetic", "write a synthetic Galaxy Zoo data set to a folder", _synth_args),
-    "ui": ("galmorph.serving.ui", "open the MLflow UI on the project's tracking store", _ui_args),
+    "synth": ("galmorph.commands.synth", "write a synthetic Galaxy Zoo data set to a folder", _synth_args),
+    "ui": ("galmorph.commands.ui", "open the MLflow UI on the project's tracking store", _ui_args),
     "promote": (
-        "galmorph.serving.registry",
+        "galmorph.commands.models",
         "move @champion to @challenger when the promotion gate passes",
         _promote_args,
     ),
     "models": (
-        "galmorph.serving.registry",
+        "galmorph.commands.models",
         "list the registered versions, their aliases and test metrics",
         _registry_args,
     ),
-    "rollback": ("galmorph.serving.registry", "move @champion back to the previous champion", _registry_args),
-    "predict": ("galmorph.serving.predict", "classify image files, folders or globs; write CSV/JSON", _predict_args),
-    "web": ("galmorph.serving.web", "a web page to upload a galaxy image and see the model's verdict", _web_args),
-    "batch": ("galmorph.serving.spark", "survey-scale batch classification with Apache Spark (pyspark)", _batch_args),
+    "rollback": ("galmorph.commands.models", "move @champion back to the previous champion", _registry_args),
+    "predict": ("galmorph.commands.predict", "classify image files, folders or globs; write CSV/JSON", _predict_args),
+    "web": ("galmorph.commands.web", "a web page to upload a galaxy image and see the model's verdict", _web_args),
+    "batch": ("galmorph.commands.batch", "survey-scale batch classification with Apache Spark (pyspark)", _batch_args),
 }
 
 
@@ -207,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="galmorph",
         description="Galaxy morphology (spiral vs elliptical): the DVC pipeline's stages and the model's tools. "
         "`dvc repro` runs the stages in order; each can also be run alone.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"galmorph {__version__}")
     parser.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml)")
     parser.add_argument(
         "-S",
@@ -219,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text, add_args) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_args(sp)
     return parser
 
@@ -232,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         importlib.import_module(COMMANDS[args.command][0]).main(params, args)
     except UserError as exc:
         print(f"galmorph {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"galmorph {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -342,3 +342,21 @@ def with_overrides(params: Params, flat: Mapping[str, Any], where: str = "overri
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
     return dataclasses.replace(params, **changed)
+
+
+def with_tuned(params: Params, path: str | os.PathLike | None = None) -> tuple[Params, dict[str, Any]]:
+    """params with the tuned values of `path` (default tune.out; flat keys such as train.lr) when that file
+    exists, and the values applied (empty, with params unchanged, when there are none)."""
+    path = Path(params.tune.out if path is None else path)
+    if not path.is_file():
+        return params, {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    flat = raw.get("params", raw) if isinstance(raw, dict) else None
+    if not isinstance(flat, dict):
+        raise UserError(f"{path}: expected a mapping of SECTION.KEY: value (e.g. train.lr: 0.001)")
+    if not flat:
+        return params, {}
+    return with_overrides(params, flat, str(path)), flat

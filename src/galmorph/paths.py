@@ -1,4 +1,5 @@
-"""Where the repository is, even when DVC runs a stage in a temporary copy of it."""
+"""Where the repository is, even when DVC runs a stage in a temporary copy of it, and the one rule for the
+paths that data files (source.json, the catalogues) store."""
 
 from __future__ import annotations
 
@@ -20,3 +21,24 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
         if (candidate / "dvc.yaml").is_file() or (candidate / ".git").exists():
             return candidate
     return here
+
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """`path` as data files store it: relative to `root` when inside it, else absolute; POSIX separators.
+
+    `root` defaults to the working directory: params.yaml's paths are relative to it, and a stage run in a
+    temporary copy of the repository must point into that copy, not into the real one (which repo_root names).
+    Not resolve()d: a DVC cache link or a mounted data disk stays as the user wrote it.
+    """
+    base = os.path.abspath(root if root is not None else os.curdir)
+    absolute = Path(os.path.abspath(os.path.join(base, path)))
+    try:
+        return absolute.relative_to(base).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def resolve_path(path: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """The inverse of portable_path: a stored path, absolute as it is or relative to `root`."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p

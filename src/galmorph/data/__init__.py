@@ -1,1 +1,2 @@
-"""Data: sources, the catalogue (join, label rule), image checks, splits, datasets and transforms."""
+"""Data: sources, the Galaxy Zoo CSV reader, the join and label rule, image loading and checks, select, splits,
+datasets and transforms."""

@@ -19,15 +19,11 @@ from torch.utils.data import Dataset
 from galmorph.config import CLASSES
 from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
-from galmorph.paths import repo_root
+from galmorph.io import read_stage_table
+from galmorph.paths import repo_root, resolve_path
 
 ImageSource = str | os.PathLike | bytes
-
-
-def resolve_image_path(path: str, root: Path) -> Path:
-    """Catalogue paths are relative to the repo root when inside it, else absolute."""
-    p = Path(path)
-    return p if p.is_absolute() else root / p
+SPLITS_COLUMNS: tuple[str, ...] = ("galaxy_id", "image_path", "label_id", "split")
 
 
 def soft_targets(catalogue: pd.DataFrame) -> np.ndarray:
@@ -57,14 +53,7 @@ def label_ids(catalogue: pd.DataFrame) -> np.ndarray:
 
 def read_splits(path: str | os.PathLike) -> pd.DataFrame:
     """The split stage's catalogue, with the columns training needs checked up front."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: not found (run `galmorph split` first)")
-    df = pd.read_parquet(p)
-    missing = [c for c in ("galaxy_id", "image_path", "label_id", "split") if c not in df.columns]
-    if missing:
-        raise UserError(f"{p}: missing column(s) {', '.join(missing)} (expected the split stage's output)")
-    return df
+    return read_stage_table(path, SPLITS_COLUMNS, "split")
 
 
 class ImageDataset(Dataset):
@@ -81,13 +70,11 @@ class ImageDataset(Dataset):
         if isinstance(catalogue, pd.DataFrame):
             if "image_path" not in catalogue.columns:
                 raise UserError("catalogue: missing column image_path")
-            self.sources: list[ImageSource] = [resolve_image_path(str(p), root) for p in catalogue["image_path"]]
+            self.sources: list[ImageSource] = [resolve_path(str(p), root) for p in catalogue["image_path"]]
             self.labels = label_ids(catalogue)
             self.soft = soft_targets(catalogue)
         else:
-            self.sources = [
-                s if isinstance(s, bytes | bytearray) else resolve_image_path(str(s), root) for s in catalogue
-            ]
+            self.sources = [s if isinstance(s, bytes | bytearray) else resolve_path(str(s), root) for s in catalogue]
             self.labels = np.full(len(self.sources), -1, dtype=np.int64)
             self.soft = np.full((len(self.sources), len(CLASSES)), np.nan, dtype=np.float32)
         self.transform = transform

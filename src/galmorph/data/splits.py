@@ -9,9 +9,7 @@ the stability KPI (mean ± std over re-trainings).
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,22 +20,9 @@ from galmorph.config import CLASSES, SplitConfig
 from galmorph.errors import UserError
 
 PARTS: tuple[str, ...] = ("train", "val", "test")
+MANIFEST_COLUMNS: tuple[str, ...] = ("galaxy_id", "label")
+"""What a split needs of select's manifest."""
 MIN_PER_CLASS = len(PARTS)  # one galaxy of each class in each part, at the very least
-
-
-def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """select's manifest, with the columns a split needs checked up front."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: not found (run `galmorph select` first)")
-    try:
-        df = pd.read_parquet(p)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{p}: not a readable parquet table ({exc})") from None
-    missing = [c for c in ("galaxy_id", "label") if c not in df.columns]
-    if missing:
-        raise UserError(f"{p}: missing column(s) {', '.join(missing)} (expected the select stage's manifest)")
-    return df
 
 
 def check_fractions(val_fraction: float, test_fraction: float) -> None:

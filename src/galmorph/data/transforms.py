@@ -1,16 +1,20 @@
-"""Transform presets (torchvision references' presets.py shape).
+"""Transform presets (torchvision references' presets.py shape) and the dihedral views.
 
 EvalPreset is the only preprocessing of evaluate, predict and serve, so training and serving cannot
-drift apart. Galaxies have no preferred orientation, hence any-angle rotation and flips in training.
+drift apart. Galaxies have no preferred orientation, hence any-angle rotation and flips in training and
+the eight exact symmetries of the square as free augmentations (embedding cache) and test-time views.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
 from galmorph.config import AugmentConfig, PreprocessConfig
+from galmorph.errors import UserError
 
 # ImageNet statistics: right for imagenet weights, harmless for weights trained from scratch.
 MEAN = (0.485, 0.456, 0.406)
@@ -18,7 +22,8 @@ STD = (0.229, 0.224, 0.225)
 
 
 def _centre(cfg: PreprocessConfig) -> list:
-    # The seed's framing: resize to 424 (SDSS cut-out size), keep the central 256, then scale to the input.
+    # Resize to 424 (the SDSS cut-out size, so crop means the same pixels whatever the file's size), keep the
+    # central crop where the galaxy is, then scale to the network's input.
     return [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop), T.Resize(cfg.image_size, antialias=True)]
 
 
@@ -65,3 +70,29 @@ class TrainPreset:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.transforms(img)
+
+
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
+    "hflip": lambda x: torch.flip(x, (-1,)),
+    "vflip": lambda x: torch.flip(x, (-2,)),
+    "transpose": lambda x: x.transpose(-2, -1),
+    "antitranspose": lambda x: torch.rot90(x, 2, (-2, -1)).transpose(-2, -1),
+}
+"""The eight symmetries of the square (the dihedral group D4), applied to (..., H, W) image tensors."""
+
+
+def check_views(views: Sequence[str], where: str = "embed.views") -> list[str]:
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        raise UserError(f"params: {where}: expected a non-empty list of {', '.join(VIEWS)}, got {list(views)!r}")
+    if len(set(views)) != len(views):
+        raise UserError(f"params: {where}: views repeat: {list(views)!r}")
+    return list(views)
+
+
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    return VIEWS[view](x)

@@ -1,16 +1,12 @@
-"""`galmorph evaluate-folder PATH`: the model on labelled images that are not SDSS cut-outs.
+"""The model on labelled images from anywhere (other telescopes, a class's own set), not only SDSS cut-outs.
 
-PATH is either a folder with `spirals/` and `ellipticals/` subfolders (any depth below them; the singular
-names work too) or a manifest CSV like data.manifest (an image-path column, a label column, optional
-vote-fraction columns `p_spiral`/`p_elliptical`). Images may be any size, RGB, RGBA or greyscale, JPEG,
-PNG or TIFF: they go through load_rgb and the model's own eval preset, exactly as in serving. Images that
-cannot be read are counted, listed in the report and left out; an empty folder, a folder without class
-subfolders or a CSV without usable labels is a one-line error.
+A folder with spirals/ and ellipticals/ subfolders or a manifest-like CSV becomes a catalogue that goes
+through the model's own eval preset, exactly as in serving; unreadable images are counted, listed and left
+out rather than failing the run.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 from pathlib import Path
@@ -18,10 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galmorph.config import CLASSES, Params, replace
-from galmorph.data.catalog import read_header, read_manifest_catalogue
+from galmorph.config import CLASSES, EvaluateConfig
+from galmorph.data.gzcsv import read_header
+from galmorph.data.sources.manifest import read_manifest_catalogue
 from galmorph.errors import UserError
+from galmorph.evaluation.html_report import jsonable, write_report
+from galmorph.evaluation.scoring import check_readable, flat_kpis, score, write_set
 from galmorph.io import write_json
+from galmorph.models.resnet import load_model
 from galmorph.paths import repo_root
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
@@ -119,8 +119,6 @@ def evaluate_labelled(
     catalogue: pd.DataFrame, loaded, cfg, out_dir: Path, *, name: str, root: Path | None = None
 ) -> tuple[dict, dict[str, float]]:
     """Check the images, score the readable ones and write the set's outputs; returns (section, flat KPIs)."""
-    from galmorph.evaluation.scoring import check_readable, flat_kpis, score, write_set
-
     ok, skipped = check_readable(catalogue, root=root, workers=max(1, cfg.num_workers * 2))
     if ok.empty:
         reasons = ", ".join(sorted(skipped["reason"].unique())[:3])
@@ -137,38 +135,32 @@ def evaluate_labelled(
     return section, flat
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
-    from rich.console import Console
-
-    from galmorph.evaluation.report import jsonable, write_report
-    from galmorph.models.resnet import load_model
-
-    cfg = params.evaluate if not args.no_tta else replace(params.evaluate, tta=False)
-    src = Path(args.path)
-    catalogue = read_labelled(src, args.path_column, args.label_column)
-    loaded = load_model(args.model or params.train.out)
-    out = Path(args.out or Path(cfg.out_dir) / f"folder-{src.stem or 'images'}")
+def evaluate_folder(
+    path: str | os.PathLike,
+    model_file: str,
+    cfg: EvaluateConfig,
+    out: Path,
+    *,
+    path_column: str | None = None,
+    label_column: str = "label",
+) -> tuple[dict, Path]:
+    """Score a labelled folder or CSV and write metrics.json, summary.json and report.html under `out`;
+    returns (the set's section, the report's path)."""
+    src = Path(path)
+    catalogue = read_labelled(src, path_column, label_column)
+    loaded = load_model(model_file)
     section, flat = evaluate_labelled(catalogue, loaded, cfg, out, name=f"{src.name} ({src})")
     summary = {
         "title": f"galmorph evaluation of {src.name}",
-        "subtitle": f"model {args.model or params.train.out}",
+        "subtitle": f"model {model_file}",
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "notes": _notes(section),
         "sets": [section],
-        "model": {
-            "file": args.model or params.train.out,
-            "arch": loaded.model_cfg.arch,
-            "temperature": loaded.temperature,
-        },
+        "model": {"file": model_file, "arch": loaded.model_cfg.arch, "temperature": loaded.temperature},
     }
     write_json(out / "metrics.json", jsonable(flat))
     write_json(out / "summary.json", jsonable(summary))
-    report = write_report(summary, out / "report.html")
-    k = section["kpis"]
-    Console().print(
-        f"{section['n']:,} images scored, {len(section['skipped']):,} unreadable: accuracy {k['accuracy']:.3f}, "
-        f"macro F1 {k['macro_f1']:.3f}, ROC-AUC {k['roc_auc']:.3f} (95% CI in brackets)\nreport: {report}"
-    )
+    return section, write_report(summary, out / "report.html")
 
 
 def _notes(section: dict) -> list[str]:

@@ -22,11 +22,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from galmorph.config import CLASSES, EvaluateConfig, PreprocessConfig
-from galmorph.data.dataset import resolve_image_path
 from galmorph.data.images import load_rgb
 from galmorph.data.transforms import EvalPreset
 from galmorph.evaluation import plots
-from galmorph.evaluation.calibration import reliability_curve, softmax
+from galmorph.evaluation.calibration import reliability_curve
 from galmorph.evaluation.galleries import GallerySpec, render_gallery, select_galleries
 from galmorph.evaluation.metrics import (
     abstention,
@@ -34,11 +33,14 @@ from galmorph.evaluation.metrics import (
     confusion_matrix,
     confusion_table,
     coverage_curve,
+    flat_metrics,
     roc_curve_table,
     vote_correlation,
 )
+from galmorph.evaluation.saliency import cam_layer, grad_cam
 from galmorph.io import write_csv
-from galmorph.paths import repo_root
+from galmorph.models.inference import predict_logits, softmax_t
+from galmorph.paths import repo_root, resolve_path
 
 LEVEL = 0.95
 
@@ -60,16 +62,16 @@ class ScoredSet:
     @property
     def probs_raw(self) -> np.ndarray:
         """T = 1: what the network says before calibration."""
-        return softmax(self.logits)
+        return softmax_t(self.logits)
 
     @property
     def probs(self) -> np.ndarray:
         """Temperature-scaled: what the registered model and every prediction report."""
-        return softmax(self.logits, self.temperature)
+        return softmax_t(self.logits, self.temperature)
 
     @property
     def probs_tta(self) -> np.ndarray | None:
-        return None if self.logits_tta is None else softmax(self.logits_tta, self.temperature)
+        return None if self.logits_tta is None else softmax_t(self.logits_tta, self.temperature)
 
 
 def check_readable(
@@ -80,7 +82,7 @@ def check_readable(
     Decoding is done in threads (PIL releases the GIL), so checking a folder costs little next to the model.
     """
     root = root or repo_root()
-    paths = [resolve_image_path(str(p), root) for p in catalogue["image_path"]]
+    paths = [resolve_path(str(p), root) for p in catalogue["image_path"]]
 
     def reason(path: Path) -> str | None:
         try:
@@ -116,7 +118,6 @@ def score(
     name: str,
 ) -> ScoredSet:
     """Run the model on every row: one view, and the mean logits over cfg.tta_views when cfg.tta is on."""
-    from galmorph.training.engine import predict_logits
 
     kwargs: dict[str, Any] = {
         "batch_size": cfg.batch_size,
@@ -159,7 +160,6 @@ def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
 def flat_kpis(prefix: str, section: dict[str, Any]) -> dict[str, float]:
     """The flat metric keys of a set: `<prefix>_accuracy` ... (calibrated probabilities), `<prefix>_ece` at
     T = 1 and `<prefix>_ece_calibrated`, `_uncalibrated` log loss and Brier, `<prefix>_tta_*`, abstention."""
-    from galmorph.evaluation.metrics import flat_metrics
 
     kpis = dict(section["kpis"])
     raw = section["kpis_uncalibrated"]
@@ -267,14 +267,12 @@ def write_galleries(
 def _saliency_gallery(
     scored: ScoredSet, spec: GallerySpec, model: torch.nn.Module, preprocess: PreprocessConfig, out: Path, root: Path
 ) -> dict[str, Any]:
-    from galmorph.evaluation.saliency import cam_layer, grad_cam
-
     transform = EvalPreset(preprocess)
     rows = scored.catalogue.iloc[spec.indices]
     tensors, keep = [], []
     for pos, p in enumerate(rows["image_path"]):
         try:
-            tensors.append(transform(load_rgb(resolve_image_path(str(p), root))))
+            tensors.append(transform(load_rgb(resolve_path(str(p), root))))
             keep.append(pos)
         except (OSError, ValueError):
             continue
@@ -338,5 +336,5 @@ def write_set(
 def uncertain_rows(uncertain: pd.DataFrame, root: Path | None = None) -> tuple[pd.DataFrame, int]:
     """The catalogue's UNCERTAIN galaxies whose image file exists (and how many have none)."""
     root = root or repo_root()
-    exists = np.array([resolve_image_path(str(p), root).is_file() for p in uncertain["image_path"]], dtype=bool)
+    exists = np.array([resolve_path(str(p), root).is_file() for p in uncertain["image_path"]], dtype=bool)
     return uncertain[exists].reset_index(drop=True), int((~exists).sum())

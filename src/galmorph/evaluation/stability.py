@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from galmorph.config import Params
 from galmorph.errors import UserError
 from galmorph.evaluation.metrics import classification_metrics
+from galmorph.models.inference import predict_logits
+from galmorph.training.loop import fit
 
 _REPEAT = re.compile(r"^split_(\d+)$")
 
@@ -36,7 +38,6 @@ def _test_logits(model: torch.nn.Module, test: pd.DataFrame, params: Params, fea
         x = torch.from_numpy(np.asarray(features.features[rows, features.views.index("identity")], dtype=np.float32))
         with torch.inference_mode():
             return model.eval().head(x).float().numpy()
-    from galmorph.training.engine import predict_logits
 
     return predict_logits(
         model,
@@ -51,7 +52,6 @@ def _test_logits(model: torch.nn.Module, test: pd.DataFrame, params: Params, fea
 def run_stability(catalogue: pd.DataFrame, params: Params, *, features: Any = None) -> pd.DataFrame:
     """One row per repeated split: split, n_test, accuracy, macro_f1, best_epoch (ties to the main split's
     recipe: params.model/train/augment/embed as the train stage used them)."""
-    from galmorph.training.loop import fit
 
     columns = repeated_split_columns(catalogue)
     if not columns:

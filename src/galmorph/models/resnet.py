@@ -28,7 +28,8 @@ MODEL_FORMAT = "galmorph.model/1"
 
 
 def build_head(cfg: ModelConfig, in_features: int) -> nn.Sequential:
-    """The seed's MLP (feat -> hidden -> ReLU -> Dropout -> 2) or a linear probe (Dropout -> 2)."""
+    """An MLP (feat -> hidden -> ReLU -> Dropout -> 2), room for a non-linear decision on frozen features, or a
+    linear probe (Dropout -> 2)."""
     if cfg.head == "mlp":
         return nn.Sequential(
             nn.Linear(in_features, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, 2)

@@ -1,50 +1,24 @@
 """Survey-scale batch classification with Apache Spark: the registered pyfunc as a Spark UDF.
 
 Millions of cut-outs are a Spark job, not a loop: the model is loaded once per executor Python worker
-(mlflow.pyfunc.spark_udf ships it from the driver, so executors need no access to the tracking server),
-images are scored in Arrow batches, and the result is Parquet with one row per image:
-`path, p_spiral, p_elliptical, label, error` (label "" and the reason in `error` for an unreadable file),
-the same numbers `galmorph predict` writes.
-
-Input, either
-  * a folder or glob of JPEG/PNG files, read with Spark's `binaryFile` source (works on HDFS, S3, GCS: the
-    bytes travel inside Spark, executors need no shared file system), or
-  * a table (.parquet or .csv, with header) whose `--path-column` holds image paths every executor can
-    open (a shared file system such as NFS or Lustre); other columns are kept in the output.
-
-On one machine (pyspark from `pip install 'galmorph[spark]'`, Java 17):
-
-    galmorph batch data/survey/ scores.parquet --master 'local[8]'
-    galmorph batch catalogue.parquet scores.parquet --path-column image_path --tta
-
-On a cluster, submit this file; the executors need the same Python packages as the driver (a cluster
-image or a conda/venv archive with galmorph installed, see Spark's "Python Package Management"):
-
-    spark-submit --master yarn --deploy-mode cluster \\
-        --archives galmorph-env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \\
-        --files params.yaml \\
-        --conf spark.yarn.appMasterEnv.MLFLOW_TRACKING_URI=http://mlflow.example.org:5000 \\
-        "$(python -c 'import galmorph.serving.spark as m; print(m.__file__)')" \\
-        s3a://survey/cutouts/ s3a://survey/scores.parquet --model models:/galmorph@champion \\
-        --partitions 2000
-
-(`python -m galmorph.serving.spark --help` lists the options. Only the driver talks to the MLflow
-store; partitions of a few thousand images each keep every task's model-load cost small.)
+(mlflow.pyfunc.spark_udf ships it from the driver, so executors need no access to the tracking server) and
+images are scored in Arrow batches. Inputs are a folder/glob read with Spark's `binaryFile` source (the bytes
+travel inside Spark, so HDFS/S3/GCS work) or a table of paths on a shared file system; the output is
+Parquet with the same numbers `galmorph predict` writes.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from galmorph import tracking
-from galmorph.config import CLASSES, MlflowConfig, Params, load_params
+from galmorph.config import CLASSES, MlflowConfig
 from galmorph.errors import UserError
-from galmorph.serving.predict import resolve_model
-from galmorph.serving.pyfunc import ERROR_PREFIX
+from galmorph.models.inference import ERROR_PREFIX
+from galmorph.serving.resolve import ModelRef, resolve_model
+from galmorph.tracking import logged_model
 
 IMAGE_GLOB = "*.{jpg,jpeg,png,JPG,JPEG,PNG}"
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -122,7 +96,7 @@ def classify(
     """Add p_<class>, label and error columns by the pyfunc (one Python worker per task loads it once)."""
     from pyspark.sql import functions as F
 
-    udf = tracking.spark_udf(
+    udf = logged_model.spark_udf(
         spark, model_uri, result_type=RESULT_TYPE, params={"tta": tta, "threshold": threshold}, cfg=cfg
     )
     scored = images.withColumn("_out", udf(F.struct(F.col("image").alias("image"))))
@@ -149,8 +123,8 @@ def run_batch(
     threshold: float = 0.0,
     partitions: int | None = None,
     overwrite: bool = False,
-) -> dict[str, int]:
-    """Score `source` into the Parquet folder `out`; returns counts per label (and errors)."""
+) -> tuple[ModelRef, dict[str, int]]:
+    """Score `source` into the Parquet folder `out`; returns the model that answered and counts per label."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: expected a probability between 0 and 1")
     if "://" not in out and Path(out).exists() and not overwrite:
@@ -172,35 +146,4 @@ def run_batch(
     }
     if not counts:
         raise UserError(f"{source}: no JPEG or PNG images found")
-    print(f"{ref.display}: wrote {sum(counts.values())} rows to {out}: {counts}", file=sys.stderr)
-    return counts
-
-
-def main(params: Params, args: argparse.Namespace) -> None:
-    threshold = params.evaluate.abstain_threshold if args.threshold is None else args.threshold
-    run_batch(
-        args.input,
-        args.out,
-        args.model,
-        params.mlflow,
-        master=args.master,
-        path_column=args.path_column,
-        tta=args.tta,
-        threshold=threshold,
-        partitions=args.partitions,
-        overwrite=args.overwrite,
-    )
-
-
-if __name__ == "__main__":  # spark-submit runs this file
-    from galmorph import cli
-
-    parser = argparse.ArgumentParser(prog="galmorph-batch", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params.yaml (for mlflow.* and the threshold)")
-    cli.COMMANDS["batch"][2](parser)
-    ns = parser.parse_args()
-    try:
-        main(load_params(ns.params), ns)
-    except UserError as exc:
-        print(f"galmorph batch: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    return ref, counts

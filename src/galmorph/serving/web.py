@@ -1,38 +1,26 @@
-"""`galmorph web`: a page where a person uploads a galaxy image and sees the model's verdict.
+"""The web page: a person uploads a galaxy image and sees the model's verdict and which model gave it.
 
-For citizen scientists and students: one form, the probability of each class, the verdict (spiral,
-elliptical, or uncertain when the top probability is under the threshold) and which registered model,
-version and alias answered. Flask (it ships with MLflow) serves a plain HTML page, no JavaScript needed;
-`POST /api/predict` gives the same as JSON. A bad upload (not an image, empty, over --max-upload-mb)
-gets a clear message and the server carries on.
-
-    galmorph web                                   # models:/galmorph@champion on http://127.0.0.1:8000
-    galmorph web --model models:/galmorph@challenger --port 8080 --host 0.0.0.0
-
-The built-in server is threaded and fine for a lab or a class; for a public site run the app under a
-production WSGI server, e.g. `gunicorn -w 2 -b 0.0.0.0:8000 'galmorph.serving.web:app_from_env()'` with
-GALMORPH_MODEL (and MLFLOW_TRACKING_URI) set.
+Plain HTML, no JavaScript needed, so it works for a class on any browser; `POST /api/predict` answers the
+same as JSON. A bad upload gets a clear message and the server carries on. `app_from_env` is the entry
+point for production WSGI servers (gunicorn), configured by environment variables.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import math
 import os
-import socket
-import sys
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.serving import make_server
 
-from galmorph.config import MlflowConfig, Params, load_params
+from galmorph.config import MlflowConfig, load_params
+from galmorph.data.images import decode_image
 from galmorph.errors import UserError
-from galmorph.serving.predict import ModelRef, load_model, resolve_model
-from galmorph.serving.pyfunc import ERROR_PREFIX, UNCERTAIN, GalaxyClassifier, decode_image
+from galmorph.models.inference import ERROR_PREFIX, UNCERTAIN, GalaxyClassifier
+from galmorph.serving.resolve import ModelRef, load_model, resolve_model
 
 THUMBNAIL_PX = 320
 
@@ -136,23 +124,3 @@ def app_from_env() -> Flask:
     params = load_params(os.environ.get("GALMORPH_PARAMS", "params.yaml"))
     app, _ = build(os.environ.get("GALMORPH_MODEL"), params.mlflow, threshold=params.evaluate.abstain_threshold)
     return app
-
-
-def _check_port(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port") from None
-
-
-def main(params: Params, args: argparse.Namespace) -> None:
-    threshold = params.evaluate.abstain_threshold if args.threshold is None else args.threshold
-    _check_port(args.host, args.port)  # before loading the model; werkzeug would sys.exit() instead
-    app, ref = build(args.model, params.mlflow, threshold=threshold, max_upload_mb=args.max_upload_mb)
-    server = make_server(args.host, args.port, app, threaded=True)
-    print(f"{ref.display} on http://{args.host}:{server.server_port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

@@ -1,6 +1,6 @@
 """`galmorph evaluate`: the trained model on the held-out test split (and the UNCERTAIN galaxies, the
 repeated splits, optional images from other telescopes) -> evaluate.metrics, plots, galleries, report.html,
-all logged to the training run in MLflow. The work is in galmorph.evaluation.pipeline."""
+all logged to the training run in MLflow. The work is in galmorph.evaluation.evaluate."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from galmorph.config import Params
-from galmorph.evaluation.pipeline import log_to_mlflow, run
-from galmorph.evaluation.report import jsonable, write_report
+from galmorph.evaluation.evaluate import log_to_mlflow, run
+from galmorph.evaluation.html_report import jsonable, write_report
 from galmorph.io import write_json
 
 

@@ -1,14 +1,8 @@
-"""`galmorph fetch [--force]`: get the raw inputs and describe them in `<data.raw_dir>/source.json`.
+"""`galmorph fetch`: make `data.raw_dir` hold the current `data.source` and describe it in source.json.
 
-What each `data.source` does (join reads only source.json and the files it names):
-- synthetic  generates GZ1 table 2, the GZ2 filename mapping and JPEG cut-outs into raw_dir (deterministic;
-             kept when the settings and catalogues are unchanged).
-- galaxyzoo  downloads GZ1 table 2 (.csv.gz) and, from Zenodo record 3565489, the mapping and images_gz2.zip
-             into raw_dir: streamed, resumable, retried, MD5-checked; the zip is unpacked once and deleted.
-- local      points at the same official files already on disk in data.local.dir (nothing copied).
-- manifest   points at a labelled image CSV (data.manifest; nothing copied), e.g. ../shared/galaxyzoo/labels.csv.
-raw_dir is the stage's DVC output, so another source's files are removed from it; --force regenerates or
-downloads again. source.json is written last: it exists only when the files it names are complete.
+join reads only source.json and the files it names, so the sources (galaxyzoo, local, manifest, synthetic)
+may differ in everything else. raw_dir is the stage's DVC output, so another source's files are removed from
+it, and source.json is written last: it exists only when the files it names are complete.
 """
 
 from __future__ import annotations
@@ -18,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from galmorph.config import DataConfig, Params
-from galmorph.data.catalog import MAPPING_NAME, TABLE2_NAME
+from galmorph.data.gzcsv import MAPPING_NAME, TABLE2_NAME
 from galmorph.data.sources.galaxyzoo import fetch_galaxyzoo, table2_name
 from galmorph.data.sources.local import describe_local
-from galmorph.data.sources.manifest_source import describe_manifest
+from galmorph.data.sources.manifest import describe_manifest
 from galmorph.data.sources.rawdir import (
     DOWNLOADS_JSON,
     IMAGES_ROOT,
@@ -30,9 +24,9 @@ from galmorph.data.sources.rawdir import (
     clean,
     owner,
     read_previous,
-    synthetic_source,
     write_source,
 )
+from galmorph.data.sources.synthetic import fetch_synthetic
 
 
 def _owned(cfg: DataConfig) -> set[str]:
@@ -54,7 +48,7 @@ def fetch_data(cfg: DataConfig, *, force: bool = False, progress: bool = True) -
     removed = clean(raw, keep={SOURCE_JSON}) if force or owner(raw) != cfg.source else []
     (raw / SOURCE_JSON).unlink(missing_ok=True)  # until the new one is written, nothing is described
     if cfg.source == "synthetic":
-        source = synthetic_source(cfg.synthetic, raw, previous, force=force, progress=progress)
+        source = fetch_synthetic(cfg.synthetic, raw, previous, force=force, progress=progress)
     elif cfg.source == "galaxyzoo":
         source = fetch_galaxyzoo(cfg.galaxyzoo, raw, progress=progress)
     removed += clean(raw, keep=_owned(cfg))

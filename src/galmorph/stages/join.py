@@ -6,13 +6,43 @@ Reads only `<data.raw_dir>/source.json` (and the files it names) and the `join` 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from galmorph.config import Params
-from galmorph.data.catalog import build_catalogue, read_source, summary_rows
+from galmorph.data.join import build_catalogue
+from galmorph.data.labels import UNCERTAIN
+from galmorph.data.sources.rawdir import read_source
 from galmorph.io import write_json, write_parquet
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The few numbers a person checks after a join, as (what, value) rows for the terminal."""
+    rows = [(f"rows read: {name}", f"{n:,}") for name, n in report["rows_read"].items()]
+    dups = report.get("duplicates", {})
+    rows += [
+        (f"dropped: {k.replace('_', ' ')}", f"{v:,}")
+        for k, v in dups.items()
+        if k.endswith("_rows") and v  # rows, not the id counts and lists
+    ]
+    if "matched" in report:
+        rows.append(("joined (in both files)", f"{report['matched']:,}"))
+    rows += [(f"unmatched: {k}", f"{v:,}") for k, v in report.get("unmatched", {}).items()]
+    rows += [(f"dropped label: {k}", f"{v:,}") for k, v in report.get("dropped_labels", {}).items()]
+    if report.get("missing_votes"):
+        rows.append(("dropped: missing votes", f"{report['missing_votes']:,}"))
+    rows += [(name, f"{n:,}") for name, n in report["classes"].items()]
+    rows.append((f"{UNCERTAIN} (→ uncertain_out)", f"{report['uncertain']:,}"))
+    if report.get("disagreement"):
+        d = report["disagreement"]
+        rows.append(("labels vs threshold rule: disagree", f"{d['rows']:,} of {d['of_rows']:,} ({d['fraction']:.1%})"))
+    n_extra = sum(len(v) for v in report.get("extra_columns", {}).values())
+    if n_extra:
+        rows.append(("extra columns ignored", f"{n_extra}"))
+    return rows
 
 
 def main(params: Params, args: argparse.Namespace) -> None:

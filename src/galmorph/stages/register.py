@@ -11,11 +11,11 @@ from typing import Any
 
 import pandas as pd
 
-from galmorph import tracking
 from galmorph.config import Params
 from galmorph.errors import UserError
 from galmorph.io import write_json
-from galmorph.serving import registry
+from galmorph.serving import promotion
+from galmorph.tracking import runs
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
@@ -36,18 +36,18 @@ def main(params: Params, args: argparse.Namespace) -> None:
     if not Path(params.split.out).is_file():
         raise UserError(f"{params.split.out}: splits table not found (run `dvc repro split`)")
     run_id = trained.get("mlflow_run_id")
-    tags = registry.version_tags(
+    tags = promotion.version_tags(
         metrics, pd.read_parquet(params.split.out), run_id=run_id, model_uri=trained["model_uri"]
     )
     name = params.mlflow.registered_model
-    version = registry.register_version(name, trained["model_uri"], tags, params.mlflow)
-    result = registry.promote(name, params.register, params.mlflow)
-    report = registry.promotion_report(result)
+    version = promotion.register_version(name, trained["model_uri"], tags, params.mlflow)
+    result = promotion.promote(name, params.register, params.mlflow)
+    report = promotion.promotion_report(result)
     write_json(params.register.report, report)
     if run_id:
         # the training run says which registry version it became
-        with tracking.start_run(params.mlflow, "register", params.register, run_id=run_id):
-            tracking.set_tags({"registry.name": name, "registry.version": version.version})
-    print(f"{name} version {version.version} is @{registry.CHALLENGER}; {result.note}")
+        with runs.start_run(params.mlflow, "register", params.register, run_id=run_id):
+            runs.set_tags({"registry.name": name, "registry.version": version.version})
+    print(f"{name} version {version.version} is @{promotion.CHALLENGER}; {result.note}")
     for warning in result.decision.warnings:
         print(f"warning: {warning}")

@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from galmorph.config import Params
-from galmorph.data.images import build_class_folders, read_catalogue, select_catalogue
-from galmorph.io import write_csv, write_json, write_parquet
+from galmorph.data.select import REQUIRED_COLUMNS, build_class_folders, select_catalogue
+from galmorph.io import read_stage_table, write_csv, write_json, write_parquet
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.select
-    catalogue = read_catalogue(params.join.out)
+    catalogue = read_stage_table(params.join.out, REQUIRED_COLUMNS, "join")
     start = time.perf_counter()
     result = select_catalogue(catalogue, cfg)
     seconds = time.perf_counter() - start

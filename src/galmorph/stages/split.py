@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.table import Table
 
 from galmorph.config import CLASSES, Params
-from galmorph.data.splits import PARTS, make_splits, read_manifest, split_report
-from galmorph.io import write_json, write_parquet
+from galmorph.data.splits import MANIFEST_COLUMNS, PARTS, make_splits, split_report
+from galmorph.io import read_stage_table, write_json, write_parquet
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.split
-    splits = make_splits(read_manifest(params.select.out), cfg)
+    splits = make_splits(read_stage_table(params.select.out, MANIFEST_COLUMNS, "select"), cfg)
     report = split_report(splits, cfg)
     write_parquet(cfg.out, splits)
     write_json(cfg.report, report)

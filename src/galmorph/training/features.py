@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +28,13 @@ from tqdm.auto import tqdm
 
 from galmorph.config import EmbedConfig, ModelConfig, PreprocessConfig
 from galmorph.data.dataset import ImageDataset
-from galmorph.data.transforms import EvalPreset
+from galmorph.data.transforms import EvalPreset, apply_view, check_views
 from galmorph.errors import UserError
-from galmorph.io import atomic_path, write_json, write_parquet
+from galmorph.io import atomic_path, file_md5, write_json, write_parquet
+from galmorph.models.inference import amp_dtype_for, autocast, iterate, prepare_for_inference, resolve_device, to_device
+from galmorph.models.resnet import build_model
 
 CACHE_FORMAT = "galmorph.features/1"
-
-VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "identity": lambda x: x,
-    "rot90": lambda x: torch.rot90(x, 1, (-2, -1)),
-    "rot180": lambda x: torch.rot90(x, 2, (-2, -1)),
-    "rot270": lambda x: torch.rot90(x, 3, (-2, -1)),
-    "hflip": lambda x: torch.flip(x, (-1,)),
-    "vflip": lambda x: torch.flip(x, (-2,)),
-    "transpose": lambda x: x.transpose(-2, -1),
-    "antitranspose": lambda x: torch.rot90(x, 2, (-2, -1)).transpose(-2, -1),
-}
-"""The eight symmetries of the square (the dihedral group D4), applied to (..., H, W) image tensors."""
-
-
-def check_views(views: Sequence[str], where: str = "embed.views") -> list[str]:
-    unknown = [v for v in views if v not in VIEWS]
-    if unknown or not views:
-        raise UserError(f"params: {where}: expected a non-empty list of {', '.join(VIEWS)}, got {list(views)!r}")
-    if len(set(views)) != len(views):
-        raise UserError(f"params: {where}: views repeat: {list(views)!r}")
-    return list(views)
-
-
-def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
-    return VIEWS[view](x)
 
 
 @dataclasses.dataclass
@@ -94,7 +71,7 @@ def fingerprint(model_cfg: ModelConfig, preprocess: PreprocessConfig, embed: Emb
             "format": CACHE_FORMAT,
             "arch": model_cfg.arch,
             "weights": model_cfg.weights,
-            "weights_md5": _file_md5(model_cfg.weights),
+            "weights_md5": _weights_md5(model_cfg.weights),
             "preprocess": dataclasses.asdict(preprocess),
             "views": list(embed.views),
             "seed": embed.seed,
@@ -105,15 +82,11 @@ def fingerprint(model_cfg: ModelConfig, preprocess: PreprocessConfig, embed: Emb
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _file_md5(weights: str) -> str | None:
-    p = Path(weights)
-    if weights.lower() in ("none", "imagenet", "") or not p.is_file():
+def _weights_md5(weights: str) -> str | None:
+    """The digest of a weights file, so a changed file at the same path invalidates the cache."""
+    if weights.lower() in ("none", "imagenet", "") or not Path(weights).is_file():
         return None
-    h = hashlib.md5()
-    with p.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_md5(weights)
 
 
 @torch.inference_mode()
@@ -130,7 +103,6 @@ def compute_features(
     progress: bool = True,
 ) -> np.ndarray:
     """Backbone features (N, V, D) as float16 for every row and view (eval preset, eval mode)."""
-    from galmorph.training.engine import autocast, iterate, prepare_for_inference, to_device
 
     device = device or torch.device("cpu")
     check_views(views)
@@ -169,8 +141,6 @@ def build_feature_cache(
     progress: bool = True,
 ) -> FeatureCache:
     """Build the backbone (seeded, so weights `none` is reproducible) and embed every row under every view."""
-    from galmorph.models.resnet import build_model
-    from galmorph.training.engine import amp_dtype_for, resolve_device
 
     check_views(embed.views)
     ids = catalogue["galaxy_id"].astype(str).tolist()

@@ -3,23 +3,18 @@
 frozen:   the head trains on the embedding cache (a random dihedral view per image each epoch);
 finetune: the network (or its top N stages) trains on augmented images with layer-wise lr decay.
 
-Reproducibility is by construction: every epoch's randomness (shuffling, views, augmentation workers,
-dropout) is seeded from (train.seed, epoch, rank), so a run killed after epoch k and resumed from its
-checkpoint replays epochs k+1.. exactly as an uninterrupted run would.
+A run killed after epoch k and resumed from its checkpoint replays epochs k+1.. exactly as an
+uninterrupted run would (training/checkpoint.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import hashlib
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,9 +26,9 @@ from tqdm.auto import tqdm
 
 from galmorph.config import ModelConfig, Params, TrainConfig
 from galmorph.data.dataset import ImageDataset, label_ids, soft_targets
-from galmorph.data.transforms import EvalPreset, TrainPreset
+from galmorph.data.transforms import EvalPreset, TrainPreset, check_views
 from galmorph.errors import UserError
-from galmorph.io import atomic_path
+from galmorph.models.inference import amp_dtype_for, resolve_device
 from galmorph.models.resnet import (
     GalaxyNet,
     build_head,
@@ -42,24 +37,21 @@ from galmorph.models.resnet import (
     param_groups,
     set_trainable,
 )
-from galmorph.training.distributed import DistContext, barrier, broadcast_buffers, local_device, process_group
-from galmorph.training.engine import (
-    Batch,
-    Criterion,
-    amp_dtype_for,
-    class_weights,
-    describe,
-    evaluate,
-    resolve_device,
-    train_one_epoch,
+from galmorph.training.checkpoint import (
+    CHECKPOINT_NAME,
+    TrainState,
+    data_fingerprint,
+    determinism,
+    epoch_seed,
+    restore,
+    save_checkpoint,
+    seed_epoch,
 )
-from galmorph.training.features import FeatureCache, check_views, compute_features
+from galmorph.training.distributed import DistContext, barrier, broadcast_buffers, local_device, process_group
+from galmorph.training.engine import Batch, Criterion, class_weights, describe, evaluate, train_one_epoch
+from galmorph.training.features import FeatureCache, compute_features
 
-CHECKPOINT_FORMAT = "galmorph.checkpoint/1"
-CHECKPOINT_NAME = "last.pt"
 EpochCallback = Callable[[int, dict[str, float]], None]
-# Settings that may change between a killed run and its resume without changing what is computed.
-RESUME_FREE_KEYS = ("device", "num_workers", "checkpoint_dir", "out", "metrics", "curves")
 
 
 @dataclasses.dataclass
@@ -97,7 +89,7 @@ def fit(
     tcfg, mcfg = params.train, params.model
     train_rows, val_rows = _split_rows(catalogue, split_column)
     device = resolve_device(tcfg.device)
-    with _determinism(tcfg.deterministic), process_group(device) as ctx:
+    with determinism(tcfg.deterministic), process_group(device) as ctx:
         device = local_device(device, ctx)
         amp = amp_dtype_for(device, tcfg.precision)
         if tcfg.mode == "frozen":
@@ -118,11 +110,11 @@ def fit(
             if ctx.is_distributed
             else trainable
         )
-        state = _TrainState()
+        state = TrainState()
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-        fingerprint = _data_fingerprint(train_rows, val_rows)
+        fingerprint = data_fingerprint(train_rows, val_rows)
         if resume and ckpt_path is not None and ckpt_path.is_file():
-            state = _restore(ckpt_path, params, fingerprint, model, optimizer, scheduler)
+            state = restore(ckpt_path, params, fingerprint, model, optimizer, scheduler)
             if ctx.is_main and progress:
                 tqdm.write(f"resumed from {ckpt_path} after epoch {state.epoch}")
         elif resume and ctx.is_main and progress:
@@ -131,7 +123,7 @@ def fit(
         for epoch in range(state.epoch + 1, tcfg.epochs + 1):
             if state.stopped:
                 break
-            _seed_epoch(tcfg.seed, epoch, ctx.rank)
+            seed_epoch(tcfg.seed, epoch, ctx.rank)
             start = time.perf_counter()
             metrics: dict[str, float] = {"epoch": float(epoch)}
             metrics |= train_one_epoch(
@@ -165,7 +157,7 @@ def fit(
             metrics["epoch_time_s"] = time.perf_counter() - start
             state.record(epoch, metrics, model, val_logits, tcfg.mode, tcfg.early_stopping_patience)
             if ckpt_path is not None and ctx.is_main:
-                _save_checkpoint(ckpt_path, state, params, fingerprint, model, optimizer, scheduler)
+                save_checkpoint(ckpt_path, state, params, fingerprint, model, optimizer, scheduler)
             barrier(ctx)
             if ctx.is_main and progress:
                 flag = "  *best" if state.best_epoch == epoch else ""
@@ -254,7 +246,7 @@ def _cached_frozen_inputs(
             f"{mcfg.arch} weights={mcfg.weights}; run `galmorph embed`"
         )
     val_views = _val_view_index(params.train, list(features.views))
-    key = (_data_fingerprint(train_rows, val_rows), tuple(val_views))
+    key = (data_fingerprint(train_rows, val_rows), tuple(val_views))
     if key not in features.derived:
         model = build_model(dataclasses.replace(mcfg, weights="none"))
         model.backbone.load_state_dict(features.backbone_state)
@@ -308,7 +300,7 @@ def _frozen_setup(
     per_rank = len(tx) // ctx.world_size  # equal step counts on every rank, or DDP would wait forever
 
     def train_batches(epoch: int) -> Iterator[Batch]:
-        g = torch.Generator().manual_seed(_epoch_seed(tcfg.seed, epoch, 0))
+        g = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, 0))
         order = torch.randperm(len(tx), generator=g)
         view = torch.randint(len(views), (len(tx),), generator=g)  # one random view per image and epoch
         mine = order[: per_rank * ctx.world_size][ctx.rank :: ctx.world_size]
@@ -367,7 +359,7 @@ def _finetune_setup(
     channels_last = tcfg.channels_last and device.type != "mps"
 
     def train_batches(epoch: int) -> Iterator[Batch]:
-        g = torch.Generator().manual_seed(_epoch_seed(tcfg.seed, epoch, ctx.rank))
+        g = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, ctx.rank))
         sampler = None
         if ctx.is_distributed:
             sampler = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=tcfg.seed)
@@ -421,199 +413,3 @@ def _scheduler(
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# state, checkpoints, determinism
-
-
-@dataclasses.dataclass
-class _TrainState:
-    epoch: int = 0
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    best_epoch: int = 0
-    best_loss: float = math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    best_val_logits: np.ndarray = dataclasses.field(default_factory=lambda: np.empty((0, 2), dtype=np.float32))
-    stopped: bool = False
-
-    def record(
-        self,
-        epoch: int,
-        metrics: dict[str, float],
-        model: GalaxyNet,
-        val_logits: np.ndarray,
-        mode: str,
-        patience: int,
-    ) -> None:
-        self.epoch = epoch
-        self.history.append(metrics)
-        if metrics["val_loss"] < self.best_loss or self.best_state is None:
-            self.best_epoch, self.best_loss = epoch, metrics["val_loss"]
-            self.best_state = _trainable_state(model, mode)
-            self.best_val_logits = val_logits
-        # early stopping on validation loss: `patience` epochs without improvement (0 = never stop early)
-        self.stopped = patience > 0 and epoch - self.best_epoch >= patience
-
-
-def _trainable_state(model: GalaxyNet, mode: str) -> dict[str, torch.Tensor]:
-    """A CPU copy of what training changes: the head alone in frozen mode (the backbone is the cache's)."""
-    state = model.state_dict()
-    keep = (lambda k: k.startswith("head.")) if mode == "frozen" else (lambda k: True)
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items() if keep(k)}
-
-
-def _fit_params(params: Params) -> dict[str, Any]:
-    """The params a checkpoint was made with (what resume must find unchanged)."""
-    train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in RESUME_FREE_KEYS}
-    return {
-        "model": dataclasses.asdict(params.model),
-        "train": train,
-        "preprocess": dataclasses.asdict(params.preprocess),
-        "augment": dataclasses.asdict(params.augment),
-        "embed": dataclasses.asdict(params.embed),
-    }
-
-
-def _data_fingerprint(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:
-    h = hashlib.sha256()
-    for name, rows in (("train", train_rows), ("val", val_rows)):
-        h.update(name.encode())
-        h.update("\n".join(rows["galaxy_id"].astype(str)).encode())
-        h.update(label_ids(rows).tobytes())
-    return h.hexdigest()
-
-
-def _save_checkpoint(
-    path: Path,
-    state: _TrainState,
-    params: Params,
-    fingerprint: str,
-    model: GalaxyNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> None:
-    """One dict (weights_only-loadable), written atomically: a kill mid-save leaves the previous one intact."""
-    mode = params.train.mode
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": state.epoch,
-        "model": _trainable_state(model, mode),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "params": _fit_params(params),
-        "data_fingerprint": fingerprint,
-        "rng": _rng_state(),
-        "history": state.history,
-        "best": {
-            "epoch": state.best_epoch,
-            "loss": state.best_loss,
-            "state": state.best_state,
-            "val_logits": torch.from_numpy(np.asarray(state.best_val_logits)),
-        },
-        "stopped": state.stopped,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint as saved by fit (weights_only: no code runs on load)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure: not our checkpoint
-        raise UserError(f"{path}: not a readable training checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not a galmorph training checkpoint")
-    return ckpt
-
-
-def _restore(
-    path: Path,
-    params: Params,
-    fingerprint: str,
-    model: GalaxyNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> _TrainState:
-    ckpt = load_checkpoint(path)
-    saved, now = ckpt["params"], _fit_params(params)
-    changed = [f"{s}.{k}" for s in now for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
-    if changed:
-        raise UserError(
-            f"{path}: made with other params ({', '.join(changed[:4])}); resume needs the same params, "
-            "or delete the checkpoint to start over"
-        )
-    if ckpt["data_fingerprint"] != fingerprint:
-        raise UserError(f"{path}: made on other train/val rows; resume needs the same splits, or delete it")
-    model.load_state_dict(ckpt["model"], strict=params.train.mode != "frozen")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    _set_rng_state(ckpt["rng"])
-    best = ckpt["best"]
-    return _TrainState(
-        epoch=int(ckpt["epoch"]),
-        history=list(ckpt["history"]),
-        best_epoch=int(best["epoch"]),
-        best_loss=float(best["loss"]),
-        best_state=best["state"],
-        best_val_logits=best["val_logits"].numpy(),
-        stopped=bool(ckpt["stopped"]),
-    )
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % (2**63 - 1)
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    s = _epoch_seed(seed, epoch, rank)
-    torch.manual_seed(s)
-    np.random.seed(s % 2**32)
-    random.seed(s)
-
-
-def _rng_state() -> dict[str, Any]:
-    _name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss},
-        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
-    }
-
-
-def _set_rng_state(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    n = rng["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = rng["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-@contextlib.contextmanager
-def _determinism(deterministic: bool) -> Iterator[None]:
-    """Deterministic kernels (train.deterministic) for the duration of a fit; global flags restored after."""
-    import os
-
-    cudnn = torch.backends.cudnn
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        cudnn.benchmark,
-        cudnn.deterministic,
-    )
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        cudnn.benchmark, cudnn.deterministic = False, True
-    else:
-        cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        cudnn.benchmark, cudnn.deterministic = before[2], before[3]

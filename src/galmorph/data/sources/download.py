@@ -26,6 +26,7 @@ import urllib3
 from tqdm import tqdm
 
 from galmorph.errors import UserError
+from galmorph.io import md5_digest
 
 CHUNK_SIZE = 1 << 20
 MAX_BACKOFF_S = 60.0
@@ -47,19 +48,6 @@ def part_path(dest: str | os.PathLike) -> Path:
     """Where the unfinished download of `dest` lives."""
     dest = Path(dest)
     return dest.with_name(dest.name + ".part")
-
-
-def _digest_of(path: str | os.PathLike) -> hashlib._Hash:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    """MD5 hex digest of a file, read in chunks."""
-    return _digest_of(path).hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -134,7 +122,7 @@ def _transfer(
             if span is None or span[0] != offset:
                 part.unlink()
                 raise _Retry(f"the server resumed at the wrong place ({response.headers.get('Content-Range')})")
-            total, mode, digest = span[1], "ab", _digest_of(part)
+            total, mode, digest = span[1], "ab", md5_digest(part, CHUNK_SIZE)
         else:
             offset, mode, digest = 0, "wb", hashlib.md5()  # no Range support: the body is the whole file
         bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=label, disable=not progress)

@@ -27,7 +27,7 @@ import requests
 from tqdm import tqdm
 
 from galmorph.config import GalaxyZooConfig
-from galmorph.data.catalog import MAPPING_NAME, TABLE2_NAME
+from galmorph.data.gzcsv import MAPPING_NAME, TABLE2_NAME
 from galmorph.data.sources.download import CHUNK_SIZE, download, get_json
 from galmorph.data.sources.rawdir import DOWNLOADS_JSON, IMAGES_ROOT, ZIP_NAME, catalogue_source
 from galmorph.errors import UserError

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from galmorph.config import LocalConfig
-from galmorph.data.catalog import MAPPING_NAME, TABLE2_NAME
-from galmorph.data.sources.download import md5_file
-from galmorph.data.sources.rawdir import IMAGES_SUBDIR, catalogue_source, check_outside
+from galmorph.data.gzcsv import IMAGES_SUBDIR, MAPPING_NAME, TABLE2_NAME
+from galmorph.data.sources.rawdir import catalogue_source, check_outside
 from galmorph.errors import UserError
+from galmorph.io import file_md5
 
 LAYOUT = f"data.local.dir must hold {TABLE2_NAME} (or .csv.gz), {MAPPING_NAME} and {IMAGES_SUBDIR.as_posix()}/"
 
@@ -39,5 +39,5 @@ def describe_local(cfg: LocalConfig, raw_dir: str | os.PathLike) -> dict[str, An
         raise UserError(f"{images}: image folder not found ({LAYOUT})")
     if not _has_jpeg(images):
         raise UserError(f"{images}: holds no .jpg files ({LAYOUT})")
-    md5 = {"table2": md5_file(table2), "mapping": md5_file(mapping)}
+    md5 = {"table2": file_md5(table2), "mapping": file_md5(mapping)}
     return catalogue_source("local", table2, mapping, images, md5)

@@ -8,21 +8,17 @@ atomically: a source.json means the files it names are complete.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from galmorph.config import SyntheticConfig
-from galmorph.data.catalog import MAPPING_NAME, TABLE2_NAME
-from galmorph.data.sources.download import md5_file
-from galmorph.data.sources.synthetic import IMAGES_SUBDIR
+from galmorph.data.gzcsv import IMAGES_SUBDIR, MAPPING_NAME, TABLE2_NAME
 from galmorph.errors import UserError
 from galmorph.io import write_json
-from galmorph.paths import repo_root
+from galmorph.paths import portable_path
 
 SOURCE_JSON = "source.json"
 DOWNLOADS_JSON = ".downloads.json"
@@ -34,30 +30,10 @@ MANAGED = frozenset(
     {SOURCE_JSON, DOWNLOADS_JSON, TABLE2_NAME, f"{TABLE2_NAME}.gz", MAPPING_NAME, IMAGES_ROOT, ZIP_NAME}
 )
 UNPACKING = f".{IMAGES_ROOT}.unpacking"
-
-
-def project_root() -> Path:
-    """The folder relative paths in source.json are relative to.
-
-    That is the folder with dvc.yaml that the stage runs in (under `dvc exp run --temp` a copy below .dvc/,
-    which is where join, resolving against its working directory, will look), else galmorph.paths.repo_root().
-    """
-    here = Path(os.getcwd())
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
-            return candidate
-    return repo_root()
-
-
-def portable_path(path: str | os.PathLike) -> str:
-    """`path` relative to the project root when inside it, else absolute (POSIX separators either way).
-
-    Not resolve()d: symlinks (a DVC cache link, a mounted data disk) stay as the user wrote them."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(os.path.abspath(project_root())).as_posix()
-    except ValueError:
-        return absolute.as_posix()
+_SOURCE_KEYS = {
+    "catalogue": ("table2", "mapping", "images_dir"),
+    "manifest": ("path", "path_column", "label_column", "label_map", "vote_columns", "vote_threshold"),
+}
 
 
 def check_outside(path: str | os.PathLike, raw_dir: str | os.PathLike, what: str) -> None:
@@ -114,6 +90,23 @@ def clean(raw_dir: str | os.PathLike, keep: Iterable[str] = ()) -> list[str]:
     return removed
 
 
+def read_source(raw_dir: str | os.PathLike) -> dict[str, Any]:
+    """`<raw_dir>/source.json`, written by `fetch`: where the raw inputs are and how to read them."""
+    path = Path(raw_dir) / SOURCE_JSON
+    if not path.is_file():
+        raise UserError(f"{path}: not found (run `galmorph fetch` first)")
+    try:
+        source = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(source, dict) or source.get("kind") not in _SOURCE_KEYS:
+        raise UserError(f"{path}: expected an object with kind 'catalogue' or 'manifest'")
+    missing = [k for k in _SOURCE_KEYS[source["kind"]] if k not in source]
+    if missing:
+        raise UserError(f"{path}: missing key(s) {', '.join(missing)} for kind {source['kind']!r}")
+    return source
+
+
 def write_source(raw_dir: str | os.PathLike, source: dict[str, Any]) -> Path:
     """Write `<raw_dir>/source.json` atomically."""
     target = Path(raw_dir) / SOURCE_JSON
@@ -134,37 +127,3 @@ def catalogue_source(
         "md5": md5,
         **extra,
     }
-
-
-def synthetic_source(
-    cfg: SyntheticConfig,
-    raw_dir: str | os.PathLike,
-    previous: Mapping[str, Any] | None,
-    *,
-    force: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Generate the synthetic data set into raw_dir, unless the `previous` fetch (its source.json) generated
-    it with the same settings and generator code and its catalogues are unchanged: the generator is
-    deterministic, so that is the same data, and re-rendering thousands of JPEGs would only cost time."""
-    from galmorph.data.sources import synthetic  # imported here: only this source needs the generator
-
-    raw = Path(raw_dir)
-    settings = {**dataclasses.asdict(cfg), "generator_md5": md5_file(synthetic.__file__)}
-    table2, mapping, images = raw / TABLE2_NAME, raw / MAPPING_NAME, raw / IMAGES_SUBDIR
-    previous = previous or {}
-    current = (
-        not force
-        and previous.get("source") == "synthetic"
-        and previous.get("settings") == settings
-        and table2.is_file()
-        and mapping.is_file()
-        and images.is_dir()
-        and previous.get("md5") == {"table2": md5_file(table2), "mapping": md5_file(mapping)}
-    )
-    if current:
-        md5 = previous["md5"]
-    else:
-        synthetic.generate(cfg, raw, progress=progress)
-        md5 = {"table2": md5_file(table2), "mapping": md5_file(mapping)}
-    return catalogue_source("synthetic", table2, mapping, images, md5, settings=settings)

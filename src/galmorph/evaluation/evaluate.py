@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from galmorph.config import CLASSES, Params, PreprocessConfig
+from galmorph.config import CLASSES, Params, PreprocessConfig, with_tuned
+from galmorph.data.dataset import read_splits
 from galmorph.errors import UserError
 from galmorph.evaluation import plots
 from galmorph.evaluation.calibration import fit_temperature
+from galmorph.evaluation.folder import evaluate_labelled, read_labelled
 from galmorph.evaluation.galleries import GallerySpec, render_gallery
 from galmorph.evaluation.metrics import vote_agreement, vote_correlation
 from galmorph.evaluation.scoring import ScoredSet, flat_kpis, score, uncertain_rows, write_set
+from galmorph.evaluation.stability import repeated_split_columns, run_stability, summarize
+from galmorph.models.inference import predict_logits
+from galmorph.models.resnet import load_model
+from galmorph.tracking import runs, store
+from galmorph.training.features import load_feature_cache, read_meta
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -53,7 +63,6 @@ def resolve_temperature(loaded: Any, splits: pd.DataFrame, params: Params) -> tu
     val = splits[splits["split"] == "val"]
     if val.empty:
         return 1.0, "none: the model file has T = 1 and there is no validation split to fit one"
-    from galmorph.training.engine import predict_logits
 
     cfg = params.evaluate
     logits = predict_logits(
@@ -134,15 +143,11 @@ def _confident_call_galleries(
 
 
 def evaluate_stability(splits: pd.DataFrame, params: Params, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
-    from galmorph.evaluation.stability import repeated_split_columns, run_stability, summarize
-    from galmorph.stages.train import tuned
-    from galmorph.training.features import load_feature_cache, read_meta
-
     if not params.evaluate.stability:
         return {"skipped_reason": "evaluate.stability is false"}, {}
     if not repeated_split_columns(splits):
         return {"skipped_reason": "no repeated splits (split.repeats is 0)"}, {}
-    params = tuned(params)  # the recipe the train stage used: params.yaml plus the tuned values of tune.out
+    params, _ = with_tuned(params)  # the recipe the train stage used: params.yaml plus the tuned values of tune.out
     features = None
     if params.train.mode == "frozen" and read_meta(params.embed.out) is not None:
         features = load_feature_cache(params.embed.out, model_cfg=params.model, preprocess=params.preprocess)
@@ -155,8 +160,6 @@ def evaluate_stability(splits: pd.DataFrame, params: Params, out: Path) -> tuple
 
 
 def evaluate_ood(loaded: Any, params: Params, out: Path) -> tuple[dict[str, Any] | None, dict[str, float]]:
-    from galmorph.evaluation.folder import evaluate_labelled, read_labelled
-
     path = params.evaluate.ood_manifest
     if not path:
         return None, {}
@@ -167,8 +170,6 @@ def evaluate_ood(loaded: Any, params: Params, out: Path) -> tuple[dict[str, Any]
 
 def run(params: Params) -> Evaluation:
     """Everything the stage computes and writes under evaluate.out_dir (except metrics.json and MLflow)."""
-    from galmorph.data.dataset import read_splits
-    from galmorph.models.resnet import load_model
 
     cfg = params.evaluate
     out = Path(cfg.out_dir)
@@ -219,17 +220,18 @@ def run(params: Params) -> Evaluation:
 def log_to_mlflow(params: Params, metrics: dict[str, float], out_dir: str | Path) -> str:
     """Metrics and the whole evaluation folder into the training run (train.metrics' mlflow_run_id), or into a
     run of its own when train recorded none; returns the run id."""
-    from galmorph import tracking
 
     run_id = mlflow_run_id(params.train.metrics)
     finite = {k: v for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
     try:
-        tracking.use_store(params.mlflow)
-        tracking.run_metrics(run_id) if run_id else None
+        store.use_store(params.mlflow)
+        runs.run_metrics(run_id) if run_id else None
     except Exception:  # noqa: BLE001 - a deleted or foreign run: record the evaluation in a run of its own
-        print(f"evaluate: MLflow run {run_id} (from {params.train.metrics}) is not in the store; logging to a new run")
+        log.warning(
+            "evaluate: MLflow run %s (from %s) is not in the store; logging to a new run", run_id, params.train.metrics
+        )
         run_id = None
-    with tracking.start_run(params.mlflow, "evaluate", [params.evaluate, params.preprocess], run_id=run_id) as run:
-        tracking.log_metrics(finite)
-        tracking.log_artifact(out_dir, "evaluation")
+    with runs.start_run(params.mlflow, "evaluate", [params.evaluate, params.preprocess], run_id=run_id) as run:
+        runs.log_metrics(finite)
+        runs.log_artifact(out_dir, "evaluation")
         return run.info.run_id

@@ -11,25 +11,21 @@ loads by `models:/<name>@champion`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from rich.console import Console
-from rich.table import Table
 
-from galmorph import tracking
-from galmorph.config import MlflowConfig, Params, RegisterConfig
+from galmorph.config import MlflowConfig, RegisterConfig
 from galmorph.errors import UserError
-from galmorph.tracking import VersionInfo
+from galmorph.tracking import provenance, store
+from galmorph.tracking import registry as mlflow_registry
+from galmorph.tracking.registry import VersionInfo
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -64,7 +60,7 @@ class Decision:
     warnings: tuple[str, ...] = ()
 
 
-def _number(tags: Mapping[str, str], key: str) -> float | None:
+def number_tag(tags: Mapping[str, str], key: str) -> float | None:
     try:
         value = float(tags[key])
     except (KeyError, TypeError, ValueError):
@@ -72,7 +68,7 @@ def _number(tags: Mapping[str, str], key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _fmt(value: float | None) -> str:
+def fmt_metric(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
@@ -87,31 +83,33 @@ def gate(
     checks: list[Check] = []
     reasons: list[str] = []
     warnings: list[str] = []
-    new_f1, new_ece = _number(challenger, F1_KEY), _number(challenger, ECE_KEY)
-    old_f1 = _number(champion, F1_KEY) if champion is not None else None
-    old_ece = _number(champion, ECE_KEY) if champion is not None else None
+    new_f1, new_ece = number_tag(challenger, F1_KEY), number_tag(challenger, ECE_KEY)
+    old_f1 = number_tag(champion, F1_KEY) if champion is not None else None
+    old_ece = number_tag(champion, ECE_KEY) if champion is not None else None
 
     if new_f1 is None:
         reasons.append(f"the {label} has no {F1_KEY} tag (did evaluate run before register?)")
     if champion is None:
-        checks.append(Check(F1_KEY, "—", _fmt(new_f1), "no champion yet: the first model becomes champion", None))
+        checks.append(Check(F1_KEY, "—", fmt_metric(new_f1), "no champion yet: the first model becomes champion", None))
     elif old_f1 is None:
-        checks.append(Check(F1_KEY, "—", _fmt(new_f1), "champion has no F1: nothing to compare", None))
+        checks.append(Check(F1_KEY, "—", fmt_metric(new_f1), "champion has no F1: nothing to compare", None))
     elif new_f1 is not None:
         floor = old_f1 - cfg.promote_margin
         ok = new_f1 >= floor
         checks.append(
-            Check(F1_KEY, _fmt(old_f1), _fmt(new_f1), f">= {floor:.4f} (champion - {cfg.promote_margin})", ok)
+            Check(
+                F1_KEY, fmt_metric(old_f1), fmt_metric(new_f1), f">= {floor:.4f} (champion - {cfg.promote_margin})", ok
+            )
         )
         if not ok:
             reasons.append(f"{F1_KEY} {new_f1:.4f} is more than {cfg.promote_margin} below the champion's {old_f1:.4f}")
 
     if new_ece is None:
         reasons.append(f"the {label} has no {ECE_KEY} tag (did evaluate run before register?)")
-        checks.append(Check(ECE_KEY, _fmt(old_ece), "—", f"< {cfg.max_ece}", False))
+        checks.append(Check(ECE_KEY, fmt_metric(old_ece), "—", f"< {cfg.max_ece}", False))
     else:
         ok = new_ece < cfg.max_ece
-        checks.append(Check(ECE_KEY, _fmt(old_ece), _fmt(new_ece), f"< {cfg.max_ece}", ok))
+        checks.append(Check(ECE_KEY, fmt_metric(old_ece), fmt_metric(new_ece), f"< {cfg.max_ece}", ok))
         if not ok:
             message = f"{ECE_KEY} {new_ece:.4f} is not under register.max_ece {cfg.max_ece}"
             (warnings if champion is None else reasons).append(message)
@@ -127,8 +125,8 @@ def gate(
                 "their metrics are not comparable (`galmorph promote --rescore` scores both on the current one)"
             )
     for key in SHOWN_METRICS[2:]:
-        old = _number(champion, key) if champion is not None else None
-        checks.append(Check(key, _fmt(old), _fmt(_number(challenger, key)), "shown only", None))
+        old = number_tag(champion, key) if champion is not None else None
+        checks.append(Check(key, fmt_metric(old), fmt_metric(number_tag(challenger, key)), "shown only", None))
     return Decision(passed=not reasons, checks=tuple(checks), reasons=tuple(reasons), warnings=tuple(warnings))
 
 
@@ -165,20 +163,20 @@ def version_tags(
     tags[SPLIT_KEY] = test_split_digest(splits)
     tags["training_run_id"] = run_id or "unknown"
     tags["model_uri"] = model_uri
-    tags.update(tracking.git_tags())
-    tags.update(tracking.dvc_dep_tags("register"))
+    tags.update(provenance.git_tags())
+    tags.update(provenance.dvc_dep_tags("register"))
     return tags
 
 
-def _now() -> str:
+def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _require_model(name: str, cfg: MlflowConfig) -> dict[str, str]:
-    aliases = tracking.registered_model_aliases(name, cfg=cfg)
+    aliases = mlflow_registry.registered_model_aliases(name, cfg=cfg)
     if aliases is None:
         raise UserError(
-            f"no registered model {name!r} in {tracking.tracking_uri(cfg)} "
+            f"no registered model {name!r} in {store.tracking_uri(cfg)} "
             "(run `dvc repro` or `galmorph register` first, or check --name)"
         )
     return aliases
@@ -187,11 +185,11 @@ def _require_model(name: str, cfg: MlflowConfig) -> dict[str, str]:
 def version_by_alias(name: str, alias: str, cfg: MlflowConfig) -> VersionInfo | None:
     """The version behind models:/name@alias; None when the alias is unset, UserError when the model is absent."""
     version = _require_model(name, cfg).get(alias)
-    return tracking.model_version(name, version, cfg=cfg) if version is not None else None
+    return mlflow_registry.model_version(name, version, cfg=cfg) if version is not None else None
 
 
 def champion_history(name: str, cfg: MlflowConfig) -> list[str]:
-    raw = tracking.registered_model_tags(name, cfg=cfg).get(HISTORY_TAG, "[]")
+    raw = mlflow_registry.registered_model_tags(name, cfg=cfg).get(HISTORY_TAG, "[]")
     try:
         history = json.loads(raw)
     except json.JSONDecodeError:
@@ -200,17 +198,17 @@ def champion_history(name: str, cfg: MlflowConfig) -> list[str]:
 
 
 def _set_champion(name: str, version: VersionInfo, history: list[str], cfg: MlflowConfig) -> None:
-    tracking.set_alias(name, CHAMPION, version.version, cfg=cfg)
-    tracking.set_registered_model_tags(name, {HISTORY_TAG: json.dumps(history[-_HISTORY_LIMIT:])}, cfg=cfg)
+    mlflow_registry.set_alias(name, CHAMPION, version.version, cfg=cfg)
+    mlflow_registry.set_registered_model_tags(name, {HISTORY_TAG: json.dumps(history[-_HISTORY_LIMIT:])}, cfg=cfg)
 
 
 def register_version(
     name: str, model_uri: str, tags: Mapping[str, Any], cfg: MlflowConfig, *, alias: str = CHALLENGER
 ) -> VersionInfo:
     """Register a logged model as a new version with `tags` and point @challenger (or `alias`) at it."""
-    version = tracking.register_model(model_uri, name, {k: str(v) for k, v in tags.items()}, cfg=cfg)
-    tracking.set_alias(name, alias, version, cfg=cfg)
-    info = tracking.model_version(name, version, cfg=cfg)
+    version = mlflow_registry.register_model(model_uri, name, {k: str(v) for k, v in tags.items()}, cfg=cfg)
+    mlflow_registry.set_alias(name, alias, version, cfg=cfg)
+    info = mlflow_registry.model_version(name, version, cfg=cfg)
     assert info is not None  # just created
     return info
 
@@ -255,56 +253,13 @@ def promote(
         history.append(champion.version)  # @champion was moved by hand: keep it in the history
     history.append(challenger.version)
     _set_champion(name, challenger, history, mlflow_cfg)
-    tags = {"promoted_at": _now(), "previous_champion": champion.version if champion else "none"}
+    tags = {"promoted_at": now(), "previous_champion": champion.version if champion else "none"}
     if forced:
         tags.update(forced="true", forced_reasons="; ".join(decision.reasons)[:4000], force_reason=reason or "")
-    tracking.set_version_tags(name, challenger.version, tags, cfg=mlflow_cfg)
+    mlflow_registry.set_version_tags(name, challenger.version, tags, cfg=mlflow_cfg)
     before = f"from version {champion.version}" if champion else "(first champion)"
     note = f"@{CHAMPION} -> version {challenger.version} {before}" + (" (forced)" if forced else "")
     return Promotion(challenger, champion, decision, True, forced, note)
-
-
-def rescore(
-    name: str,
-    versions: list[VersionInfo],
-    splits: pd.DataFrame,
-    mlflow_cfg: MlflowConfig,
-    *,
-    n_bins: int = 15,
-    batch_size: int = 64,
-    workers: int = 2,
-) -> dict[str, dict[str, float]]:
-    """Score versions on the current test split and store the results as their test tags.
-
-    For comparing a challenger with a champion that was evaluated on an older split (new data arrived):
-    both are run over the same images here, so the gate compares like with like. The probabilities come
-    from the pyfunc, temperature included, so the ECE is the calibrated one.
-    """
-    from galmorph.evaluation.metrics import classification_metrics, flat_metrics
-    from galmorph.serving import predict
-
-    digest = test_split_digest(splits)
-    test = splits[splits["split"] == "test"]
-    labels = test["label_id"].to_numpy()
-    results = {}
-    for version in versions:
-        classifier = predict.load_model(predict.ModelRef(version.uri, name, version.version), mlflow_cfg)
-        scored = predict.score_files(classifier, test["image_path"].tolist(), batch_size=batch_size, workers=workers)
-        ok = (scored["error"] == "").to_numpy()
-        if not ok.any():
-            raise UserError(
-                f"rescoring version {version.version}: no test image could be read (first: {scored['error'].iloc[0]})"
-            )
-        probs = scored[[f"p_{c}" for c in classifier.classes]].to_numpy()[ok]
-        flat = flat_metrics("test", classification_metrics(probs, labels[ok], n_bins=n_bins, n_resamples=0))
-        metrics = {F1_KEY: flat["test_macro_f1"], ECE_KEY: flat["test_ece"], "test_accuracy": flat["test_accuracy"]}
-        tags = {k: repr(v) for k, v in metrics.items()}
-        tags.update({SPLIT_KEY: digest, "rescored_at": _now(), "rescored_unreadable": str(int((~ok).sum()))})
-        if version.tags.get(SPLIT_KEY) not in (None, digest):
-            tags["previous_test_split_digest"] = version.tags[SPLIT_KEY]
-        tracking.set_version_tags(name, version.version, tags, cfg=mlflow_cfg)
-        results[version.version] = metrics
-    return results
 
 
 def rollback(name: str, mlflow_cfg: MlflowConfig) -> tuple[VersionInfo, VersionInfo]:
@@ -316,53 +271,21 @@ def rollback(name: str, mlflow_cfg: MlflowConfig) -> tuple[VersionInfo, VersionI
     while history and history[-1] == current.version:
         history.pop()
     while history:
-        target = tracking.model_version(name, history[-1], cfg=mlflow_cfg)
+        target = mlflow_registry.model_version(name, history[-1], cfg=mlflow_cfg)
         if target is not None:
             break
         history.pop()  # that version was deleted from the registry: skip it
     else:
         raise UserError(f"registered model {name!r}: no previous champion to roll back to (history is empty)")
     _set_champion(name, target, history, mlflow_cfg)
-    tracking.set_version_tags(name, current.version, {"rolled_back_at": _now()}, cfg=mlflow_cfg)
-    tracking.set_version_tags(name, target.version, {"restored_at": _now()}, cfg=mlflow_cfg)
+    mlflow_registry.set_version_tags(name, current.version, {"rolled_back_at": now()}, cfg=mlflow_cfg)
+    mlflow_registry.set_version_tags(name, target.version, {"restored_at": now()}, cfg=mlflow_cfg)
     return current, target
 
 
 def list_versions(name: str, mlflow_cfg: MlflowConfig) -> list[VersionInfo]:
     _require_model(name, mlflow_cfg)
-    return tracking.model_versions(name, cfg=mlflow_cfg)
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-
-def decision_table(promotion: Promotion) -> Table:
-    champ = f"champion v{promotion.champion_before.version}" if promotion.champion_before else "champion (none)"
-    table = Table(title=f"{promotion.challenger.name}: challenger v{promotion.challenger.version} vs {champ}")
-    for column in ("metric", "champion", "challenger", "rule", "ok"):
-        table.add_column(column, justify="right" if column in ("champion", "challenger") else "left")
-    marks = {True: "[green]yes[/]", False: "[red]NO[/]", None: ""}
-    for c in promotion.decision.checks:
-        table.add_row(c.metric, c.champion, c.challenger, c.rule, marks[c.passed])
-    return table
-
-
-def versions_table(name: str, versions: list[VersionInfo]) -> Table:
-    table = Table(title=f"registered model {name}")
-    for column in ("version", "aliases", "created (UTC)", *SHOWN_METRICS, "training run", "notes"):
-        table.add_column(column, justify="right" if column in SHOWN_METRICS else "left")
-    for v in versions:
-        created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
-        notes = ", ".join(k for k in ("forced", "rolled_back_at") if k in v.tags)
-        table.add_row(
-            v.version,
-            " ".join(f"@{a}" for a in v.aliases),
-            created,
-            *(_fmt(_number(v.tags, k)) for k in SHOWN_METRICS),
-            (v.run_id or v.tags.get("training_run_id", ""))[:12],
-            notes,
-        )
-    return table
+    return mlflow_registry.model_versions(name, cfg=mlflow_cfg)
 
 
 def promotion_report(promotion: Promotion) -> dict[str, Any]:
@@ -378,41 +301,5 @@ def promotion_report(promotion: Promotion) -> dict[str, Any]:
         "reasons": list(promotion.decision.reasons),
         "warnings": list(promotion.decision.warnings),
         "note": promotion.note,
-        **{k: _number(promotion.challenger.tags, k) for k in SHOWN_METRICS},
+        **{k: number_tag(promotion.challenger.tags, k) for k in SHOWN_METRICS},
     }
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def _rescore_pair(name: str, params: Params) -> None:
-    split_path = Path(params.split.out)
-    if not split_path.is_file():
-        raise UserError(f"{split_path}: splits table not found; --rescore scores both versions on its test rows")
-    pair = [v for v in (version_by_alias(name, a, params.mlflow) for a in (CHAMPION, CHALLENGER)) if v is not None]
-    rescore(name, pair, pd.read_parquet(split_path), params.mlflow, n_bins=params.evaluate.ece_bins)
-
-
-def main(params: Params, args: argparse.Namespace) -> None:
-    """`galmorph promote`, `galmorph models` and `galmorph rollback` (dispatched on the subcommand)."""
-    name = getattr(args, "name", None) or params.mlflow.registered_model
-    console = Console(width=None if sys.stdout.isatty() else 140)  # piped: do not squash the tables
-    if args.command == "models":
-        console.print(versions_table(name, list_versions(name, params.mlflow)))
-    elif args.command == "rollback":
-        before, after = rollback(name, params.mlflow)
-        console.print(
-            f"{name}: @{CHAMPION} moved back from version {before.version} to version {after.version}", markup=False
-        )
-    elif args.command == "promote":
-        if args.rescore:
-            _rescore_pair(name, params)
-        result = promote(name, params.register, params.mlflow, force=args.force, reason=args.reason)
-        console.print(decision_table(result))
-        for warning in result.decision.warnings:
-            console.print(f"warning: {warning}", style="yellow", markup=False)
-        if result.refused:
-            raise UserError(f"{name}: promotion of version {result.challenger.version} {result.note}")
-        console.print(f"{name}: {result.note}", markup=False)
-    else:
-        raise ValueError(f"galmorph.serving.registry has no command {args.command!r}")

@@ -1,0 +1,1 @@
+"""The command layer for everything that is not a DVC stage: argparse handlers, printing, rich tables."""

@@ -1,0 +1,36 @@
+"""`galmorph predict`: classify image files, folders or globs; CSV/JSON/Parquet out, a summary on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from galmorph.config import Params
+from galmorph.errors import UserError
+from galmorph.serving.predict import OUTPUT_SUFFIXES, expand_inputs, score_files, summary, write_predictions
+from galmorph.serving.resolve import load_model, resolve_model
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    if args.out and Path(args.out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"--out {args.out}: expected a .csv, .json or .parquet file")
+    threshold = params.evaluate.abstain_threshold if args.threshold is None else args.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold {threshold}: expected a probability between 0 and 1")
+    paths = expand_inputs(args.paths)
+    ref = resolve_model(args.model, params.mlflow)
+    classifier = load_model(ref, params.mlflow)
+    started = time.perf_counter()
+    df = score_files(
+        classifier, paths, batch_size=args.batch_size, workers=args.workers, tta=args.tta, threshold=threshold
+    )
+    elapsed = time.perf_counter() - started
+    if args.out:
+        write_predictions(df, args.out)
+    else:
+        df.to_csv(sys.stdout, index=False)
+    print(f"{ref.display}: {summary(df, elapsed)}", file=sys.stderr)
+    for path, error in df.loc[df["error"] != "", ["path", "error"]].head(20).itertuples(index=False):
+        print(f"  unreadable: {path}: {error}", file=sys.stderr)

@@ -1,0 +1,20 @@
+"""`galmorph ui`: the MLflow UI on the project's tracking store (what `make ui` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from galmorph.config import Params
+from galmorph.io import check_port
+from galmorph.tracking import store, ui
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    uri = store.tracking_uri(params.mlflow)
+    if ui.is_server(uri):
+        print(f"runs are on the tracking server {uri}: open it in a browser", file=sys.stderr)
+        return
+    check_port(args.host, args.port)
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    ui.serve(params.mlflow, args.host, args.port)

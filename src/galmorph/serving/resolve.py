@@ -1,0 +1,86 @@
+"""Which model answers: a registered alias or version, a logged model, a folder or a model file.
+
+Every surface (predict, web, REST, Spark, evaluate-folder) resolves its --model through here, so a typo
+is the same one clear line everywhere and the provenance people see is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from galmorph.config import MlflowConfig
+from galmorph.errors import UserError
+from galmorph.models.inference import GalaxyClassifier
+from galmorph.serving.promotion import CHAMPION, list_versions, version_by_alias
+from galmorph.tracking import logged_model, registry
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """Which model answers: what people see on the web page and in predictions' provenance."""
+
+    uri: str
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+
+    @property
+    def display(self) -> str:
+        if self.name and self.version:
+            return f"{self.name} v{self.version}" + (f" (@{self.alias})" if self.alias else "")
+        return self.uri
+
+
+def default_model_uri(cfg: MlflowConfig) -> str:
+    return f"models:/{cfg.registered_model}@{CHAMPION}"
+
+
+def resolve_model(spec: str | None, cfg: MlflowConfig) -> ModelRef:
+    """Check a --model value up front (model, alias, version, file) so a typo is one clear line."""
+    uri = spec or default_model_uri(cfg)
+    match = _MODELS_URI.match(uri)
+    if match and not match["name"].startswith("m-"):  # m-<id> is a logged model, not a registered one
+        name, alias, version = match["name"], match["alias"], match["version"]
+        if alias:
+            info = version_by_alias(name, alias, cfg)
+            if info is None:
+                known = registry.registered_model_aliases(name, cfg=cfg) or {}
+                shown = ", ".join(f"@{a}" for a in sorted(known)) or "none"
+                raise UserError(f"--model {uri}: registered model {name!r} has no alias @{alias} (aliases: {shown})")
+            return ModelRef(uri, name, info.version, alias)
+        if version:
+            version_by_alias(name, CHAMPION, cfg)  # UserError when the model is absent
+            if registry.model_version(name, version, cfg=cfg) is None:
+                raise UserError(f"--model {uri}: registered model {name!r} has no version {version}")
+            return ModelRef(uri, name, version)
+        latest = list_versions(name, cfg)
+        return ModelRef(uri, name, latest[0].version if latest else None)
+    if "://" in uri or uri.startswith(("models:/", "runs:/")):
+        return ModelRef(uri)
+    path = Path(uri)
+    if not path.exists():
+        raise UserError(
+            f"--model {uri}: no such file or folder (expected models:/NAME@ALIAS, a .pt or a pyfunc folder)"
+        )
+    return ModelRef(str(path), name=path.name, version="local")
+
+
+def load_model(ref: ModelRef, cfg: MlflowConfig) -> GalaxyClassifier:
+    """The classifier behind a reference: a checkpoint file, or the pyfunc at a URI or folder."""
+    if ref.version == "local" and Path(ref.uri).is_file():
+        classifier = GalaxyClassifier.from_artifacts(ref.uri, device="cpu")
+    else:
+        try:
+            pyfunc = logged_model.load_classifier(ref.uri, cfg=cfg)
+        except UserError:
+            raise
+        except Exception as exc:  # a URI a person typed: say which and why, not a traceback
+            raise UserError(f"--model {ref.uri}: cannot load ({str(exc).splitlines()[0]})") from None
+        classifier = getattr(pyfunc.unwrap_python_model(), "classifier", None)
+        if not isinstance(classifier, GalaxyClassifier):
+            raise UserError(f"--model {ref.uri}: not a galmorph classifier (it was not logged by `galmorph train`)")
+    return classifier

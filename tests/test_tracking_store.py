@@ -1,0 +1,51 @@
+"""galmorph.tracking.store: which store the project logs to, wherever DVC runs the stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from galmorph.config import MlflowConfig
+from galmorph.errors import UserError
+from galmorph.tracking import store
+
+
+def _cfg(tracking_uri: str | None = None, experiment: str = "galmorph-test") -> MlflowConfig:
+    return MlflowConfig(experiment=experiment, tracking_uri=tracking_uri, registered_model="galmorph-test")
+
+
+def test_env_overrides_param(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
+    assert store.tracking_uri(_cfg("sqlite:////elsewhere/mlflow.db")) == "http://mlflow.team:5000"
+
+
+def test_param_then_default_absolute_under_repo(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert store.tracking_uri(_cfg("sqlite:////abs/store.db")) == "sqlite:////abs/store.db"
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    assert store.tracking_uri(_cfg()) == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    # a relative SQLite path is anchored at the repo, not at the (temporary) working folder
+    assert store.tracking_uri(_cfg("sqlite:///team/x.db")) == f"sqlite:///{tmp_path.resolve()}/team/x.db"
+
+
+def test_dvc_exp_temp_folder_resolves_to_the_repo(monkeypatch, tmp_path):
+    """`dvc exp run --temp/--queue` runs in <repo>/.dvc/tmp/exps/<run>: the runs must still land in <repo>."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / ".dvc" / "tmp" / "exps" / "tmpk2x9" / "src"
+    workdir.mkdir(parents=True)
+    (workdir.parent / "dvc.yaml").write_text("stages: {}\n")  # the copy of the repo has its own dvc.yaml
+    monkeypatch.chdir(workdir)
+    assert store.tracking_uri(_cfg()) == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert store.artifact_root(store.tracking_uri(_cfg())) == (tmp_path.resolve() / "mlruns/artifacts").as_uri()
+
+
+@pytest.mark.parametrize("uri", ["./mlruns", "file:///tmp/mlruns", "mlruns"])
+def test_file_store_is_refused(monkeypatch, uri):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError, match="mlflow.tracking_uri.*file store"):
+        store.tracking_uri(_cfg(uri))
+
+
+def test_server_has_no_local_artifact_root():
+    assert store.artifact_root("http://mlflow.team:5000") is None
+    assert store.artifact_root("postgresql://u@h/db") is None
