@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_curve
 
 from galmorph.config import CLASSES
 from galmorph.evaluation.calibration import confidence_bins, validate
@@ -206,8 +208,6 @@ def confusion_table(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str
 
 def roc_curve_table(probs: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """ROC of P(spiral), spiral positive: fpr, tpr, threshold (sklearn's curve, without its inf threshold)."""
-    from sklearn.metrics import roc_curve
-
     probs, labels = validate(probs, labels, "probs")
     fpr, tpr, thr = roc_curve((labels == 0).astype(int), probs[:, 0], drop_intermediate=True)
     thr = np.where(np.isfinite(thr), thr, 1.0)
@@ -295,8 +295,6 @@ def vote_agreement(probs: np.ndarray, p_spiral: np.ndarray, p_elliptical: np.nda
 
 def vote_correlation(probs: np.ndarray, p_spiral: np.ndarray) -> float:
     """Spearman rank correlation of the model's P(spiral) with the vote fraction (NaN without votes)."""
-    from scipy.stats import spearmanr
-
     p = np.asarray(p_spiral, dtype=np.float64)
     ok = np.isfinite(p)
     if ok.sum() < 3 or np.ptp(p[ok]) == 0 or np.ptp(probs[ok, 0]) == 0:

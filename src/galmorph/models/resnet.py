@@ -21,6 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from galmorph.config import CLASSES, ModelConfig, PreprocessConfig, from_dict
 from galmorph.errors import UserError
+from galmorph.io import atomic_path
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -230,8 +231,6 @@ def save_model(
     metrics: Mapping[str, float] | None = None,
 ) -> None:
     """Write models/model.pt: one dict of tensors and plain values, loadable with weights_only=True."""
-    from galmorph.io import atomic_path
-
     bundle = {
         "format": MODEL_FORMAT,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -55,7 +55,7 @@ def spark_session(master: str | None = None, app_name: str = "galmorph-batch") -
 def read_images(spark: Any, source: str, *, path_column: str = "image_path") -> Any:
     """A DataFrame with `path` and `image` (base64 bytes, or a path the executors open) plus a table's
     other columns."""
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
     if Path(source).suffix.lower() in TABLE_SUFFIXES:
         if not Path(source).exists() and "://" not in source:
@@ -94,7 +94,7 @@ def classify(
     cfg: MlflowConfig | None = None,
 ) -> Any:
     """Add p_<class>, label and error columns by the pyfunc (one Python worker per task loads it once)."""
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
     udf = logged_model.spark_udf(
         spark, model_uri, result_type=RESULT_TYPE, params={"tta": tta, "threshold": threshold}, cfg=cfg
@@ -137,7 +137,7 @@ def run_batch(
     scored = classify(spark, images, ref.uri, tta=tta, threshold=threshold, cfg=cfg)
     # Spark's commit protocol: the folder is complete (with _SUCCESS) or the job failed
     scored.write.mode("overwrite" if overwrite else "errorifexists").parquet(out)
-    from pyspark.sql import functions as F
+    from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
     written = spark.read.parquet(out)
     counts = {
