@@ -18,13 +18,13 @@ from PIL import Image
 
 from galmorph.cli import main
 from galmorph.config import DataConfig, Params
+from galmorph.data.fetch import fetch_data
 from galmorph.data.join import build_catalogue
 from galmorph.data.sources import rawdir, synthetic
 from galmorph.data.sources.galaxyzoo import MARKER_NAME, unpack_images
 from galmorph.data.sources.rawdir import read_source
 from galmorph.data.sources.synthetic.population import generate_catalogues
 from galmorph.errors import UserError
-from galmorph.stages.fetch import fetch_data
 
 from .conftest import REPO
 from .test_download import FileServer, closed_port_url, server  # noqa: F401  (server is a fixture)

@@ -1,6 +1,6 @@
 """Stage files: every stage writes to a temporary file beside the target, then renames it, so a killed stage
-never leaves a half-written output that a later stage would trust; and reads an upstream stage's table with
-its columns checked."""
+never leaves a half-written output that a later stage would trust; reads an upstream stage's table with its
+columns checked; hashes files; and checks a server's port before it starts."""
 
 from __future__ import annotations
 

@@ -1,59 +1,13 @@
-"""`galmorph fetch`: make `data.raw_dir` hold the current `data.source` and describe it in source.json.
-
-join reads only source.json and the files it names, so the sources (galaxyzoo, local, manifest, synthetic)
-may differ in everything else. raw_dir is the stage's DVC output, so another source's files are removed from
-it, and source.json is written last: it exists only when the files it names are complete.
-"""
+"""`galmorph fetch`: get the current data.source into data.raw_dir (galmorph.data.fetch) and say what changed."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from galmorph.config import DataConfig, Params
-from galmorph.data.gzcsv import MAPPING_NAME, TABLE2_NAME
-from galmorph.data.sources.galaxyzoo import fetch_galaxyzoo, table2_name
-from galmorph.data.sources.local import describe_local
-from galmorph.data.sources.manifest import describe_manifest
-from galmorph.data.sources.rawdir import (
-    DOWNLOADS_JSON,
-    IMAGES_ROOT,
-    SOURCE_JSON,
-    ZIP_NAME,
-    clean,
-    owner,
-    read_previous,
-    write_source,
-)
-from galmorph.data.sources.synthetic import fetch_synthetic
-
-
-def _owned(cfg: DataConfig) -> set[str]:
-    """The names in raw_dir that belong to the current source."""
-    if cfg.source == "synthetic":
-        return {SOURCE_JSON, TABLE2_NAME, MAPPING_NAME, IMAGES_ROOT}
-    if cfg.source == "galaxyzoo":
-        return {SOURCE_JSON, DOWNLOADS_JSON, table2_name(cfg.galaxyzoo.table2_url), MAPPING_NAME, IMAGES_ROOT, ZIP_NAME}
-    return {SOURCE_JSON}
-
-
-def fetch_data(cfg: DataConfig, *, force: bool = False, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
-    """Make raw_dir hold the current source; returns (the source.json written, the names removed)."""
-    raw = Path(cfg.raw_dir)
-    # local and manifest check their inputs before anything in raw_dir is removed
-    source = describe_local(cfg.local, raw) if cfg.source == "local" else None
-    source = describe_manifest(cfg.manifest, raw) if cfg.source == "manifest" else source
-    previous = read_previous(raw)
-    removed = clean(raw, keep={SOURCE_JSON}) if force or owner(raw) != cfg.source else []
-    (raw / SOURCE_JSON).unlink(missing_ok=True)  # until the new one is written, nothing is described
-    if cfg.source == "synthetic":
-        source = fetch_synthetic(cfg.synthetic, raw, previous, force=force, progress=progress)
-    elif cfg.source == "galaxyzoo":
-        source = fetch_galaxyzoo(cfg.galaxyzoo, raw, progress=progress)
-    removed += clean(raw, keep=_owned(cfg))
-    write_source(raw, source)
-    return source, removed
+from galmorph.config import Params
+from galmorph.data.fetch import fetch_data
+from galmorph.data.sources.rawdir import SOURCE_JSON
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
