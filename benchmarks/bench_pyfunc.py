@@ -1,7 +1,7 @@
 """Benchmark the logged MLflow classifier (galmorph.tracking + galmorph.models.inference) on CPU.
 
 What a user of `mlflow.pyfunc.load_model("models:/galmorph@champion")` gets: the params.yaml model
-(ResNet-50, MLP head) at the params.yaml input size, scoring SDSS-sized JPEGs (424x424) given as paths.
+(ResNet-50, MLP head) at the params.yaml input size, scoring SDSS-sized JPEGs (424x424) given as file: paths.
 Beside it, in the same run, the obvious baselines: the same network in eval mode (decode, EvalPreset,
 forward, softmax) in batches of 64 with NCHW tensors and unfolded BatchNorm, and one image at a time.
 Also: the cost of logging and loading the model, what the provenance tags (git + dvc.lock + DVC
@@ -154,10 +154,10 @@ def main() -> int:
             )
         log_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        model = mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(uri, model_config={"image_root": str(paths[0].parent)})
         load_s = time.perf_counter() - t0
 
-        frame = pd.DataFrame({"image": [str(p) for p in paths]})
+        frame = pd.DataFrame({"image": [f"file:{p}" for p in paths]})  # paths only under the image root
         few = max(1, args.images // 8)  # batch-1 forwards are slow: the per-image baseline scores fewer
         pyfunc_s, batched_s, single_s = [], [], []
         for _ in range(args.rounds):  # interleaved, so load changes hit all alike

@@ -1,10 +1,18 @@
-"""Shared fixtures: tiny data, an isolated MLflow store, and the path of the real Galaxy Zoo folder."""
+"""Shared fixtures: tiny data, an isolated MLflow store, the path of the real Galaxy Zoo folder, and
+processes that are always stopped (`spawn`), with a check at the end that no process outlives the suite."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 
 from galmorph.config import Params, load_params
@@ -28,6 +36,108 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped although GALMORPH_STRICT_SKIPS=1 (CI installed its dependencies): {reason}"
+
+
+#: Set in the environment of the test session, so every process a test starts carries it, even one that left
+#: its process group or was orphaned: what the check at the end of the session looks for.
+SESSION_MARKER = "GALMORPH_TEST_SESSION"
+#: Processes the interpreter itself keeps until it exits (multiprocessing's forkserver and resource tracker).
+INTERPRETER_HELPERS = (
+    "from multiprocessing.forkserver import main",
+    "from multiprocessing.resource_tracker import main",
+)
+LEFTOVER_GRACE_S = 15.0
+
+
+def pytest_configure(config):
+    # .ci/run sets its own, to check again after pytest has gone
+    os.environ.setdefault(SESSION_MARKER, f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    # the dvc commands the tests run start no detached analytics daemon (nor phone home)
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _leftover_processes() -> list[psutil.Process]:
+    """The live processes started by this session's tests (not pytest, not what started pytest, no zombies)."""
+    token, me = os.environ.get(SESSION_MARKER), os.getpid()
+    ours = {me, *(p.pid for p in psutil.Process(me).parents())}
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid in ours or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(SESSION_MARKER) != token:
+                continue
+            cmdline = " ".join(proc.cmdline())
+            if proc.ppid() == me and any(h in cmdline for h in INTERPRETER_HELPERS):
+                continue
+        except psutil.Error:  # gone meanwhile, or another user's
+            continue
+        found.append(proc)
+    return found
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """CI's check that tests clean up: a process a test started that is still alive when the suite ends (after
+    LEFTOVER_GRACE_S for those that are stopping) fails the run, and is stopped here."""
+    if not os.environ.get(SESSION_MARKER):
+        return
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := _leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not left:
+        return
+    lines = []
+    for proc in left:
+        try:
+            lines.append(f"  pid {proc.pid}: {' '.join(proc.cmdline())[:300]}")
+        except psutil.Error:
+            continue
+    _terminate(left)
+    print(
+        f"\n{len(left)} process(es) started by the tests outlived the suite (stopped now; a test must stop what it "
+        "starts, e.g. with the `spawn` fixture):\n" + "\n".join(lines),
+        file=sys.stderr,
+    )
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
+    """`spawn(cmd, **popen_kwargs)` starts a process in its own process group; when the test ends, passed or
+    failed, each one is stopped with everything it started (SIGTERM, then SIGKILL after 20 s)."""
+    started: list[subprocess.Popen] = []
+
+    def start(cmd: Sequence[str], **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(list(cmd), process_group=0, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    from galmorph.tracking.ui import stop_process_group  # here: conftest is imported by every test run
+
+    for proc in reversed(started):
+        try:  # descendants that left the group (a session of their own) are found by the tree
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        stop_process_group(proc, grace_s=20.0)
+        _terminate(descendants)
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            if stream is not None:
+                stream.close()
+
+
+def _terminate(procs: list[psutil.Process], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL for those still alive after `timeout`."""
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -117,7 +116,7 @@ def _run(cmd: Sequence[str]) -> None:
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, artifacts: Path, timeout_s: float = 240.0) -> Iterator[str]:
     """`mlflow server` on a free port with this backend store, artifacts proxied into `artifacts`; yields its
-    URL once /health answers, and stops the server (its whole process group) afterwards."""
+    URL once /health answers, and stops the server and everything it started (its process group) afterwards."""
     port = free_port()
     artifacts.mkdir(parents=True, exist_ok=True)
     log_path = artifacts.parent / f"mlflow-server-{port}.log"
@@ -146,11 +145,6 @@ def mlflow_server(backend_uri: str, artifacts: Path, timeout_s: float = 240.0) -
             time.sleep(0.5)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        from galmorph.tracking.ui import stop_process_group  # imports mlflow: only when a server was started
+
+        stop_process_group(proc, grace_s=30.0)  # the server, then its uvicorn, job runner and huey workers

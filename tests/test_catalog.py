@@ -356,6 +356,33 @@ def test_manifest_duplicate_ids(tmp_path):
     assert by_id.report["duplicates"]["manifest_conflicting_rows"] == 2
 
 
+def test_manifest_same_image_under_two_ids_counts_once(tmp_path):
+    """Different ids, one file (another spelling of its path, a symlink, its absolute path): one image, kept
+    once when the labels agree and dropped when they do not, so it can never be in train and in test."""
+    (tmp_path / "imgs").mkdir()
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / "imgs" / f"{name}.jpg").write_bytes(name.encode())
+    (tmp_path / "imgs" / "link.jpg").symlink_to("a.jpg")
+    rows = [
+        ["imgs/a.jpg", "S", "1"],
+        ["./imgs/a.jpg", "S", "2"],  # the same file: dropped, 1 kept
+        ["imgs/link.jpg", "S", "3"],  # a symlink to it: dropped
+        [str(tmp_path / "imgs" / "a.jpg"), "S", "4"],  # its absolute path: dropped
+        ["imgs/b.jpg", "S", "5"],
+        ["imgs/../imgs/b.jpg", "E", "6"],  # b under another label: neither can be trusted
+        ["imgs/c.jpg", "E", "7"],
+        ["imgs/d.jpg", "E", "8"],
+    ]
+    path = write_csv(tmp_path / "m.csv", ["filename", "label", "gid"], rows)
+    result = read_manifest_catalogue(manifest_source(path, id_column="gid"), root=tmp_path)
+    assert result.joined["galaxy_id"].tolist() == ["1", "7", "8"]
+    assert result.joined["image_path"].tolist() == ["imgs/a.jpg", "imgs/c.jpg", "imgs/d.jpg"]
+    dup = result.report["duplicates"]
+    assert (dup["manifest_same_image_rows"], dup["manifest_same_image_conflicting_rows"]) == (3, 2)
+    assert dup["manifest_same_image_files"] == 2
+    assert result.report["classes"] == {"spiral": 1, "elliptical": 2}
+
+
 def test_header_with_bom_spaces_and_repeated_extra_columns(tmp_path):
     path = write_csv(tmp_path / "t2.csv", [f" {c} " for c in HEADER] + ["note", "note"], [[*row(1), "a", "b"]])
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # Excel's UTF-8 BOM

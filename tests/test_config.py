@@ -3,8 +3,9 @@ import dataclasses
 import pytest
 import yaml
 
+from galmorph import cli
 from galmorph.cli import main, resolve_params
-from galmorph.config import load_params
+from galmorph.config import DEFAULTS_WITHOUT_PARAMS_FILE, load_params
 from galmorph.errors import UserError
 
 from .conftest import REPO
@@ -50,3 +51,68 @@ def test_set_overrides_and_rejects_unknown():
     assert p.train.epochs == 3 and p.split.seed == 7
     with pytest.raises(UserError, match="no such parameter"):
         resolve_params(str(REPO / "params.yaml"), ["train.epoch=3"])
+
+
+def _params_with(tmp_path, old: str, new: str):
+    text = (REPO / "params.yaml").read_text()
+    assert old in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_a_command_validates_only_what_it_reads(tmp_path):
+    """After a failed `dvc exp run -S train.lr=abc` params.yaml holds the bad value: the commands that do not read
+    train.lr still run, those that do fail on it, and the rest of the section stays readable."""
+    path = _params_with(tmp_path, "\n  lr: 0.001", "\n  lr: abc")
+    p = load_params(path, required=("mlflow", "evaluate.abstain_threshold"))
+    assert p.mlflow.registered_model and p.evaluate.abstain_threshold == 0.7
+    assert p.train.epochs == 20  # the valid keys of train read as usual
+    with pytest.raises(UserError, match="train.lr: expected a number, got 'abc'"):
+        _ = p.train.lr
+    with pytest.raises(UserError, match="train.lr: expected a number"):
+        load_params(path)  # everything, as before
+    with pytest.raises(UserError, match="train.lr: expected a number"):
+        load_params(path, required=("train",))
+    with pytest.raises(UserError, match="train.lr: expected a number"):
+        load_params(path, required=("train.lr",))
+    assert load_params(path, required=("train.epochs",)).train.epochs == 20
+    with pytest.raises(UserError, match="train.lr"):  # the pipeline's own stage still refuses it
+        resolve_params(str(path), [], cli.SECTIONS["train"])
+    assert resolve_params(str(REPO / "params.yaml"), ["train.lr=abc"], cli.SECTIONS["predict"]).mlflow
+
+
+def test_a_missing_key_in_a_section_not_read_names_the_likely_typo(tmp_path):
+    path = _params_with(tmp_path, "  abstain_threshold:", "  abstain_treshold:")
+    p = load_params(path, required=("mlflow",))
+    with pytest.raises(UserError, match=r"evaluate: missing key abstain_threshold \(abstain_treshold: a typo"):
+        _ = p.evaluate.abstain_threshold
+    with pytest.raises(UserError, match=r"abstain_treshold \(did you mean abstain_threshold\?\)"):
+        load_params(path)
+
+
+def test_every_stage_validates_what_dvc_yaml_lists_for_it():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        command = stage["cmd"].split()[1]
+        for entry in stage.get("params", []):
+            section = entry.split(".")[0] if isinstance(entry, str) else None
+            assert section in cli.SECTIONS[command], f"dvc.yaml {name}: {entry} not in cli.SECTIONS[{command!r}]"
+    assert set(cli.SECTIONS) == set(cli.COMMANDS)
+
+
+def test_defaults_without_a_params_file_are_params_yaml_values(params):
+    for section, values in DEFAULTS_WITHOUT_PARAMS_FILE.items():
+        for key, value in values.items():
+            assert getattr(getattr(params, section), key) == value, f"{section}.{key}"
+
+
+def test_set_typo_gets_a_did_you_mean():
+    with pytest.raises(
+        UserError, match=r"--set train.lrr: no such parameter in params.yaml \(did you mean train.lr\?\)"
+    ):
+        resolve_params(str(REPO / "params.yaml"), ["train.lrr=0.1"])
+    with pytest.raises(UserError, match=r"--set trian.lr: .*\(did you mean train.lr\?\)"):
+        resolve_params(str(REPO / "params.yaml"), ["trian.lr=0.1"])
+    with pytest.raises(UserError, match=r"--set train.zzzz: no such parameter in params.yaml$"):
+        resolve_params(str(REPO / "params.yaml"), ["train.zzzz=1"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import re
 import socket
@@ -14,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from galmorph.data.sources.download import download, get_json, part_path
+from galmorph.data.sources.download import download, get_json, part_path, part_record_path
 from galmorph.errors import UserError
 
 FAST = {"retries": 3, "timeout_s": 5.0, "backoff_s": 0.001, "progress": False}
@@ -49,6 +50,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         start = 0
         ranged = self.headers.get("Range")
+        validators = {srv.headers.get(path, {}).get(k) for k in ("ETag", "Last-Modified")} - {None}
+        if_range = self.headers.get("If-Range")
+        if if_range is not None and if_range not in validators and path not in srv.ignore_if_range:
+            ranged = None  # RFC 9110: the representation changed, so the whole of it with a 200
         if ranged and path not in srv.no_range:
             start = int(re.fullmatch(r"bytes=(\d+)-", ranged)[1])
             if start >= len(body):
@@ -73,13 +78,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 class FileServer:
     """Serves `files` (path with query -> bytes). Per path: `fail` statuses to answer first, `drops` byte
-    counts after which successive answers break off, `no_range` to ignore Range, extra `headers`."""
+    counts after which successive answers break off, `no_range` to ignore Range, extra `headers` (an `ETag` or
+    `Last-Modified` there is what If-Range is compared with), `ignore_if_range` to resume regardless."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.fail: dict[str, list[int]] = {}
         self.drops: dict[str, list[int]] = {}
         self.no_range: set[str] = set()
+        self.ignore_if_range: set[str] = set()
         self.headers: dict[str, dict[str, str]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.lock = threading.Lock()
@@ -139,13 +146,73 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path, blob):
     assert dest.read_bytes() == blob
 
 
+def interrupted(server, path: str, dest, at: int) -> None:
+    """Leave what a killed run leaves: the first `at` bytes of `path` in `dest`'s .part, and its record."""
+    server.drops[path] = [at]
+    with pytest.raises(UserError, match="download failed"):
+        download(server.url(path), dest, **{**FAST, "retries": 0})
+    assert part_path(dest).stat().st_size == at and part_record_path(dest).is_file()
+
+
 def test_a_part_left_by_a_killed_run_is_resumed(server, tmp_path, blob):
     server.files["/f.bin"] = blob
+    server.headers["/f.bin"] = {"ETag": '"v1"'}
     dest = tmp_path / "f.bin"
-    part_path(dest).write_bytes(blob[:1234])
+    interrupted(server, "/f.bin", dest, 1234)
+    assert json.loads(part_record_path(dest).read_text()) == {
+        "url": server.url("/f.bin"),
+        "etag": '"v1"',
+        "last_modified": None,
+        "bytes": len(blob),
+    }
     assert download(server.url("/f.bin"), dest, md5=md5(blob), **FAST) == md5(blob)
-    (only,) = server.requests_for("/f.bin")
-    assert only["Range"] == "bytes=1234-" and dest.read_bytes() == blob
+    resumed = server.requests_for("/f.bin")[-1]
+    assert resumed["Range"] == "bytes=1234-" and resumed["If-Range"] == '"v1"'
+    assert dest.read_bytes() == blob and not part_record_path(dest).exists()
+
+
+def test_a_part_of_another_url_is_not_resumed(server, tmp_path, blob):
+    """A .part is a prefix of the URL it came from only: a changed URL (new params.yaml) starts from zero."""
+    server.files["/old.bin"], server.files["/new.bin"] = blob[::-1], blob
+    dest = tmp_path / "f.bin"
+    interrupted(server, "/old.bin", dest, 1000)
+    assert download(server.url("/new.bin"), dest, **FAST) == md5(blob)  # no checksum to catch a splice
+    assert dest.read_bytes() == blob
+    assert [h.get("Range") for h in server.requests_for("/new.bin")] == [None]
+
+
+def test_a_part_without_its_record_is_not_resumed(server, tmp_path, blob):
+    server.files["/f.bin"] = blob
+    dest = tmp_path / "f.bin"
+    part_path(dest).write_bytes(b"nobody knows where these came from")
+    assert download(server.url("/f.bin"), dest, **FAST) == md5(blob) and dest.read_bytes() == blob
+    assert [h.get("Range") for h in server.requests_for("/f.bin")] == [None]
+
+
+@pytest.mark.parametrize("validator", ["ETag", "Last-Modified"])
+@pytest.mark.parametrize("honours_if_range", [True, False])
+def test_a_file_changed_on_the_server_is_downloaded_again(server, tmp_path, blob, validator, honours_if_range):
+    """The remote file changed between the interrupted run and the resume: its new bytes must not be spliced
+    onto the old prefix. A server that honours If-Range answers 200 with the whole file; one that ignores it
+    sends a 206 whose ETag (or size) gives the change away, and the download starts again."""
+    old, new = blob[::-1], blob if validator == "ETag" else blob + b"longer"
+    values = {
+        "ETag": ('"v1"', '"v2"'),
+        "Last-Modified": ("Mon, 01 Jan 2024 00:00:00 GMT", "Tue, 02 Jan 2024 00:00:00 GMT"),
+    }
+    server.files["/f.bin"] = old
+    server.headers["/f.bin"] = {validator: values[validator][0]}
+    dest = tmp_path / "f.bin"
+    interrupted(server, "/f.bin", dest, 1000)
+    server.files["/f.bin"] = new
+    server.headers["/f.bin"] = {validator: values[validator][1]}
+    if not honours_if_range:
+        server.ignore_if_range.add("/f.bin")
+    assert download(server.url("/f.bin"), dest, **FAST) == md5(new)
+    assert dest.read_bytes() == new
+    first, *rest = server.requests_for("/f.bin")[1:]
+    assert first["Range"] == "bytes=1000-" and first["If-Range"] == values[validator][0]
+    assert [h.get("Range") for h in rest] == ([] if honours_if_range else [None])
 
 
 def test_server_without_range_support_restarts_cleanly(server, tmp_path, blob):
@@ -163,6 +230,7 @@ def test_part_longer_than_the_file_starts_over(server, tmp_path, blob):
     server.files["/f.bin"] = blob
     dest = tmp_path / "f.bin"
     part_path(dest).write_bytes(b"x" * (len(blob) + 10))
+    part_record_path(dest).write_text(json.dumps({"url": server.url("/f.bin")}))
     assert download(server.url("/f.bin"), dest, md5=md5(blob), **FAST) == md5(blob)
     assert [h.get("Range") for h in server.requests_for("/f.bin")] == [f"bytes={len(blob) + 10}-", None]
 

@@ -115,6 +115,7 @@ def test_galaxyzoo_end_to_end_then_rerun_makes_no_request(params, zoo, tmp_path)
     }
     assert sorted(p.name for p in raw.iterdir()) == [
         ".downloads.json",
+        ".owned.json",
         "GalaxyZoo1_DR_table2.csv.gz",
         "gz2_filename_mapping.csv",
         "images_gz2",
@@ -247,7 +248,7 @@ def test_local_points_at_the_files_and_copies_nothing(params, tmp_path, table2_n
     folder = official_files(tmp_path / "gz", table2_name)
     raw = tmp_path / "raw"
     source, _ = fetch_data(local_config(params, folder, raw), progress=False)
-    assert [p.name for p in raw.iterdir()] == ["source.json"]
+    assert sorted(p.name for p in raw.iterdir()) == [".owned.json", "source.json"]
     assert source["table2"] == str(folder / table2_name)
     assert source["images_dir"] == str(folder / "images_gz2" / "images")
     assert source["md5"]["mapping"] == md5((folder / "gz2_filename_mapping.csv").read_bytes())
@@ -341,21 +342,84 @@ def test_manifest_errors_name_the_problem(params, tmp_path, changes, message):
         fetch_data(manifest_config(params, tmp_path / "raw", path=str(csv), **changes), progress=False)
 
 
-def test_switching_source_removes_the_other_sources_files_only(params, tmp_path):
+@pytest.mark.parametrize("previous", ["synthetic", "galaxyzoo"])
+def test_switching_source_removes_the_other_sources_files_only(params, tmp_path, previous):
+    """raw_dir as a fetch of `previous` left it before the ownership record existed: its source.json shows
+    what that fetch wrote (a galaxyzoo fetch writes the zip, a synthetic one does not)."""
     raw = tmp_path / "raw"
-    official = official_files(raw)  # as a synthetic or galaxyzoo fetch leaves raw_dir
-    (raw / "source.json").write_text(json.dumps({"source": "synthetic"}))
+    official = official_files(raw)
+    (raw / "source.json").write_text(json.dumps({"source": previous}))
     (raw / "images_gz2.zip.part").write_bytes(b"partial")
     (raw / "notes.txt").write_text("the user's own file: not fetch's to remove")
     csv = tiny_manifest(tmp_path / "m")
     _, removed = fetch_data(manifest_config(params, raw, path=str(csv)), progress=False)
-    assert removed == [
+    zip_part = ["images_gz2.zip.part"] if previous == "galaxyzoo" else []
+    assert removed == ["GalaxyZoo1_DR_table2.csv", "gz2_filename_mapping.csv", "images_gz2", *zip_part]
+    kept = [".owned.json", *({"images_gz2.zip.part"} - set(zip_part)), "notes.txt", "source.json"]
+    assert sorted(p.name for p in official.iterdir()) == kept
+    assert json.loads((raw / ".owned.json").read_text())["names"] == ["source.json"]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def synthetic_config(params: Params, raw: Path) -> DataConfig:
+    small = dataclasses.replace(params.data.synthetic, n_galaxies=12, image_size=64)
+    return dataclasses.replace(params.data, source="synthetic", raw_dir=str(raw), synthetic=small)
+
+
+def test_fetch_never_replaces_files_it_did_not_write(params, tmp_path):
+    """data.raw_dir pointed at a user's own download (the official files, no source.json): fetch stops with
+    one line naming the folder and the files, and deletes nothing; --force takes them over."""
+    raw = official_files(tmp_path / "mine")
+    (raw / "images_gz2.zip.part").write_bytes(b"the user's browser download")
+    before = tree(raw)
+    with pytest.raises(UserError) as err:
+        fetch_data(synthetic_config(params, raw), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{raw}: holds GalaxyZoo1_DR_table2.csv, ")
+    assert "gz2_filename_mapping.csv, images_gz2, which fetch did not write" in message and "--force" in message
+    assert tree(raw) == before
+    # a source that writes none of those names leaves them alone, and does not claim them
+    csv = tiny_manifest(tmp_path / "m")
+    fetch_data(manifest_config(params, raw, path=str(csv)), progress=False)
+    assert {k: v for k, v in tree(raw).items() if k not in ("source.json", ".owned.json")} == before
+    assert json.loads((raw / ".owned.json").read_text())["names"] == ["source.json"]
+    with pytest.raises(UserError, match="holds GalaxyZoo1_DR_table2.csv"):
+        fetch_data(synthetic_config(params, raw), progress=False)
+
+    source, removed = fetch_data(synthetic_config(params, raw), force=True, progress=False)
+    assert source["source"] == "synthetic" and removed == [
         "GalaxyZoo1_DR_table2.csv",
         "gz2_filename_mapping.csv",
         "images_gz2",
-        "images_gz2.zip.part",
     ]
-    assert sorted(p.name for p in official.iterdir()) == ["notes.txt", "source.json"]
+    assert (raw / "images_gz2.zip.part").read_bytes() == b"the user's browser download"  # not synthetic's name
+    owned = json.loads((raw / ".owned.json").read_text())["names"]
+    assert owned == ["GalaxyZoo1_DR_table2.csv", "gz2_filename_mapping.csv", "images_gz2", "source.json"]
+
+
+def test_ownership_is_per_file(params, zoo, tmp_path):
+    """After a synthetic fetch, a file the user adds under one of fetch's names is still theirs."""
+    raw = tmp_path / "raw"
+    fetch_data(synthetic_config(params, raw), progress=False)
+    (raw / "images_gz2.zip").write_bytes(b"the user's copy")
+    with pytest.raises(UserError, match=rf"^{raw}: holds images_gz2.zip, which fetch did not write"):
+        fetch_data(zoo_config(params, zoo, raw), progress=False)
+    assert (raw / "images_gz2.zip").read_bytes() == b"the user's copy" and zoo.requests == []
+    assert read_source(raw)["source"] == "synthetic"  # the refusal came before anything was touched
+
+
+def test_a_killed_fetch_leaves_its_files_claimed(params, zoo, tmp_path):
+    """The record is written before anything else, so what an interrupted run left is fetch's to resume."""
+    raw = tmp_path / "raw"
+    zoo.drops[ZIP] = [1000]
+    with pytest.raises(UserError, match="images_gz2.zip"):
+        fetch_data(zoo_config(params, zoo, raw, retries=0), progress=False)
+    assert "images_gz2.zip" in json.loads((raw / ".owned.json").read_text())["names"]
+    source, _ = fetch_data(zoo_config(params, zoo, raw), progress=False)
+    assert source["source"] == "galaxyzoo" and zoo.requests_for(ZIP)[-1]["Range"] == "bytes=1000-"
 
 
 def test_a_failed_check_leaves_the_previous_fetch_alone(params, tmp_path):
@@ -430,6 +494,15 @@ def test_cli_bad_source_dir_is_one_line_and_exit_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("galmorph fetch: error: ") and "nowhere: data.local.dir is not a folder" in err
+
+
+def test_cli_refuses_a_users_folder_in_one_line(tmp_path, capsys):
+    raw = official_files(tmp_path / "mine")
+    rc = run_cli("data.source=synthetic", f"data.raw_dir={raw}")
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"galmorph fetch: error: {raw}: holds GalaxyZoo1_DR_table2.csv")
+    assert (raw / "gz2_filename_mapping.csv").is_file() and not (raw / "source.json").exists()
 
 
 def test_cli_manifest(tmp_path, capsys):

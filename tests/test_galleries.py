@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
 from galmorph.config import PreprocessConfig
@@ -88,3 +89,27 @@ def test_render_gallery_writes_a_png_and_marks_unreadable_images(tmp_path):
     with_heat = tmp_path / "heat.png"
     spec = GallerySpec("z", "heat", np.array([0, 1]))
     assert render_gallery(cat, probs, spec, with_heat, PRE, overlays=overlays) == 2
+
+
+@pytest.mark.parametrize("gid", ["g$x$^", "$$", "a$\\frac{1}{0$", "$_{$"])
+def test_dollar_signs_in_ids_and_file_names_are_shown_as_text(tmp_path, gid):
+    """A `$` pair in an id or a file name is not matplotlib math text: the gallery renders, the caption
+    reads as written."""
+    folder = tmp_path / "sub$dir$"
+    folder.mkdir()
+    path = folder / f"{gid.replace('/', '_')}$.png"
+    Image.new("RGB", (40, 40), (90, 90, 90)).save(path)
+    cat = pd.DataFrame(
+        [
+            {"galaxy_id": gid, "image_path": str(path), "label": "spiral", "label_id": 0, "p_spiral": 0.9},
+            {"galaxy_id": f"{gid}2", "image_path": str(folder / "gone$.png"), "label": "sp$ir$al", "label_id": -1},
+        ]
+    )
+    out = tmp_path / "gallery.png"
+    assert render_gallery(cat, np.tile([0.7, 0.3], (2, 1)), GallerySpec("d", "ti$tle$^", np.arange(2)), out, PRE) == 2
+    assert Image.open(out).size[0] > 100
+    fig = gallery_figure([None], [caption(cat.iloc[0], np.array([0.7, 0.3]))], f"{gid} title")
+    fig.canvas.draw()
+    texts = [t.get_text() for t in fig.findobj(Text)]
+    assert caption(cat.iloc[0], np.array([0.7, 0.3])) in texts
+    plt.close(fig)

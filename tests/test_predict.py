@@ -4,6 +4,7 @@ same numbers as the logged pyfunc."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,10 +98,11 @@ def test_equals_the_logged_pyfunc_batching_and_workers_aside(classifier, store, 
     other = predict.score_files(classifier, paths, batch_size=64, workers=2, progress=False)
     np.testing.assert_allclose(ours["p_spiral"], other["p_spiral"], atol=1e-6)
     pyfunc = logged_model.load_classifier("models:/galmorph@champion", cfg=store)
-    expected = pyfunc.predict(pd.DataFrame({"image": paths}))
+    raw = [Path(p).read_bytes() for p in paths]  # a served model reads no server path unless it has an image root
+    expected = pyfunc.predict(pd.DataFrame({"image": raw}))
     np.testing.assert_allclose(ours["p_spiral"], expected["p_spiral"], atol=1e-4)
     tta = predict.score_files(classifier, paths, tta=True, progress=False)
-    expected_tta = pyfunc.predict(pd.DataFrame({"image": paths}), params={"tta": True})
+    expected_tta = pyfunc.predict(pd.DataFrame({"image": raw}), params={"tta": True})
     np.testing.assert_allclose(tta["p_spiral"], expected_tta["p_spiral"], atol=1e-4)
     assert not np.allclose(tta["p_spiral"], ours["p_spiral"], atol=1e-6)
 
@@ -173,3 +175,50 @@ def test_cli_empty_folder(store, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli(str(tmp_path / "empty")) == 1
     assert "folder has no JPEG or PNG images" in capsys.readouterr().err
+
+
+def test_cli_exits_non_zero_when_nothing_could_be_scored(store, tmp_path, capsys):
+    bad = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    bad[0].write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    bad[1].write_bytes(b"%PDF-1.4 a pdf named .png")
+    out = tmp_path / "out.csv"
+    assert run_cli(*map(str, bad), "--out", str(out)) == 1
+    assert len(pd.read_csv(out)) == 2  # the rows and their errors are still written
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("galmorph predict: error: none of the 2 file(s) could be scored (first: ")
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "models" / "model.pt"
+    path.parent.mkdir()
+    resnet.save_model(path, tiny_network(), TINY_MODEL, TINY_PREPROCESS, temperature=1.5)
+    return path
+
+
+def test_predict_with_a_model_file_needs_no_params_yaml(model_file, images, tmp_path, monkeypatch, capsys):
+    """Outside the repository there is no params.yaml: the model file carries its preprocessing, the threshold
+    is the default one."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    assert cli.main(["predict", "--model", str(model_file), str(images / "a.jpg"), "--workers", "0"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "path,p_spiral,p_elliptical,label,error"
+    # the registry needs params.yaml's mlflow section; an explicit --params must exist
+    assert cli.main(["predict", str(images / "a.jpg")]) == 1
+    assert "params.yaml: params file not found" in capsys.readouterr().err
+    assert cli.main(["--params", "p.yaml", "predict", "--model", str(model_file), str(images / "a.jpg")]) == 1
+    assert "p.yaml: params file not found" in capsys.readouterr().err
+
+
+def test_predict_ignores_sections_it_does_not_read(model_file, images, tmp_path, capsys):
+    """After a failed `dvc exp run -S train.lr=abc`, params.yaml holds the bad value: predict still runs."""
+    text = (REPO / "params.yaml").read_text()
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(text.replace("\n  lr: 0.001", "\n  lr: abc", 1))
+    argv = ["--params", str(params_file), "predict", "--model", str(model_file), str(images / "a.jpg")]
+    assert cli.main([*argv, "--workers", "0"]) == 0
+    assert cli.main(["--params", str(REPO / "params.yaml"), "-S", "train.lr=abc", *argv[2:], "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--params", str(params_file), "train"]) == 1  # the stage that reads it refuses it
+    assert "train.lr: expected a number, got 'abc'" in capsys.readouterr().err

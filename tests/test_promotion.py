@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +19,7 @@ from galmorph.stages import register as register_stage
 from galmorph.tracking import registry as mlflow_registry
 from galmorph.tracking import runs
 from tests.conftest import REPO
+from tests.registry_race import racing_register_stage
 from tests.serving_utils import register_tiny, store_cfg
 
 GATE = RegisterConfig(promote_margin=0.01, max_ece=0.1, report="unused.json")
@@ -245,3 +248,142 @@ def test_promote_rescore_compares_on_the_current_test_split(tiny_model, cfg, tmp
     assert v1.tags["previous_test_split_digest"] == "old-split" and "rescored_at" in v2.tags
     assert float(v1.tags["test_macro_f1"]) == float(v2.tags["test_macro_f1"])  # the same weights
     assert promotion.version_by_alias(cfg.registered_model, "champion", cfg).version == "2"
+
+
+# ------------------------------------------------------------------- concurrency and rollback semantics
+
+
+def stage_params(params, cfg, folder, *, model_uri, f1=0.9, run_id=None):
+    """params for the register stage reading and writing its files under `folder` (its own report)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.json").write_text(json.dumps({"mlflow_run_id": run_id, "model_uri": model_uri}))
+    (folder / "eval.json").write_text(json.dumps({"test_macro_f1": f1, "test_ece_calibrated": 0.04}))
+    splits = folder / "splits.parquet"
+    pd.DataFrame({"galaxy_id": ["a", "b"], "label": ["spiral", "elliptical"], "split": ["test", "test"]}).to_parquet(
+        splits
+    )
+    return dataclasses.replace(
+        params,
+        train=dataclasses.replace(params.train, metrics=str(folder / "train.json")),
+        evaluate=dataclasses.replace(params.evaluate, metrics=str(folder / "eval.json")),
+        split=dataclasses.replace(params.split, out=str(splits)),
+        register=dataclasses.replace(params.register, report=str(folder / "register.json")),
+        mlflow=cfg,
+    )
+
+
+def test_two_register_stages_racing_promote_and_report_their_own_versions(tiny_model, cfg, params, tmp_path):
+    """Two register stages (two `dvc exp run`s) register at the same time, then both promote: each gates and
+    reports the version it registered, and no champion is lost from the history rollback walks."""
+    name = cfg.registered_model
+    both = [stage_params(params, cfg, tmp_path / f"exp{i}", model_uri=tiny_model.source) for i in (1, 2)]
+    digest = promotion.test_split_digest(pd.read_parquet(both[0].split.out))
+    v1 = register_tiny(tiny_model, cfg, f1=0.9, ece=0.04, split=digest)
+    assert promotion.promote(name, GATE, cfg).promoted
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=racing_register_stage, args=(p, barrier, results)) for p in both]
+    for proc in procs:
+        proc.start()
+    try:
+        registered = dict(results.get(timeout=300) for _ in procs)
+        for proc in procs:
+            proc.join(timeout=300)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+
+    assert sorted(registered.values()) == ["2", "3"]
+    for report_path, version in registered.items():
+        report = json.loads(Path(report_path).read_text())
+        assert report["version"] == int(version), report  # its own version, not the other process's
+        assert report["promoted"], report
+    history = promotion.champion_history(name, cfg)
+    assert history[0] == v1.version and sorted(history[1:]) == ["2", "3"]  # no promotion lost
+    assert promotion.version_by_alias(name, "champion", cfg).version == history[-1]
+    assert promotion.rollback(name, cfg)[1].version == history[-2]
+    assert promotion.rollback(name, cfg)[1].version == v1.version
+
+
+def test_champion_moved_meanwhile_is_gated_against(tiny_model, cfg, monkeypatch):
+    """@champion is read again right before it moves: a champion set meanwhile (another machine, the UI) is
+    what the challenger is compared with, so a better champion is never replaced by a worse one."""
+    name = cfg.registered_model
+    register_tiny(tiny_model, cfg, f1=0.80)
+    promotion.promote(name, GATE, cfg)
+    strong = register_tiny(tiny_model, cfg, f1=0.99)
+    register_tiny(tiny_model, cfg, f1=0.85)  # @challenger
+    real_gate, calls = promotion.gate, []
+
+    def gate_while_someone_promotes(*args, **kwargs):
+        if not calls:  # between reading @champion and moving it, someone else moves it
+            mlflow_registry.set_alias(name, "champion", strong.version, cfg=cfg)
+        calls.append(args)
+        return real_gate(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "gate", gate_while_someone_promotes)
+    result = promotion.promote(name, GATE, cfg)  # @challenger: weak
+    assert result.refused and result.champion_before.version == strong.version
+    assert promotion.version_by_alias(name, "champion", cfg).version == strong.version
+
+
+def test_a_rolled_back_version_is_not_promoted_again_without_force(tiny_model, cfg, capsys):
+    name = cfg.registered_model
+    v1 = register_tiny(tiny_model, cfg, f1=0.9)
+    promotion.promote(name, GATE, cfg)
+    v2 = register_tiny(tiny_model, cfg, f1=0.9)
+    assert promotion.promote(name, GATE, cfg).promoted
+    promotion.rollback(name, cfg)
+    assert promotion.version_by_alias(name, "challenger", cfg).version == v2.version  # still there to inspect
+
+    again = promotion.promote(name, GATE, cfg)
+    assert again.refused and "rolled back" in again.note
+    assert promotion.version_by_alias(name, "champion", cfg).version == v1.version
+    capsys.readouterr()
+    assert run_cli("promote") == 3
+    assert "rolled back" in capsys.readouterr().err
+    assert run_cli("promote", "--force") == 1  # --force needs --reason
+    assert "--reason" in capsys.readouterr().err
+    assert run_cli("promote", "--force", "--reason", "the data bug is fixed") == 0
+    assert promotion.version_by_alias(name, "champion", cfg).version == v2.version
+    assert mlflow_registry.model_version(name, v2.version, cfg=cfg).tags["forced"] == "true"
+    assert promotion.rollback(name, cfg)[1].version == v1.version  # and it can be rolled back again
+
+
+def test_rollback_when_the_champions_version_was_deleted(tiny_model, cfg, capsys):
+    import mlflow
+
+    name = cfg.registered_model
+    versions = []
+    for _ in range(3):
+        versions.append(register_tiny(tiny_model, cfg, f1=0.9).version)
+        assert promotion.promote(name, GATE, cfg).promoted
+    mlflow.MlflowClient(tracking_uri=cfg.tracking_uri).delete_model_version(name, versions[-1])
+    assert promotion.version_by_alias(name, "champion", cfg) is None  # the alias went with the version
+
+    capsys.readouterr()
+    assert run_cli("rollback") == 0
+    assert f"version {versions[1]}" in capsys.readouterr().out
+    assert promotion.version_by_alias(name, "champion", cfg).version == versions[1]
+    before, after = promotion.rollback(name, cfg)
+    assert (before.version, after.version) == (versions[1], versions[0])
+
+
+def test_a_held_registry_lock_is_waited_for_then_named(tiny_model, cfg, monkeypatch, capsys):
+    from filelock import FileLock
+
+    register_tiny(tiny_model, cfg, f1=0.9)
+    path = mlflow_registry.lock_path(cfg)
+    assert path.parent == mlflow_registry.store.sqlite_path(cfg.tracking_uri).parent  # beside mlflow.db
+    monkeypatch.setattr(mlflow_registry, "LOCK_TIMEOUT_S", 0.2)
+    with FileLock(path):  # another process's register/promote/rollback, as far as this one can tell
+        capsys.readouterr()
+        assert run_cli("promote") == 1
+        err = capsys.readouterr().err
+        assert "registry lock" in err and str(path) in err and len(err.strip().splitlines()) == 1
+        assert promotion.version_by_alias(cfg.registered_model, "champion", cfg) is None
+    assert run_cli("promote") == 0

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from galmorph import cli
 from galmorph.errors import UserError
 from galmorph.serving import predict
 from galmorph.serving.resolve import load_model, resolve_model
+from tests.conftest import REPO
 from tests.serving_utils import champion_store, write_images
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -40,6 +45,28 @@ def spark():
     session = spark_session("local[2]")
     yield session
     session.stop()
+    _stop_gateway()
+
+
+def _stop_gateway() -> None:
+    """session.stop() keeps the JVM that pyspark started until Python exits: stop it too (the suite's check
+    that no process outlives it, tests/conftest.py)."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    proc = getattr(gateway, "proc", None)
+    if proc is not None:
+        proc.stdin.close()  # the JVM exits when its stdin closes
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +80,7 @@ def test_folder_equals_galmorph_predict(spark, store, survey, expected, tmp_path
     from galmorph.serving.spark import run_batch
 
     out = tmp_path / "scores.parquet"
-    _ref, counts = run_batch(str(survey), str(out), None, store, master="local[2]", threshold=0.7, partitions=4)
+    counts = run_batch(str(survey), str(out), None, store, master="local[2]", threshold=0.7, partitions=4).counts
     got = pd.read_parquet(out).set_index("path").sort_index()
     assert list(got.columns) == ["p_spiral", "p_elliptical", "label", "error"]
     assert (got["error"] != "").sum() == 1, got["error"].iloc[0]
@@ -82,3 +109,67 @@ def test_table_of_paths_keeps_its_columns(spark, store, survey, expected, tmp_pa
         run_batch(str(table), str(tmp_path / "x.parquet"), None, store, master="local[2]", path_column="filename")
     with pytest.raises(UserError, match="has no alias @nope"):
         run_batch(str(table), str(tmp_path / "y.parquet"), "models:/galmorph@nope", store, master="local[2]")
+
+
+def test_an_ordinary_catalogue_keeps_its_columns_and_paths_start_at_its_folder(
+    spark, store, survey, expected, tmp_path, monkeypatch, capsys
+):
+    """A labelled CSV (label, path, error columns of its own) with paths relative to its folder, run from
+    elsewhere: every input column is kept as it was, the outputs that share a name get `pred_` in front."""
+    sample = expected.index[:20].tolist()
+    catalogue = survey / "labels.csv"  # beside the images: paths relative to it, as evaluate-folder reads them
+    rel = [str(Path(p).relative_to(survey)) for p in sample]
+    pd.DataFrame({"filename": rel, "label": ["spiral"] * 20, "Path": ["theirs"] * 20, "error": ["x"] * 20}).to_csv(
+        catalogue, index=False
+    )
+    monkeypatch.chdir(tmp_path)  # somewhere the relative paths do not resolve
+    out = tmp_path / "scores.parquet"
+    argv = ["--params", str(REPO / "params.yaml"), "-S", "mlflow.tracking_uri=null", "batch", str(catalogue)]
+    assert cli.main([*argv, str(out), "--path-column", "filename", "--master", "local[2]", "--threshold", "0.7"]) == 0
+    assert "label -> pred_label" in capsys.readouterr().err
+    got = pd.read_parquet(out)
+    assert list(got.columns) == [
+        "filename", "label", "Path", "error", "pred_path", "p_spiral", "p_elliptical",
+        "pred_label", "pred_error",
+    ]  # fmt: skip
+    assert (got["label"] == "spiral").all() and (got["error"] == "x").all() and (got["Path"] == "theirs").all()
+    assert (got["pred_error"] == "").all(), got["pred_error"].iloc[0]
+    got = got.set_index("pred_path").loc[sample]
+    np.testing.assert_allclose(got["p_spiral"], expected.loc[sample, "p_spiral"], atol=1e-5)
+    assert (got["pred_label"] == expected.loc[sample, "label"]).all()
+
+
+def test_nothing_scored_is_an_error(spark, store, tmp_path, capsys):
+    (tmp_path / "gone.csv").write_text("image_path\nnot/here.jpg\n/nor/here.png\n")
+    out = tmp_path / "scores.parquet"
+    argv = ["--params", str(REPO / "params.yaml"), "-S", "mlflow.tracking_uri=null", "batch"]
+    assert cli.main([*argv, str(tmp_path / "gone.csv"), str(out), "--master", "local[2]"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "none of the 2 images could be scored" in err and err.startswith("galmorph batch: error:")
+    assert len(pd.read_parquet(out)) == 2  # the errors are written
+
+
+def test_overwrite_replaces_only_a_previous_output(spark, store, survey, tmp_path):
+    from galmorph.serving.spark import run_batch
+
+    table = tmp_path / "one.parquet"
+    pd.DataFrame({"image_path": [str(next(iter(sorted(survey.rglob("*.jpg")))))]}).to_parquet(table)
+    mine = tmp_path / "mine"  # a folder of the user's: never replaced
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "part-0000.parquet").write_text("looks like Spark's, is not")
+    with pytest.raises(UserError, match=r"mine: exists and is not a previous `galmorph batch` output \(thesis.tex\)"):
+        run_batch(str(table), str(mine), None, store, master="local[2]", overwrite=True)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    afile = tmp_path / "notes.parquet"
+    afile.write_text("a file")
+    with pytest.raises(UserError, match="not a previous `galmorph batch` output"):
+        run_batch(str(table), str(afile), None, store, master="local[2]", overwrite=True)
+
+    out = tmp_path / "scores.parquet"
+    assert run_batch(str(table), str(out), None, store, master="local[2]").counts
+    first = sorted(p.name for p in out.iterdir())
+    assert "_SUCCESS" in first
+    assert run_batch(str(survey), str(out), None, store, master="local[2]", overwrite=True).counts
+    assert len(pd.read_parquet(out)) == N_IMAGES + 1  # the new output, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.parquet", "one.parquet", "scores.parquet"]

@@ -49,3 +49,35 @@ def test_file_store_is_refused(monkeypatch, uri):
 def test_server_has_no_local_artifact_root():
     assert store.artifact_root("http://mlflow.team:5000") is None
     assert store.artifact_root("postgresql://u@h/db") is None
+
+
+RACE = """
+import sys, time
+from galmorph.config import MlflowConfig
+from galmorph.tracking import store
+cfg = MlflowConfig(experiment="galmorph-test", tracking_uri=sys.argv[1], registered_model="galmorph-test")
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together
+print(store.experiment_id(cfg))
+"""
+
+
+def test_processes_starting_on_a_new_store_at_once_all_succeed(spawn, tmp_path):
+    """Gunicorn workers or queued `dvc exp run`s on a fresh machine create mlruns/mlflow.db together: MLflow
+    migrates a new SQLite store without a lock, so without tracking.store's one the loser died on the winner's
+    half-made schema ("Online migration expected to match one row ...")."""
+    import subprocess
+    import sys
+    import time
+
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    start = str(time.time() + 8)
+    procs = [
+        spawn([sys.executable, "-c", RACE, uri, start], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    answers = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        answers.append(out.strip())
+    assert len(set(answers)) == 1 and answers[0]  # one experiment, created once

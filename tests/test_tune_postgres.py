@@ -59,7 +59,7 @@ def params_file(params, tmp_path: Path) -> Path:
     return path
 
 
-def test_workers_share_one_study_budget_and_mlflow_run(params_file, tmp_path, monkeypatch):
+def test_workers_share_one_study_budget_and_mlflow_run(params_file, tmp_path, monkeypatch, spawn):
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
@@ -71,9 +71,8 @@ def test_workers_share_one_study_budget_and_mlflow_run(params_file, tmp_path, mo
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_url, "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "galmorph.cli", "--params", str(params_file), "tune"]
         cmd += ["--storage", storage, "--n-trials", str(PER_WORKER)]
-        workers = [
-            subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for _ in range(2)
+        workers = [  # spawn: stopped at the end even when this test fails or times out
+            spawn(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
         ]
         outputs = [w.communicate(timeout=540)[0] for w in workers]
         for w, out in zip(workers, outputs, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from galmorph.commands import ui as commands_ui
@@ -53,7 +55,7 @@ def test_ui_port_in_use_is_a_user_error(monkeypatch, tmp_path, params):
 
 def test_ui_for_a_tracking_server_starts_nothing(monkeypatch, capsys, params):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
-    monkeypatch.setattr(ui.subprocess, "call", lambda cmd: pytest.fail(f"started {cmd}"))
+    monkeypatch.setattr(ui, "run_foreground", lambda cmd: pytest.fail(f"started {cmd}"))
     _ui(params)
     assert "http://mlflow.team:5000" in capsys.readouterr().err
 
@@ -61,12 +63,14 @@ def test_ui_for_a_tracking_server_starts_nothing(monkeypatch, capsys, params):
 def test_ui_runs_mlflow_server_on_the_store(monkeypatch, tmp_path, capsys, params):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     started = []
-    monkeypatch.setattr(ui.subprocess, "call", lambda cmd: started.append(cmd) or 130)  # Ctrl-C: a normal stop
+    # stopped by Ctrl-C: a normal stop, whatever the server's own status
+    monkeypatch.setattr(ui, "run_foreground", lambda cmd: started.append(cmd) or (-2, signal.SIGINT))
     _ui(params, "127.0.0.1", _free_port())
     assert started[0][1:4] == ["-m", "mlflow", "server"]
     assert (tmp_path / "artifacts").is_dir()
-    assert f"for sqlite:///{tmp_path}/mlflow.db" in capsys.readouterr().err
-    monkeypatch.setattr(ui.subprocess, "call", lambda cmd: 1)
+    err = capsys.readouterr().err
+    assert f"for sqlite:///{tmp_path}/mlflow.db" in err and "stopped (SIGINT)" in err
+    monkeypatch.setattr(ui, "run_foreground", lambda cmd: (1, None))  # it ended on its own: an error
     with pytest.raises(UserError, match="exited with status 1"):
         _ui(params, "127.0.0.1", _free_port())
 
@@ -77,28 +81,91 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_ui_serves_the_store(mlflow_uri, tmp_path):
-    """`galmorph ui` really starts a server on the store; stopped right after its /health answers."""
+#: A server like `mlflow server`: a leader that starts a worker holding the port, and that dies at once on
+#: SIGTERM or SIGHUP without stopping it (the worst case: the worker is orphaned). It prints the worker's pid.
+FAKE_SERVER = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", (
+    "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); "
+    "print('listening', flush=True); time.sleep(600)"), sys.argv[1]], stdout=subprocess.PIPE, text=True)
+assert worker.stdout.readline().strip() == "listening"
+print(worker.pid, flush=True)
+time.sleep(600)
+"""
+#: galmorph's way of running a server, as `galmorph ui` runs mlflow's.
+RUN_FAKE = (
+    "import sys; from galmorph.tracking.ui import run_foreground; "
+    "rc, sig = run_foreground([sys.executable, '-c', sys.argv[1], sys.argv[2]], grace_s=10); "
+    "print('stopped by', int(sig), flush=True)"
+)
+
+
+def _port_is_free(port: int) -> bool:
+    """Whether a new server can listen there (as servers do, with SO_REUSEADDR: the connections our own
+    requests left in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_stopped_galmorph_stops_the_server_it_started_and_its_workers(spawn, tmp_path, signum):
+    """A stop signal to galmorph alone (as `kill`, a process manager or a closing terminal sends it) reaches
+    the server and the workers it started: galmorph waits for them, and the port is free when it exits."""
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "galmorph.cli", "--params", str(REPO / "params.yaml"), "ui", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    assert resp.read() == b"OK"
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                time.sleep(0.5)
-        else:
-            pytest.fail("the MLflow UI did not answer within 120 s")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    log = tmp_path / "out.log"  # a file, not a pipe: a leftover server would hold a pipe open forever
+    with log.open("w") as out:
+        proc = spawn([sys.executable, "-c", RUN_FAKE, FAKE_SERVER, str(port)], stdout=out)
+    deadline = time.monotonic() + 30
+    while not log.read_text().endswith("\n") and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    worker = psutil.Process(int(log.read_text().split()[0]))
+    assert not _port_is_free(port)
+    proc.send_signal(signum)  # to galmorph only, not its process group
+    assert proc.wait(timeout=30) == 0
+    assert f"stopped by {int(signum)}" in log.read_text()
+    assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    assert _port_is_free(port)
+
+
+def _wait_for_health(proc: subprocess.Popen, port: int, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                assert resp.read() == b"OK"
+                return
+        except OSError:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+    pytest.fail(f"the MLflow UI did not answer within {timeout_s:.0f} s")
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_and_sigterm_frees_its_port(spawn, mlflow_uri, tmp_path):
+    """`galmorph ui` really starts a server on the store; SIGTERM to galmorph (as `kill` or a process manager
+    sends it) stops mlflow server and its uvicorn worker too, and the port is free when galmorph exits."""
+    port = _free_port()
+    log = tmp_path / "ui.log"  # a file, not a pipe: a leftover server would hold a pipe open forever
+    with log.open("w") as out:
+        proc = spawn(
+            [sys.executable, "-m", "galmorph.cli", "--params", str(REPO / "params.yaml"), "ui", "--port", str(port)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_for_health(proc, port, log)
+    servers = psutil.Process(proc.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(p.cmdline()) for p in servers), [p.cmdline() for p in servers]
+    proc.terminate()  # galmorph alone, not its process group
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert "MLflow UI stopped (SIGTERM)" in log.read_text()
+    _gone, alive = psutil.wait_procs(servers, timeout=2)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], [p.cmdline() for p in alive]
+    assert _port_is_free(port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import io
 import os
 import shutil
@@ -11,14 +12,18 @@ import socket
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from werkzeug.serving import make_server
 
 from galmorph.commands import web as web_command
+from galmorph.config import ServeConfig
 from galmorph.errors import UserError
 from galmorph.serving import web
 from tests.conftest import REPO
 from tests.serving_utils import champion_store, galaxy_image
+from tests.test_images import EPS, FITS, PDF, png_bomb
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -87,7 +92,9 @@ def test_api_returns_json_that_sums_to_one(client):
 
 def test_bad_uploads_get_a_message_and_the_server_carries_on(client):
     response = upload(client, b"this is not an image", name="notes.txt")
-    assert response.status_code == 400 and "not a readable image" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 415
+    assert "notes.txt: plain text, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF" in page
     response = upload(client, b"", name="empty.jpg")
     assert response.status_code == 400 and "the file is empty" in response.get_data(as_text=True)
     response = client.post("/", data={}, content_type="multipart/form-data")
@@ -98,6 +105,68 @@ def test_bad_uploads_get_a_message_and_the_server_carries_on(client):
     assert upload(client, huge, url="/api/predict").get_json()["error"].startswith("the file is larger")
     assert upload(client, jpeg_bytes()).status_code == 200
     assert client.get("/healthz").get_json()["status"] == "ok"
+
+
+def _jpeg_zero_tail() -> bytes:
+    data = jpeg_bytes()
+    return data[: len(data) // 2] + bytes(len(data) - len(data) // 2)
+
+
+def _nan_tiff() -> bytes:
+    arr = np.ones((32, 32), dtype=np.float32)
+    arr[3, 4] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "TIFF")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "message"),
+    [
+        ("paper.pdf", PDF, 415, "paper.pdf: a PDF document, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF"),
+        ("figure.eps", EPS, 415, "figure.eps: a PostScript/EPS file, not an accepted image format; accepted: JPEG"),
+        ("sky.fits", FITS, 415, "sky.fits: a FITS file; FITS is not supported yet"),
+        ("bomb.png", png_bomb(6000, 6000, 8), 413, "bomb.png: 6000x6000 pixels (36.0 Mpx), over the 25 Mpx limit"),
+        ("cut.jpg", _jpeg_zero_tail(), 400, "cut.jpg: the image data stops early"),
+        ("nan.tif", _nan_tiff(), 400, "nan.tif: 1 of 1024 pixels are NaN or infinite"),
+    ],
+)
+def test_hostile_and_broken_uploads_get_a_4xx_with_a_reason(client, monkeypatch, name, data, status, message):
+    from PIL import EpsImagePlugin
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: pytest.fail("Ghostscript was started"))
+    body = upload(client, data, name=name, url="/api/predict")
+    assert body.status_code == status and body.get_json()["error"].startswith(message), body.get_json()
+    assert "probabilities" not in body.get_json()
+    page = upload(client, data, name=name)
+    assert page.status_code == status and message in html.unescape(page.get_data(as_text=True))
+    assert upload(client, jpeg_bytes(), url="/api/predict").status_code == 200
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "WEBP", "BMP", "GIF"])
+def test_every_accepted_format_is_scored(client, fmt):
+    response = upload(client, jpeg_bytes(fmt=fmt), name=f"g.{fmt.lower()}", url="/api/predict")
+    assert response.status_code == 200 and response.get_json()["verdict"] in ("spiral", "elliptical", "uncertain")
+
+
+def test_each_upload_is_decoded_once(client, monkeypatch):
+    """The page scores the image and shows its thumbnail from the same decode; the API makes no thumbnail."""
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(1) or real_open(fp, *a, **k))
+    assert upload(client, jpeg_bytes()).status_code == 200
+    assert len(opened) == 1
+    assert upload(client, jpeg_bytes(), url="/api/predict").status_code == 200
+    assert len(opened) == 2
+
+
+def test_serve_params_set_the_pixel_limit_and_decodes_at_once(store):
+    app, _ = web.build(None, store, threshold=0.7, serve=ServeConfig(max_pixels=5000, max_decodes=1))
+    response = upload(app.test_client(), jpeg_bytes(size=96), url="/api/predict")  # 9,216 pixels
+    assert response.status_code == 413 and "over the 0.005 Mpx limit" in response.get_json()["error"]
+    assert upload(app.test_client(), jpeg_bytes(size=64), url="/api/predict").status_code == 200
+    with pytest.raises(UserError, match="serve.max_decodes"):
+        web.build(None, store, threshold=0.7, serve=ServeConfig(max_pixels=5000, max_decodes=0))
 
 
 def test_bad_model_and_settings_are_user_errors(store):
@@ -114,6 +183,11 @@ def test_app_from_env_for_wsgi_servers(store, monkeypatch):
     monkeypatch.setenv("GALMORPH_MODEL", "models:/galmorph/1")
     page = web.app_from_env().test_client().get("/").get_data(as_text=True)
     assert "version <b>1</b>" in page and "@champion" not in page
+    monkeypatch.setenv("GALMORPH_MAX_UPLOAD_MB", "0.5")
+    assert web.app_from_env().config["MAX_CONTENT_LENGTH"] == 2**19
+    monkeypatch.setenv("GALMORPH_MAX_UPLOAD_MB", "lots")
+    with pytest.raises(UserError, match="GALMORPH_MAX_UPLOAD_MB='lots': expected a number"):
+        web.app_from_env()
 
 
 def test_main_refuses_a_busy_port(store, params):
@@ -173,7 +247,7 @@ def test_browser_upload_reads_the_verdict(server, browser, tmp_path):
         page.set_input_files("#image", str(bad))
         page.click("#submit")
         page.wait_for_selector("#error")
-        assert "not a readable image" in page.inner_text("#error")
+        assert "plain text, not an image" in page.inner_text("#error")
     finally:
         page.close()
 

@@ -8,14 +8,17 @@ its traceback is what a developer needs.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import yaml
 
 from galmorph import __version__
-from galmorph.config import Params, from_dict, load_params
+from galmorph.config import Params, params_from_raw, params_without_file, read_params_file
 from galmorph.errors import UserError
 
 EXIT_CODES = """exit codes:
@@ -33,7 +36,11 @@ def _no_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true", help="download or generate again even if present")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="download or generate again even if present; replace files in data.raw_dir that fetch did not write",
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +72,7 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 def _promote_args(p: argparse.ArgumentParser) -> None:
     _registry_args(p)
     p.add_argument("--force", action="store_true", help="promote even when the gate fails (recorded as a tag)")
-    p.add_argument("--reason", help="why --force was needed (kept in the version's tag force_reason)")
+    p.add_argument("--reason", help="why --force was needed (required with it; kept in the tag force_reason)")
     p.add_argument(
         "--rescore",
         action="store_true",
@@ -90,7 +97,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG), folders or glob patterns")
     _model_arg(p)
     p.add_argument("--out", help="write .csv, .json or .parquet (default: CSV on stdout)")
-    p.add_argument("--tta", action="store_true", help="average over rotations and flips (5 views, 5x slower)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 rotations and flips (8 views, 8x slower)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2; 0 = none)")
 
@@ -106,15 +113,23 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "input",
         help="folder or glob of images (read as Spark binaryFile), or a .parquet/.csv table "
-        "with a column of image paths",
+        "with a column of image paths (relative ones start at the table's folder)",
     )
-    p.add_argument("out", help="Parquet folder to write (path, p_spiral, p_elliptical, label, error)")
+    p.add_argument(
+        "out",
+        help="Parquet folder to write: a table's own columns, then path, p_spiral, p_elliptical, label, error "
+        "(pred_ in front of a name the table already has)",
+    )
     _model_arg(p)
     p.add_argument("--path-column", default="image_path", help="column of image paths in a table (default: image_path)")
     p.add_argument("--tta", action="store_true", help="average over rotations and flips")
     p.add_argument("--master", help="Spark master when not under spark-submit, e.g. local[4] (default: local[*])")
     p.add_argument("--partitions", type=int, help="repartition the input to this many tasks")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT when it is a previous batch output (only Spark's _SUCCESS/part-* files in it)",
+    )
 
 
 def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
@@ -176,6 +191,50 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
 }
 
 
+#: The params.yaml sections (or single keys) each command reads, validated before it starts: a stage's own
+#: section, what dvc.yaml lists for it (tests/test_config.py checks that) and the outputs of the stages it reads.
+#: Any other section is validated only when, and as far as, the command reads it (config.UnvalidatedSection):
+#: a broken train.lr does not stop `galmorph predict`.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "fetch": ("data",),
+    "join": ("data", "join"),
+    "select": ("join", "select"),
+    "split": ("select", "split"),
+    "embed": ("model", "preprocess", "embed", "train", "split"),
+    "tune": ("tune", "model", "train", "embed", "preprocess", "augment", "mlflow", "split"),
+    "train": ("model", "preprocess", "train", "augment", "embed", "mlflow", "split", "tune"),
+    "evaluate": ("evaluate", "preprocess", "model", "train", "augment", "embed", "mlflow", "split", "join"),
+    "evaluate-folder": ("evaluate", "train", "preprocess"),
+    "register": ("register", "mlflow", "evaluate", "split", "train"),
+    "synth": ("data",),
+    "ui": ("mlflow",),
+    "promote": ("mlflow", "register"),
+    "models": ("mlflow",),
+    "rollback": ("mlflow",),
+    "predict": ("mlflow", "evaluate.abstain_threshold"),
+    "web": ("mlflow", "serve", "evaluate.abstain_threshold"),
+    "batch": ("mlflow", "evaluate.abstain_threshold"),
+}
+#: Commands that run without a params.yaml when given --model (the model file carries its preprocessing):
+#: they use config.DEFAULTS_WITHOUT_PARAMS_FILE.
+RUN_WITHOUT_PARAMS_FILE = ("predict",)
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _check_set_key(raw: dict, key: str) -> None:
+    """A -S key that names no parameter: say so, with the closest one that exists."""
+    node: Any = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            return  # deeper than a value: the value's own validation says what was expected
+        if part not in node:
+            close = difflib.get_close_matches(part, [str(k) for k in node], n=1, cutoff=0.6)
+            hint = f" (did you mean {'.'.join([*parts[:i], close[0], *parts[i + 1 :]])}?)" if close else ""
+            raise UserError(f"--set {key}: no such parameter in params.yaml{hint}")
+        node = node[part]
+
+
 def _parse_set(items: Sequence[str]) -> dict:
     """Turn ['train.epochs=3', ...] into a nested dict of overrides (values parsed as YAML)."""
     overrides: dict = {}
@@ -200,14 +259,25 @@ def _merge(base: dict, overrides: dict, where: str = "") -> dict:
     return out
 
 
-def resolve_params(path: str, sets: Sequence[str]) -> Params:
-    """params.yaml with the command line's --set overrides applied, validated."""
-    if not sets:
-        return load_params(path)
-    load_params(path)  # a clear error for a missing or malformed file first
-    with open(path) as fh:
-        raw = yaml.safe_load(fh)
-    return from_dict(Params, _merge(raw, _parse_set(sets)))
+def resolve_params(
+    path: str | None, sets: Sequence[str], required: Iterable[str] | None = None, *, missing_ok: bool = False
+) -> Params:
+    """params.yaml (default: ./params.yaml) with the command line's --set overrides applied; the sections and
+    keys in `required` validated now (all when None), the others when read. `missing_ok`: without the default
+    params.yaml, the defaults of config.params_without_file (a --params file that is absent is still an error)."""
+    file = path or DEFAULT_PARAMS
+    if path is None and missing_ok and not Path(file).exists():
+        if sets:
+            raise UserError(f"--set {sets[0]}: there is no {file} here to override (run from the repo root)")
+        return params_without_file(file)
+    raw = read_params_file(file)
+    if sets and isinstance(raw, dict):
+        for item in sets:
+            key, sep, _ = item.partition("=")
+            if sep and key:
+                _check_set_key(raw, key)
+        raw = _merge(raw, _parse_set(sets))
+    return params_from_raw(raw, required, file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"galmorph {__version__}")
-    parser.add_argument("--params", default="params.yaml", help="the configuration file (default: params.yaml)")
+    parser.add_argument("--params", help="the configuration file (default: params.yaml)")
     parser.add_argument(
         "-S",
         "--set",
@@ -245,7 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        params = resolve_params(args.params, args.set)
+        params = resolve_params(
+            args.params,
+            args.set,
+            SECTIONS.get(args.command),
+            missing_ok=args.command in RUN_WITHOUT_PARAMS_FILE and bool(getattr(args, "model", None)),
+        )
         importlib.import_module(COMMANDS[args.command][0]).main(params, args)
     except UserError as exc:
         print(f"galmorph {args.command}: error: {exc}", file=sys.stderr)

@@ -8,10 +8,11 @@ instead of silently training with a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,6 +215,14 @@ class RegisterConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What `galmorph web` accepts (the REST model reads GALMORPH_* variables instead: README "Security")."""
+
+    max_pixels: int
+    max_decodes: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     data: DataConfig
     join: JoinConfig
@@ -228,6 +237,7 @@ class Params:
     tune: TuneConfig
     evaluate: EvaluateConfig
     register: RegisterConfig
+    serve: ServeConfig
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -289,6 +299,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} at {where}")
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest of `candidates` to a mistyped `name`, or ''."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unknown_keys_message(where: str, unknown: Sequence[str], names: Sequence[str]) -> str:
+    keys = ", ".join(k + did_you_mean(k, names) for k in unknown)
+    return f"params: {where}: unknown key(s) {keys} (expected {', '.join(names)})"
+
+
 def from_dict(cls: type, raw: Any, where: str = "params") -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown and missing keys."""
     if not isinstance(raw, dict):
@@ -297,7 +318,7 @@ def from_dict(cls: type, raw: Any, where: str = "params") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise UserError(f"params: {where}: unknown key(s) {', '.join(unknown)} (expected {', '.join(names)})")
+        raise UserError(_unknown_keys_message(where, unknown, names))
     missing = [n for n in names if n not in raw]
     if missing:
         raise UserError(f"params: {where}: missing key(s) {', '.join(missing)}")
@@ -305,20 +326,133 @@ def from_dict(cls: type, raw: Any, where: str = "params") -> Any:
     return cls(**{n: _coerce(raw[n], hints[n], f"{prefix}{n}") for n in names})
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate params.yaml (one clear error for a missing file or bad YAML)."""
+class UnvalidatedSection:
+    """A params.yaml section that the running command did not ask to validate, and that is not valid as a
+    whole (or there is no params.yaml). Its valid keys read as usual; reading a missing or invalid key raises
+    that key's UserError. So a command fails only on the parameters it actually reads: `galmorph predict`
+    after a bad `-S train.lr=abc` never looks at train.lr."""
+
+    def __init__(self, name: str, values: Mapping[str, Any], errors: Mapping[str, str], error: str) -> None:
+        self._name = name
+        self._values = dict(values)
+        self._errors = dict(errors)
+        self._error = error
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        if key in self._values:
+            return self._values[key]
+        raise UserError(self._errors.get(key, self._error))
+
+    def raise_error(self) -> typing.NoReturn:
+        """For a caller that needs the whole section: the first reason it is not valid."""
+        raise UserError(next(iter(self._errors.values()), self._error))
+
+    def __repr__(self) -> str:
+        return f"UnvalidatedSection({self._name!r}: {self._error})"
+
+
+def _lenient_section(name: str, cls: type, raw: Any, error: str) -> UnvalidatedSection:
+    """Each key of an invalid section validated on its own: the valid ones kept, the others' errors kept."""
+    if not isinstance(raw, dict):
+        return UnvalidatedSection(name, {}, {}, error)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for key in names:
+        if key not in raw:
+            typo = difflib.get_close_matches(key, unknown, n=1, cutoff=0.6)
+            also = f" ({typo[0]}: a typo of it?)" if typo else ""
+            errors[key] = f"params: {name}: missing key {key}{also}"
+            continue
+        try:
+            values[key] = _coerce(raw[key], hints[key], f"{name}.{key}")
+        except UserError as exc:
+            errors[key] = str(exc)
+    return UnvalidatedSection(name, values, errors, error)
+
+
+def params_from_raw(raw: Any, required: Iterable[str] | None = None, where: str = "params.yaml") -> Params:
+    """Params from the parsed params.yaml. The sections (e.g. "train") and single keys (e.g. "train.mode") in
+    `required` are validated now, and their first error raised; None validates everything. The other sections
+    are validated when a key of theirs is read (see UnvalidatedSection)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a mapping of sections (data, train, ...), got {type(raw).__name__}")
+    hints = typing.get_type_hints(Params)
+    names = [f.name for f in dataclasses.fields(Params)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:  # a mistyped section name is a mistake whatever the command
+        raise UserError(_unknown_keys_message("params", unknown, names))
+    wanted = set(names) if required is None else set(required)
+    sections: dict[str, Any] = {}
+    for name in names:
+        if name not in raw:
+            error = f"params: missing key(s) {name}"
+            if name in wanted or any(w.startswith(f"{name}.") for w in wanted):
+                raise UserError(error)
+            sections[name] = UnvalidatedSection(name, {}, {}, error)
+            continue
+        if name in wanted:
+            sections[name] = from_dict(hints[name], raw[name], name)
+            continue
+        try:
+            sections[name] = from_dict(hints[name], raw[name], name)
+        except UserError as exc:
+            section = _lenient_section(name, hints[name], raw[name], str(exc))
+            for key in sorted(w.partition(".")[2] for w in wanted if w.startswith(f"{name}.")):
+                getattr(section, key)  # a required key: its own error now
+            sections[name] = section
+    return Params(**sections)
+
+
+#: What `galmorph predict --model FILE` uses outside the repository, where there is no params.yaml: the
+#: repository's own values (tests/test_config.py checks that they match params.yaml). The model file carries
+#: its preprocessing; anything else a command reads without a params.yaml is an error naming the file.
+DEFAULTS_WITHOUT_PARAMS_FILE: dict[str, dict[str, Any]] = {
+    "mlflow": {"experiment": "galmorph", "tracking_uri": None, "registered_model": "galmorph"},
+    "evaluate": {"abstain_threshold": 0.7},
+}
+
+
+def params_without_file(path: str | os.PathLike) -> Params:
+    """Params for a command that can run without params.yaml: DEFAULTS_WITHOUT_PARAMS_FILE, and for anything
+    else the error that the file at `path` is missing."""
+    error = f"{path}: params file not found (run from the repo root or pass --params)"
+    hints = typing.get_type_hints(Params)
+    sections: dict[str, Any] = {}
+    for f in dataclasses.fields(Params):
+        known = DEFAULTS_WITHOUT_PARAMS_FILE.get(f.name, {})
+        if set(known) == {g.name for g in dataclasses.fields(hints[f.name])}:
+            sections[f.name] = from_dict(hints[f.name], known, f.name)
+        else:
+            sections[f.name] = UnvalidatedSection(f.name, known, {}, error)
+    return Params(**sections)
+
+
+def read_params_file(path: str | os.PathLike = "params.yaml") -> Any:
+    """params.yaml parsed, not validated (one clear error for a missing file or bad YAML)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: params file not found (run from the repo root or pass --params)")
     try:
-        raw = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return from_dict(Params, raw)
+
+
+def load_params(path: str | os.PathLike = "params.yaml", required: Iterable[str] | None = None) -> Params:
+    """Read and validate params.yaml: all of it, or only the sections and keys in `required` now and the rest
+    when read (see params_from_raw)."""
+    return params_from_raw(read_params_file(path), required, str(path))
 
 
 def replace(cfg: Any, **changes: Any) -> Any:
     """dataclasses.replace that re-validates types, for overrides such as Optuna's suggestions."""
+    if isinstance(cfg, UnvalidatedSection):
+        cfg.raise_error()
     hints = typing.get_type_hints(type(cfg))
     unknown = sorted(set(changes) - set(hints))
     if unknown:

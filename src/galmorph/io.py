@@ -1,15 +1,18 @@
 """Stage files: every stage writes to a temporary file beside the target, then renames it, so a killed stage
-never leaves a half-written output that a later stage would trust; reads an upstream stage's table with its
-columns checked; hashes files; and checks a server's port before it starts."""
+never leaves a half-written output that a later stage would trust (and, with the file and its folder synced,
+neither does a power cut); reads an upstream stage's table with its columns checked; hashes files; and checks
+a server's port before it starts."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,23 +21,97 @@ import pandas as pd
 
 from galmorph.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # not on POSIX: no sweeping (nothing tells a live writer's temporary file from a leftover)
+    fcntl = None  # type: ignore[assignment]
+
+SWEEP_AFTER_S = 60.0
+"""A temporary file of atomic_path is a killed write's leftover when no process holds its lock and it is at
+least this old (the age covers the instant between a writer creating its file and locking it)."""
+_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to the disk; a file system that cannot is skipped."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def sweep_temporary(target: str | os.PathLike) -> list[Path]:
+    """Remove what killed writes of `target` left beside it (`.<name>.*.tmp`); returns the paths removed.
+
+    A writer holds an flock on its temporary file until the rename, and the kernel drops it when the process
+    dies, so a file nobody holds (and older than SWEEP_AFTER_S) is a leftover; a concurrent live write is kept.
+    """
+    target = Path(target)
+    if fcntl is None:
+        return []
+    prefix, now, removed = f".{target.name}.", time.time(), []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or now - entry.stat().st_mtime < SWEEP_AFTER_S:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer holds it
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        finally:
+            os.close(fd)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces `target` atomically."""
+    """Yield a temporary path in the target's folder; on success it replaces `target` atomically.
+
+    The temporary file (`.<name>.<random>.tmp`, ignored by DVC) is synced to the disk before the rename and
+    the folder after it, so after a crash `target` is the old file or the whole new one. Leftovers of earlier
+    writes of `target` that were killed are swept first (sweep_temporary).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporary(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
+    if fcntl is not None:
+        # held until the rename: marks the file as a live write's (where locks fail, the sweep's fails too)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    else:
+        os.close(fd)  # elsewhere an open file cannot be renamed
+        fd = -1
     try:
         yield tmp_path
         # mkstemp creates 0600; give the output the permissions a plain open() would (0666 minus umask)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
+        _fsync(tmp_path)  # the path, not `fd`: a writer may have replaced the file it names
         os.replace(tmp_path, target)
+        _fsync(target.parent)
     finally:
+        if fd >= 0:
+            os.close(fd)
         if tmp_path.exists():
             tmp_path.unlink()
 
@@ -101,6 +178,8 @@ def _json_default(obj: Any) -> Any:
 def check_port(host: str, port: int) -> None:
     """Refuse a busy port up front, before a server spends seconds starting (or exits on its own terms)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        if os.name == "posix":  # as servers bind: a stopped server's connections in TIME_WAIT are no obstacle
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

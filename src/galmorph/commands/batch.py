@@ -14,7 +14,7 @@ from galmorph.serving.spark import run_batch
 
 def main(params: Params, args: argparse.Namespace) -> None:
     threshold = params.evaluate.abstain_threshold if args.threshold is None else args.threshold
-    ref, counts = run_batch(
+    result = run_batch(
         args.input,
         args.out,
         args.model,
@@ -26,4 +26,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         partitions=args.partitions,
         overwrite=args.overwrite,
     )
-    print(f"{ref.display}: wrote {sum(counts.values())} rows to {args.out}: {counts}", file=sys.stderr)
+    if result.renamed:
+        shown = ", ".join(f"{k} -> {v}" for k, v in result.renamed.items())
+        print(f"the input has columns named like the outputs: wrote {shown}", file=sys.stderr)
+    rows = sum(result.counts.values())
+    print(f"{result.ref.display}: wrote {rows} rows to {args.out}: {result.counts}", file=sys.stderr)

@@ -23,6 +23,7 @@ from galmorph.serving.promotion import (
     number_tag,
     promote,
     rollback,
+    rolled_back_at,
     version_by_alias,
 )
 from galmorph.serving.rescore import rescore
@@ -46,7 +47,11 @@ def versions_table(name: str, versions: list[VersionInfo]) -> Table:
         table.add_column(column, justify="right" if column in SHOWN_METRICS else "left")
     for v in versions:
         created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
-        notes = ", ".join(k for k in ("forced", "rolled_back_at") if k in v.tags)
+        notes = ", ".join(
+            note
+            for note, shown in (("forced", "forced" in v.tags), ("rolled back", rolled_back_at(v.tags) is not None))
+            if shown
+        )
         table.add_row(
             v.version,
             " ".join(f"@{a}" for a in v.aliases),
@@ -74,9 +79,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         console.print(versions_table(name, list_versions(name, params.mlflow)))
     elif args.command == "rollback":
         before, after = rollback(name, params.mlflow)
-        console.print(
-            f"{name}: @{CHAMPION} moved back from version {before.version} to version {after.version}", markup=False
-        )
+        source = f"from version {before.version}" if before else "(its version was deleted)"
+        console.print(f"{name}: @{CHAMPION} moved back {source} to version {after.version}", markup=False)
     elif args.command == "promote":
         if args.rescore:
             _rescore_pair(name, params)

@@ -1,4 +1,7 @@
-"""`galmorph predict`: classify image files, folders or globs; CSV/JSON/Parquet out, a summary on stderr."""
+"""`galmorph predict`: classify image files, folders or globs; CSV/JSON/Parquet out, a summary on stderr.
+
+Exits 1 when no file could be scored (the rows, each with its error, are still written). With --model FILE it
+runs without a params.yaml (outside the repository): the model file carries its own preprocessing."""
 
 from __future__ import annotations
 
@@ -32,5 +35,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
     else:
         df.to_csv(sys.stdout, index=False)
     print(f"{ref.display}: {summary(df, elapsed)}", file=sys.stderr)
-    for path, error in df.loc[df["error"] != "", ["path", "error"]].head(20).itertuples(index=False):
+    failed = df.loc[df["error"] != "", ["path", "error"]]
+    for path, error in failed.head(20).itertuples(index=False):
         print(f"  unreadable: {path}: {error}", file=sys.stderr)
+    if len(failed) == len(df):  # the rows are written, but a run that scored nothing has not done its job
+        path, error = failed.iloc[0]
+        raise UserError(f"none of the {len(df)} file(s) could be scored (first: {path}: {error})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from galmorph.config import Params
@@ -17,4 +18,6 @@ def main(params: Params, args: argparse.Namespace) -> None:
         return
     check_port(args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr, flush=True)
-    ui.serve(params.mlflow, args.host, args.port)
+    stopped_by = ui.serve(params.mlflow, args.host, args.port)
+    if stopped_by is not None:
+        print(f"MLflow UI stopped ({signal.Signals(stopped_by).name})", file=sys.stderr)

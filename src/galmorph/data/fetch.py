@@ -3,6 +3,10 @@
 join reads only source.json and the files it names, so the sources (galaxyzoo, local, manifest, synthetic)
 may differ in everything else. raw_dir is the stage's DVC output, so another source's files are removed from
 it, and source.json is written last: it exists only when the files it names are complete.
+
+Only what fetch wrote is ever removed or replaced (rawdir's ownership record, `.owned.json`): a folder that
+already holds files of the names fetch would write, which it did not write (a user's own download), makes
+fetch stop with one line naming the folder and the files, unless `--force`.
 """
 
 from __future__ import annotations
@@ -18,18 +22,25 @@ from galmorph.data.sources.manifest import describe_manifest
 from galmorph.data.sources.rawdir import (
     DOWNLOADS_JSON,
     IMAGES_ROOT,
+    OWNED_JSON,
     SOURCE_JSON,
     ZIP_NAME,
     clean,
+    foreign,
     owner,
+    owning_name,
+    present,
+    read_owned,
     read_previous,
+    write_owned,
     write_source,
 )
 from galmorph.data.sources.synthetic import fetch_synthetic
+from galmorph.errors import UserError
 
 
-def _owned(cfg: DataConfig) -> set[str]:
-    """The names in raw_dir that belong to the current source."""
+def _writes(cfg: DataConfig) -> set[str]:
+    """The names in raw_dir that the current source writes."""
     if cfg.source == "synthetic":
         return {SOURCE_JSON, TABLE2_NAME, MAPPING_NAME, IMAGES_ROOT}
     if cfg.source == "galaxyzoo":
@@ -38,18 +49,34 @@ def _owned(cfg: DataConfig) -> set[str]:
 
 
 def fetch_data(cfg: DataConfig, *, force: bool = False, progress: bool = True) -> tuple[dict[str, Any], list[str]]:
-    """Make raw_dir hold the current source; returns (the source.json written, the names removed)."""
+    """Make raw_dir hold the current source; returns (the source.json written, the names removed).
+
+    Raises UserError, before anything is written, when raw_dir holds files this source would replace that
+    fetch did not write; `force` takes them over (and regenerates or downloads everything again).
+    """
     raw = Path(cfg.raw_dir)
     # local and manifest check their inputs before anything in raw_dir is removed
     source = describe_local(cfg.local, raw) if cfg.source == "local" else None
     source = describe_manifest(cfg.manifest, raw) if cfg.source == "manifest" else source
     previous = read_previous(raw)
-    removed = clean(raw, keep={SOURCE_JSON}) if force or owner(raw) != cfg.source else []
+    owned, writes = read_owned(raw), _writes(cfg)
+    theirs = foreign(raw, writes, owned)
+    if theirs and not force:
+        raise UserError(
+            f"{raw}: holds {', '.join(theirs)}, which fetch did not write (they are not in its record "
+            f"{OWNED_JSON}) and would replace; move them out of data.raw_dir (data.source=local reads the "
+            "official files where they are) or run `galmorph fetch --force` to let fetch replace them"
+        )
+    owned |= {str(owning_name(name)[0]) for name in theirs}  # --force: fetch's from now on
+    raw.mkdir(parents=True, exist_ok=True)
+    write_owned(raw, owned | writes)  # before anything is written: a killed run leaves nothing unclaimed
+    removed = clean(raw, owned - {SOURCE_JSON}) if force or owner(raw) != cfg.source else []
     (raw / SOURCE_JSON).unlink(missing_ok=True)  # until the new one is written, nothing is described
     if cfg.source == "synthetic":
         source = fetch_synthetic(cfg.synthetic, raw, previous, force=force, progress=progress)
     elif cfg.source == "galaxyzoo":
         source = fetch_galaxyzoo(cfg.galaxyzoo, raw, progress=progress)
-    removed += clean(raw, keep=_owned(cfg))
+    removed += clean(raw, owned - writes)
     write_source(raw, source)
+    write_owned(raw, present(raw, writes))
     return source, removed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,29 @@ def dedupe_rows(frame: pd.DataFrame, key: str, name: str) -> tuple[pd.DataFrame,
     stats[f"{name}_conflicting_rows"] = int(in_conflict.sum())
     stats[f"{name}_conflicting_id_count"] = len(conflicting_ids)
     stats[f"{name}_conflicting_ids"] = [str(i) for i in conflicting_ids[:MAX_LISTED_IDS]]
+    return frame[~drop], stats
+
+
+def dedupe_images(
+    frame: pd.DataFrame, images: Sequence[str], label: str, name: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows whose images are the same file (`images`: each row's resolved path) under different ids: kept
+    once (the first row) when their `label` agrees, dropped all when it does not. Otherwise one picture would
+    count as two galaxies and could land in train and in test. Counts go to `<name>_same_image_...` keys."""
+    stats = {f"{name}_same_image_rows": 0, f"{name}_same_image_conflicting_rows": 0, f"{name}_same_image_files": 0}
+    keys = pd.Series(np.asarray(images, dtype=object), index=frame.index)
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return frame, stats
+    sub = keys[repeated]
+    labels = frame.loc[repeated, label].groupby(sub.to_numpy()).transform("nunique")
+    conflict = (labels > 1).to_numpy()
+    later = sub.duplicated(keep="first").to_numpy() & ~conflict
+    drop = np.zeros(len(frame), dtype=bool)
+    drop[np.flatnonzero(repeated)] = conflict | later
+    stats[f"{name}_same_image_rows"] = int(later.sum())
+    stats[f"{name}_same_image_conflicting_rows"] = int(conflict.sum())
+    stats[f"{name}_same_image_files"] = int(sub.nunique())
     return frame[~drop], stats
 
 

@@ -1,10 +1,10 @@
-"""Does each catalogue row's image exist and decode completely? The `select` stage's checks, written so
-that "usable" means exactly "load_rgb will succeed", and fast on folders of a quarter of a million files.
+"""Does each catalogue row's image exist and decode completely? The `select` stage's checks: the folder
+listing is ours (fast on folders of a quarter of a million files), the decoding is the one loader's
+(data.images.read_image), so "usable" means exactly "load_rgb, predict, REST and the web page will accept it".
 """
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import multiprocessing.context
 import os
@@ -14,37 +14,14 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from galmorph.data.images import to_rgb
+from galmorph.data.images import REASONS, ImageError, open_file, read_image
 from galmorph.errors import UserError
 
-#: Why `select` drops a row. Kept rows have no reason.
-DROP_REASONS: tuple[str, ...] = (
-    "missing",  # no file at image_path (or its folder is missing, or a broken symlink)
-    "unreadable",  # a directory, or permission denied
-    "zero_bytes",
-    "not_an_image",  # e.g. an HTML error page or a text file saved as .jpg
-    "truncated",  # the data stops early: an interrupted download, or a zero-filled tail
-    "corrupt",  # a decode error inside the data, or an image signature with an unreadable header
-    "too_large",  # over PIL's decompression-bomb limit
-    "unsupported_mode",  # decodes, but to_rgb cannot convert its pixel mode
-)
+#: Why `select` drops a row (the loader's reasons for a file). Kept rows have no reason.
+DROP_REASONS: tuple[str, ...] = tuple(r for r in REASONS if r not in ("refused", "no_image"))
 VERIFY_MODES: tuple[str, ...] = ("exists", "decode")
-
-#: Leading bytes of formats PIL reads: a file that starts like an image but does not open is corrupt,
-#: anything else that does not open is not an image at all.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF8", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"BM", "BMP"),
-    (b"RIFF", "WEBP"),
-    (b"SIMPLE  =", "FITS"),
-)
 
 CheckResult = tuple[str | None, str | None, int | None, int | None, str | None]
 """(reason, detail, width, height, mode) of one file; reason None means the image is usable."""
@@ -122,73 +99,28 @@ def absolute_paths(paths: Sequence[str | None], root: str | os.PathLike | None =
     return out.tolist()
 
 
-def _signature(data: bytes) -> str | None:
-    for magic, name in _SIGNATURES:
-        if data.startswith(magic) and (name != "WEBP" or data[8:12] == b"WEBP"):
-            return name
-    return None
-
-
-def _jpeg_cut_short(fh: io.BufferedIOBase, size: int, tail_bytes: int = 1 << 16) -> bool:
-    """True when an end-of-image marker does not follow the last start-of-scan marker. libjpeg only warns
-    when the scan runs into zeros instead (a file pre-allocated and never completely written), and PIL then
-    returns a half-grey image without an error. Reads the file's tail only, unless the marker is not there."""
-    fh.seek(max(0, size - tail_bytes))
-    data = fh.read()
-    eoi = data.rfind(b"\xff\xd9")
-    if eoi < 0 and size > tail_bytes:  # a long trailer after the image: look at all of it
-        fh.seek(0)
-        data = fh.read()
-        eoi = data.rfind(b"\xff\xd9")
-    return eoi < 0 or data.find(b"\xff\xda", eoi) >= 0
-
-
 def check_image_file(path: str | os.PathLike) -> CheckResult:
-    """Decode one file completely, the way load_rgb will, and say why it is unusable (reason None: usable).
+    """Decode one file completely with the one loader and say why it is unusable (reason None: usable).
 
-    PIL reads a file's header lazily, so only `load()` proves the pixels are all there; PIL's
-    ImageFile.LOAD_TRUNCATED_IMAGES must stay False for truncation to raise. The original mode is returned
-    so select can count how many images load_rgb will convert. PIL reads the open file itself: decoding
-    from an in-memory copy (BytesIO) measured 15-20% slower.
+    The original mode is returned so select can count how many images the loader converts. PIL reads the
+    open file itself: decoding from an in-memory copy (BytesIO) measured 15-20% slower.
     """
     try:
-        fh = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+        fh, size = open_file(path)
     except FileNotFoundError:
         return "missing", "no such file", None, None, None
+    except ImageError as exc:
+        return exc.reason, str(exc), None, None, None
     except OSError as exc:
         return "unreadable", exc.strerror or type(exc).__name__, None, None, None
     with fh:
         try:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                return "zero_bytes", "empty file", None, None, None
-            with Image.open(fh) as im:
-                mode, (width, height) = im.mode, im.size
-                im.load()
-                if im.format == "JPEG" and _jpeg_cut_short(fh, size):
-                    return "truncated", "no end-of-image marker after the scan data", None, None, None
-                ImageOps.exif_transpose(im, in_place=True)  # as load_rgb does; a broken EXIF block is corrupt
-                try:
-                    to_rgb(im)
-                except (ValueError, OSError) as exc:
-                    return "unsupported_mode", f"{mode}: {exc}", width, height, mode
-        except Image.DecompressionBombError as exc:
-            return "too_large", str(exc), None, None, None
-        except UnidentifiedImageError:
-            fh.seek(0)
-            head = fh.read(16)
-            fmt = _signature(head)
-            if fmt is not None:
-                return "corrupt", f"starts like a {fmt} but its header cannot be read", None, None, None
-            return "not_an_image", f"not an image format PIL reads (starts with {head[:8]!r})", None, None, None
-        except OSError as exc:
-            if exc.errno is not None:  # the file system, not the decoder (EIO, EISDIR...)
-                return "unreadable", exc.strerror or type(exc).__name__, None, None, None
-            reason = "truncated" if "truncated" in str(exc) else "corrupt"
-            return reason, str(exc), None, None, None
-        except Exception as exc:  # PIL's plugins also raise SyntaxError, ValueError, struct.error, EOFError...
-            return "corrupt", f"{type(exc).__name__}: {exc}", None, None, None
-    return None, None, width, height, mode
+            loaded = read_image(fh, size)
+        except ImageError as exc:
+            return exc.reason, str(exc), None, None, None
+        except OSError as exc:  # the file system, not the decoder (EIO, EISDIR...)
+            return "unreadable", exc.strerror or type(exc).__name__, None, None, None
+    return None, None, loaded.width, loaded.height, loaded.mode
 
 
 def _check_chunk(paths: list[str]) -> list[CheckResult]:

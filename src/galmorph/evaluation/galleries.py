@@ -115,7 +115,8 @@ def gallery_figure(
     """A grid of captioned tiles; a frame colour per tile (the model's call) and an optional heat map over it
     (contours at 50% and 80% of its peak).
 
-    A tile whose image is None (unreadable since the split was made) shows the reason in its caption."""
+    A tile whose image is None (unreadable since the split was made) shows the reason in its caption.
+    Captions and the title are shown as written: a `$` in an id or a file name is not math text."""
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
@@ -145,8 +146,9 @@ def gallery_figure(
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(3)
-        ax.set_title(text, fontsize=7, family="monospace", loc="left")
-    fig.suptitle(title, fontsize=11)
+        # parse_math=False: ids and file names are text; a `$` pair must not become (invalid) math text
+        ax.set_title(text, fontsize=7, family="monospace", loc="left", parse_math=False)
+    fig.suptitle(title, fontsize=11, parse_math=False)
     fig.tight_layout(h_pad=1.2)
     return fig
 

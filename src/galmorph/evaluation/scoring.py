@@ -22,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from galmorph.config import CLASSES, EvaluateConfig, PreprocessConfig
-from galmorph.data.images import load_rgb
+from galmorph.data.images import ImageError, load_rgb
 from galmorph.data.transforms import EvalPreset
 from galmorph.evaluation import plots
 from galmorph.evaluation.calibration import reliability_curve
@@ -89,6 +89,8 @@ def check_readable(
             load_rgb(path)
         except FileNotFoundError:
             return "file not found"
+        except ImageError as exc:  # the one loader's reason: what the file is, what is accepted
+            return f"cannot decode: {exc}"
         except Image.DecompressionBombError as exc:  # > 2x PIL's MAX_IMAGE_PIXELS: refuse rather than exhaust memory
             return f"too large to decode safely: {exc}"
         except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from galmorph.config import CLASSES, ModelConfig, PreprocessConfig
 from galmorph.data.dataset import ImageDataset, ImageSource
-from galmorph.data.images import decode_image, image_items
+from galmorph.data.images import InputLimits, decode_image, image_items
 from galmorph.data.transforms import VIEWS, EvalPreset, apply_view, check_views
 from galmorph.errors import UserError
 from galmorph.models.resnet import GalaxyNet, build_model, fold_batchnorm, load_model, save_model
@@ -220,6 +222,10 @@ def save_artifacts(
 
 
 def _reason(exc: BaseException) -> str:
+    """A row's error: the loader's message, never a traceback; an unexpected exception by its type only, so
+    nothing of the server (a path, an OS error) reaches a client."""
+    if not isinstance(exc, ValueError | OSError):
+        return f"could not score this image ({type(exc).__name__})"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -227,7 +233,10 @@ def _reason(exc: BaseException) -> str:
 class GalaxyClassifier:
     """A network plus its preprocessing, temperature and TTA views; scores images in batches.
 
-    Unreadable inputs become per-row errors, never a failed batch: this is what serving wraps.
+    Unreadable inputs become per-row errors, never a failed batch: this is what serving wraps. `limits`
+    (data.images.InputLimits) say what a request may carry: paths only under an image root, at most so many
+    pixels per image, rows and bytes per request, and decodes at once (a semaphore shared by every thread
+    that uses this classifier).
     """
 
     def __init__(
@@ -240,6 +249,7 @@ class GalaxyClassifier:
         tta_views: Sequence[str] = DEFAULT_TTA_VIEWS,
         batch_size: int = 64,
         device: str | torch.device | None = None,
+        limits: InputLimits | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = prepare_for_inference(net, self.device)  # an exact, faster copy: BN folded, channels_last
@@ -248,6 +258,25 @@ class GalaxyClassifier:
         self.classes = tuple(classes)
         self.tta_views = check_views(tta_views, "tta_views")
         self.batch_size = batch_size
+        self.set_limits(limits or InputLimits())
+
+    def set_limits(self, limits: InputLimits) -> None:
+        """What requests may carry from now on (call before serving: the semaphore is replaced)."""
+        self.limits = limits
+        self._decode_slots = threading.BoundedSemaphore(limits.max_decodes)
+
+    @contextlib.contextmanager
+    def decoding(self, item: Any) -> Iterator[Image.Image]:
+        """One input (bytes, base64 text, `file:<path>` under the image root) as RGB under self.limits, held
+        by at most limits.max_decodes callers at a time: use the image (transform it, make a thumbnail) inside
+        the block, so a full-size decoded image never outlives its slot. ImageError says why not."""
+        with self._decode_slots:
+            yield decode_image(item, self.limits)
+
+    def tensor(self, item: Any) -> torch.Tensor:
+        """One input through the loader and the eval preset (the small tensor leaves the decoding slot)."""
+        with self.decoding(item) as image:
+            return self.transform(image)
 
     @classmethod
     def from_artifacts(cls, model_file: str | os.PathLike, **kwargs: Any) -> GalaxyClassifier:
@@ -262,14 +291,21 @@ class GalaxyClassifier:
         return softmax_t(logits, self.temperature)
 
     def predict_proba(self, items: Sequence[Any], *, tta: bool = False) -> tuple[np.ndarray, list[str | None]]:
-        """(N, n_classes) probabilities (NaN rows for unreadable images) and each row's error or None."""
+        """(N, n_classes) probabilities (NaN rows for unreadable images) and each row's error or None.
+
+        A request over limits.max_rows or limits.max_request_bytes is refused as a whole (every row gets the
+        reason) before anything is decoded."""
+        items = list(items)
         probs = np.full((len(items), len(self.classes)), np.nan)
+        refused = self.limits.check_request(items)
+        if refused is not None:
+            return probs, [str(refused)] * len(items)
         errors: list[str | None] = [None] * len(items)
         for start in range(0, len(items), self.batch_size):
             rows, tensors = [], []
             for i in range(start, min(start + self.batch_size, len(items))):
                 try:
-                    tensors.append(self.transform(decode_image(items[i])))
+                    tensors.append(self.tensor(items[i]))
                     rows.append(i)
                 except Exception as exc:  # one bad upload must not fail the batch
                     errors[i] = _reason(exc)

@@ -2,11 +2,17 @@
 
 MLflow keeps the versions; this module decides. `register` adds a version (tagged with its test metrics,
 the test split's digest, git and DVC provenance) and points @challenger at it; `promote` moves @champion to
-the challenger when the gate passes: on the same test split, macro F1 no more than `register.promote_margin`
-below the champion's and calibrated ECE under `register.max_ece`. The first model becomes champion (there
-is nothing to compare it with). Every move of @champion is appended to the registered model's tag
-`champion_history`, so `rollback` can step back. Aliases only, never the deprecated stages: everything
-loads by `models:/<name>@champion`.
+a version (the one the register stage just registered, or @challenger) when the gate passes: on the same
+test split, macro F1 no more than `register.promote_margin` below the champion's and calibrated ECE under
+`register.max_ece`, and never a version that was rolled back (that takes --force with a reason). The first
+model becomes champion (there is nothing to compare it with). Aliases only, never the deprecated stages:
+everything loads by `models:/<name>@champion`.
+
+The champion history is not one shared tag (two processes rewriting it lose entries): each version carries
+its own stamps (`promoted_at`, `restored_at`, `champion_seen_at`, `rolled_back_at`, `previous_champion`), and
+`rollback` rebuilds the history from them, so it still works when a champion's version was deleted. Every
+registration and alias change holds the registry lock (tracking.registry.alias_lock), and promote reads
+@champion again right before moving it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -29,13 +34,18 @@ from galmorph.tracking.registry import VersionInfo
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-HISTORY_TAG = "champion_history"
-"""Registered-model tag: JSON list of the versions that held @champion, oldest first."""
+PROMOTED_AT = "promoted_at"
+RESTORED_AT = "restored_at"
+SEEN_AT = "champion_seen_at"
+"""Stamped on a champion set by hand (outside galmorph) when it is replaced, so rollback can return to it."""
+ROLLED_BACK_AT = "rolled_back_at"
+PREVIOUS = "previous_champion"
+BECAME_CHAMPION = (PROMOTED_AT, RESTORED_AT, SEEN_AT)
 F1_KEY = "test_macro_f1"
 ECE_KEY = "test_ece_calibrated"
 SPLIT_KEY = "test_split_digest"
 SHOWN_METRICS = (F1_KEY, ECE_KEY, "test_accuracy", "test_ece")
-_HISTORY_LIMIT = 200  # a tag value has a size limit; older moves are dropped first
+_RECHECKS = 5  # promote re-gates when @champion moved meanwhile; after this many moves it gives up
 
 
 # ------------------------------------------------------------------------------------------------- gate
@@ -124,6 +134,10 @@ def gate(
                 f"({SPLIT_KEY} {old_split or 'missing'} vs {new_split or 'missing'}); "
                 "their metrics are not comparable (`galmorph promote --rescore` scores both on the current one)"
             )
+    if (when := rolled_back_at(challenger)) is not None:
+        stamp = when.strftime("%Y-%m-%d %H:%M UTC")
+        checks.append(Check("rolled back", "", stamp, "never rolled back (or --force --reason)", False))
+        reasons.append(f"the {label} was rolled back at {stamp}; promote it again only with --force --reason")
     for key in SHOWN_METRICS[2:]:
         old = number_tag(champion, key) if champion is not None else None
         checks.append(Check(key, fmt_metric(old), fmt_metric(number_tag(challenger, key)), "shown only", None))
@@ -172,6 +186,55 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# ------------------------------------------------------------------------------ history from version tags
+
+
+def time_tag(tags: Mapping[str, str], key: str) -> dt.datetime | None:
+    """A timestamp tag (ISO 8601, seconds or microseconds) as an aware datetime; None when absent or bad."""
+    try:
+        when = dt.datetime.fromisoformat(tags[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def champion_since(tags: Mapping[str, str]) -> dt.datetime | None:
+    """When this version last became @champion (promoted, restored, or found there set by hand)."""
+    times = [t for key in BECAME_CHAMPION if (t := time_tag(tags, key)) is not None]
+    return max(times, default=None)
+
+
+def rolled_back_at(tags: Mapping[str, str]) -> dt.datetime | None:
+    """When this version was rolled back, unless it became champion again since (a forced promotion)."""
+    when, since = time_tag(tags, ROLLED_BACK_AT), champion_since(tags)
+    return when if when is not None and (since is None or when > since) else None
+
+
+def _timeline(versions: list[VersionInfo]) -> list[VersionInfo]:
+    """The surviving versions that held @champion, ordered by when they last took it (oldest first)."""
+    held = [(since, int(v.version), v) for v in versions if (since := champion_since(v.tags)) is not None]
+    return [v for _, _, v in sorted(held, key=lambda t: (t[0], t[1]))]
+
+
+def _stamp(versions: list[VersionInfo]) -> str:
+    """Now, to the microsecond, and strictly after every stamp already on the versions (so the order of
+    events made under the lock is the order of their stamps, even on a clock that steps back)."""
+    stamps = [t for v in versions for key in (*BECAME_CHAMPION, ROLLED_BACK_AT) if (t := time_tag(v.tags, key))]
+    when = dt.datetime.now(dt.UTC)
+    if stamps and when <= max(stamps):
+        when = max(stamps) + dt.timedelta(microseconds=1)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def champion_history(name: str, cfg: MlflowConfig) -> list[str]:
+    """The versions that held @champion, oldest first, rebuilt from each version's own tags (a deleted
+    version drops out; a version that took @champion twice appears where it last took it)."""
+    return [v.version for v in _timeline(mlflow_registry.model_versions(name, cfg=cfg))]
+
+
+# -------------------------------------------------------------------------------------------- the moves
+
+
 def _require_model(name: str, cfg: MlflowConfig) -> dict[str, str]:
     aliases = mlflow_registry.registered_model_aliases(name, cfg=cfg)
     if aliases is None:
@@ -188,27 +251,18 @@ def version_by_alias(name: str, alias: str, cfg: MlflowConfig) -> VersionInfo | 
     return mlflow_registry.model_version(name, version, cfg=cfg) if version is not None else None
 
 
-def champion_history(name: str, cfg: MlflowConfig) -> list[str]:
-    raw = mlflow_registry.registered_model_tags(name, cfg=cfg).get(HISTORY_TAG, "[]")
-    try:
-        history = json.loads(raw)
-    except json.JSONDecodeError:
-        raise UserError(f"registered model {name!r}: tag {HISTORY_TAG} is not a JSON list: {raw[:80]!r}") from None
-    return [str(v) for v in history] if isinstance(history, list) else []
-
-
-def _set_champion(name: str, version: VersionInfo, history: list[str], cfg: MlflowConfig) -> None:
-    mlflow_registry.set_alias(name, CHAMPION, version.version, cfg=cfg)
-    mlflow_registry.set_registered_model_tags(name, {HISTORY_TAG: json.dumps(history[-_HISTORY_LIMIT:])}, cfg=cfg)
-
-
 def register_version(
     name: str, model_uri: str, tags: Mapping[str, Any], cfg: MlflowConfig, *, alias: str = CHALLENGER
 ) -> VersionInfo:
-    """Register a logged model as a new version with `tags` and point @challenger (or `alias`) at it."""
-    version = mlflow_registry.register_model(model_uri, name, {k: str(v) for k, v in tags.items()}, cfg=cfg)
-    mlflow_registry.set_alias(name, alias, version, cfg=cfg)
-    info = mlflow_registry.model_version(name, version, cfg=cfg)
+    """Register a logged model as a new version with `tags` and point @challenger (or `alias`) at it.
+
+    Callers that go on to promote pass the returned version to `promote`: by then another process may
+    have moved @challenger to its own version.
+    """
+    with mlflow_registry.alias_lock(cfg):
+        version = mlflow_registry.register_model(model_uri, name, {k: str(v) for k, v in tags.items()}, cfg=cfg)
+        mlflow_registry.set_alias(name, alias, version, cfg=cfg)
+        info = mlflow_registry.model_version(name, version, cfg=cfg)
     assert info is not None  # just created
     return info
 
@@ -227,60 +281,105 @@ class Promotion:
         return not self.promoted and not self.decision.passed
 
 
+def _candidate(name: str, version: str | int | None, cfg: MlflowConfig) -> VersionInfo:
+    if version is None:
+        challenger = version_by_alias(name, CHALLENGER, cfg)
+        if challenger is None:
+            raise UserError(
+                f"registered model {name!r} has no @{CHALLENGER} (register a model first: `galmorph register`)"
+            )
+        return challenger
+    _require_model(name, cfg)
+    info = mlflow_registry.model_version(name, version, cfg=cfg)
+    if info is None:
+        raise UserError(f"registered model {name!r} has no version {version!r} (`galmorph models` lists them)")
+    return info
+
+
 def promote(
-    name: str, cfg: RegisterConfig, mlflow_cfg: MlflowConfig, *, force: bool = False, reason: str | None = None
+    name: str,
+    cfg: RegisterConfig,
+    mlflow_cfg: MlflowConfig,
+    *,
+    version: str | int | None = None,
+    force: bool = False,
+    reason: str | None = None,
 ) -> Promotion:
-    """Compare @challenger with @champion and move @champion when the gate passes (or `force`).
+    """Gate `version` (default: @challenger) against @champion and move @champion to it when the gate passes
+    (or `force`, which needs a `reason`).
 
-    A refusal is returned, not raised: the register stage records it and carries on, the CLI exits non-zero.
+    The whole decision holds the registry lock, and @champion is read again right before it moves: if it
+    moved meanwhile (another machine, the UI), the gate runs again against the new champion. A refusal is
+    returned, not raised: the register stage records it and carries on, the CLI exits non-zero.
     """
-    challenger = version_by_alias(name, CHALLENGER, mlflow_cfg)
-    if challenger is None:
-        raise UserError(f"registered model {name!r} has no @{CHALLENGER} (register a model first: `galmorph register`)")
-    champion = version_by_alias(name, CHAMPION, mlflow_cfg)
-    if champion is not None and champion.version == challenger.version:
-        decision = Decision(passed=True, checks=(), reasons=())
-        return Promotion(
-            challenger, champion, decision, False, False, f"version {challenger.version} is already champion"
-        )
-    decision = gate(challenger.tags, champion.tags if champion else None, cfg)
-    if not decision.passed and not force:
-        return Promotion(challenger, champion, decision, False, False, "refused: " + "; ".join(decision.reasons))
+    if force and not (reason or "").strip():
+        raise UserError("--force needs --reason: say why the gate is overridden (kept in the tag force_reason)")
+    with mlflow_registry.alias_lock(mlflow_cfg):
+        challenger = _candidate(name, version, mlflow_cfg)
+        for _ in range(_RECHECKS):
+            champion = version_by_alias(name, CHAMPION, mlflow_cfg)
+            if champion is not None and champion.version == challenger.version:
+                decision = Decision(passed=True, checks=(), reasons=())
+                note = f"version {challenger.version} is already champion"
+                return Promotion(challenger, champion, decision, False, False, note)
+            decision = gate(challenger.tags, champion.tags if champion else None, cfg)
+            if not decision.passed and not force:
+                return Promotion(
+                    challenger, champion, decision, False, False, "refused: " + "; ".join(decision.reasons)
+                )
+            # compare-and-set by hand (MLflow has none for aliases): is @champion still what was gated against?
+            if _require_model(name, mlflow_cfg).get(CHAMPION) == (champion.version if champion else None):
+                break
+        else:
+            raise UserError(f"registered model {name!r}: @{CHAMPION} kept moving while promoting; try again")
 
-    forced = force and not decision.passed
-    history = champion_history(name, mlflow_cfg)
-    if champion is not None and (not history or history[-1] != champion.version):
-        history.append(champion.version)  # @champion was moved by hand: keep it in the history
-    history.append(challenger.version)
-    _set_champion(name, challenger, history, mlflow_cfg)
-    tags = {"promoted_at": now(), "previous_champion": champion.version if champion else "none"}
-    if forced:
-        tags.update(forced="true", forced_reasons="; ".join(decision.reasons)[:4000], force_reason=reason or "")
-    mlflow_registry.set_version_tags(name, challenger.version, tags, cfg=mlflow_cfg)
+        forced = force and not decision.passed
+        versions = mlflow_registry.model_versions(name, cfg=mlflow_cfg)
+        timeline = _timeline(versions)
+        if champion is not None and (
+            not timeline or timeline[-1].version != champion.version or rolled_back_at(champion.tags) is not None
+        ):
+            # @champion was set by hand: stamp that it held it, so rollback can return to it
+            mlflow_registry.set_version_tags(name, champion.version, {SEEN_AT: _stamp(versions)}, cfg=mlflow_cfg)
+            versions = mlflow_registry.model_versions(name, cfg=mlflow_cfg)
+        stamp = _stamp(versions)
+        mlflow_registry.set_alias(name, CHAMPION, challenger.version, cfg=mlflow_cfg)
+        tags = {PROMOTED_AT: stamp, PREVIOUS: champion.version if champion else "none"}
+        if forced:
+            tags.update(forced="true", forced_reasons="; ".join(decision.reasons)[:4000], force_reason=reason or "")
+        mlflow_registry.set_version_tags(name, challenger.version, tags, cfg=mlflow_cfg)
     before = f"from version {champion.version}" if champion else "(first champion)"
     note = f"@{CHAMPION} -> version {challenger.version} {before}" + (" (forced)" if forced else "")
     return Promotion(challenger, champion, decision, True, forced, note)
 
 
-def rollback(name: str, mlflow_cfg: MlflowConfig) -> tuple[VersionInfo, VersionInfo]:
-    """Point @champion back at the version that held it before; returns (from, to)."""
-    current = version_by_alias(name, CHAMPION, mlflow_cfg)
-    if current is None:
-        raise UserError(f"registered model {name!r} has no @{CHAMPION} to roll back")
-    history = champion_history(name, mlflow_cfg)
-    while history and history[-1] == current.version:
-        history.pop()
-    while history:
-        target = mlflow_registry.model_version(name, history[-1], cfg=mlflow_cfg)
-        if target is not None:
-            break
-        history.pop()  # that version was deleted from the registry: skip it
-    else:
-        raise UserError(f"registered model {name!r}: no previous champion to roll back to (history is empty)")
-    _set_champion(name, target, history, mlflow_cfg)
-    mlflow_registry.set_version_tags(name, current.version, {"rolled_back_at": now()}, cfg=mlflow_cfg)
-    mlflow_registry.set_version_tags(name, target.version, {"restored_at": now()}, cfg=mlflow_cfg)
-    return current, target
+def rollback(name: str, mlflow_cfg: MlflowConfig) -> tuple[VersionInfo | None, VersionInfo]:
+    """Point @champion back at the version that held it before; returns (from, to).
+
+    `from` is None when @champion is unset because its version was deleted: then the most recent earlier
+    champion that still exists is restored. Versions rolled back before are never restored.
+    """
+    with mlflow_registry.alias_lock(mlflow_cfg):
+        current = version_by_alias(name, CHAMPION, mlflow_cfg)
+        versions = mlflow_registry.model_versions(name, cfg=mlflow_cfg)
+        candidates = [
+            v
+            for v in _timeline(versions)
+            if (current is None or v.version != current.version) and rolled_back_at(v.tags) is None
+        ]
+        if not candidates:
+            if current is None:
+                raise UserError(f"registered model {name!r} has no @{CHAMPION} to roll back")
+            raise UserError(f"registered model {name!r}: no previous champion to roll back to (history is empty)")
+        target = candidates[-1]
+        stamp = _stamp(versions)
+        mlflow_registry.set_alias(name, CHAMPION, target.version, cfg=mlflow_cfg)
+        if current is not None:
+            mlflow_registry.set_version_tags(name, current.version, {ROLLED_BACK_AT: stamp}, cfg=mlflow_cfg)
+        mlflow_registry.set_version_tags(name, target.version, {RESTORED_AT: stamp}, cfg=mlflow_cfg)
+        restored = mlflow_registry.model_version(name, target.version, cfg=mlflow_cfg)
+    assert restored is not None  # held the lock: nothing deleted it meanwhile through galmorph
+    return current, restored
 
 
 def list_versions(name: str, mlflow_cfg: MlflowConfig) -> list[VersionInfo]:

@@ -1,8 +1,10 @@
 """The web page: a person uploads a galaxy image and sees the model's verdict and which model gave it.
 
 Plain HTML, no JavaScript needed, so it works for a class on any browser; `POST /api/predict` answers the
-same as JSON. A bad upload gets a clear message and the server carries on. `app_from_env` is the entry
-point for production WSGI servers (gunicorn), configured by environment variables.
+same as JSON. A bad upload gets a clear message and a 4xx (415 for a file that is not an accepted image
+format, 413 for one too large in bytes or pixels, 400 for a broken image) and the server carries on. Each
+upload is decoded once, under the classifier's limits (serve.max_pixels, serve.max_decodes at a time).
+`app_from_env` is the entry point for production WSGI servers (gunicorn), configured by environment variables.
 """
 
 from __future__ import annotations
@@ -14,23 +16,22 @@ import os
 from typing import Any
 
 from flask import Flask, jsonify, render_template, request
+from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from galmorph.config import MlflowConfig, load_params
-from galmorph.data.images import decode_image
+from galmorph.config import MlflowConfig, ServeConfig, load_params
+from galmorph.data.images import ACCEPTED, ImageError, InputLimits
 from galmorph.errors import UserError
-from galmorph.models.inference import ERROR_PREFIX, UNCERTAIN, GalaxyClassifier
+from galmorph.models.inference import UNCERTAIN, GalaxyClassifier, labels_of
 from galmorph.serving.resolve import ModelRef, load_model, resolve_model
 
 THUMBNAIL_PX = 320
+#: HTTP status of an upload the loader refused, by its reason (anything else: 400).
+STATUS_BY_REASON = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413}
 
 
-def _thumbnail(data: bytes) -> str | None:
-    """The upload as a small JPEG data URL, so the page shows what was scored (None if undecodable)."""
-    try:
-        image = decode_image(data)
-    except Exception:
-        return None
+def _thumbnail(image: Image.Image) -> str:
+    """The scored image as a small JPEG data URL, so the page shows what was scored (shrinks `image`)."""
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=85)
@@ -38,24 +39,43 @@ def _thumbnail(data: bytes) -> str | None:
 
 
 def classify_upload(
-    classifier: GalaxyClassifier, data: bytes, *, threshold: float, tta: bool = False
-) -> dict[str, Any]:
-    """{"probabilities": {class: p}, "verdict": class|uncertain, "top": p, "leaning": top class} or
-    {"error": reason}."""
+    classifier: GalaxyClassifier,
+    data: bytes,
+    *,
+    threshold: float,
+    tta: bool = False,
+    name: str = "the file",
+    thumbnail: bool = False,
+) -> tuple[dict[str, Any], int, str | None]:
+    """({"probabilities": {class: p}, "verdict": class|uncertain, "top": p, "leaning": top class} or
+    {"error": reason}, HTTP status, the thumbnail's data URL when asked for). The bytes are decoded once."""
     if not data:
-        return {"error": "the file is empty"}
-    row = classifier.predict([data], tta=tta, threshold=threshold).iloc[0]
-    if str(row["label"]).startswith(ERROR_PREFIX):
-        return {"error": "not a readable image (" + str(row["label"])[len(ERROR_PREFIX) :] + ")"}
-    probs = {c: float(row[f"p_{c}"]) for c in classifier.classes}
+        return {"error": f"{name}: the file is empty"}, 400, None
+    try:
+        with classifier.decoding(data) as image:  # the full-size image lives only inside its decoding slot
+            x = classifier.transform(image)
+            thumb = _thumbnail(image) if thumbnail else None
+    except ImageError as exc:
+        return {"error": f"{name}: {exc}"}, STATUS_BY_REASON.get(exc.reason, 400), None
+    probs_row = classifier.probabilities(x[None], tta=tta)
+    verdict = labels_of(probs_row, [None], classifier.classes, threshold)[0]
+    probs = {c: float(p) for c, p in zip(classifier.classes, probs_row[0], strict=True)}
     leaning = max(probs, key=probs.__getitem__)
-    return {"probabilities": probs, "verdict": str(row["label"]), "top": probs[leaning], "leaning": leaning}
+    result = {"probabilities": probs, "verdict": verdict, "top": probs[leaning], "leaning": leaning}
+    return result, 200, thumb
 
 
 def create_app(
-    classifier: GalaxyClassifier, ref: ModelRef, *, threshold: float, max_upload_bytes: int = 10 * 2**20
+    classifier: GalaxyClassifier,
+    ref: ModelRef,
+    *,
+    threshold: float,
+    max_upload_bytes: int = 10 * 2**20,
+    limits: InputLimits | None = None,
 ) -> Flask:
-    """The Flask app around a loaded classifier (tests and WSGI servers call this directly)."""
+    """The Flask app around a loaded classifier (tests and WSGI servers call this directly). `limits`: the
+    pixel limit and decodes at once (no paths: uploads only)."""
+    classifier.set_limits(limits or InputLimits(max_request_bytes=max_upload_bytes))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     limit_mb = max_upload_bytes / 2**20
@@ -66,15 +86,19 @@ def create_app(
         "limit_mb": f"{limit_mb:g}",
         "limit_bytes": max_upload_bytes,
         "uncertain": UNCERTAIN,
+        "accepted": ACCEPTED.removeprefix("accepted: "),
     }
 
-    def upload() -> tuple[dict[str, Any], str | None, str]:
+    def upload(*, thumbnail: bool) -> tuple[dict[str, Any], int, str | None, str]:
         file = request.files.get("image")
         if file is None or not file.filename:
-            return {"error": "choose an image file first (JPEG or PNG)"}, None, ""
+            return {"error": "choose an image file first (JPEG, PNG, TIFF, WEBP, BMP or GIF)"}, 400, None, ""
         data = file.read()
         tta = request.form.get("tta") in ("on", "true", "1")
-        return classify_upload(classifier, data, threshold=threshold, tta=tta), _thumbnail(data), file.filename
+        result, status, thumb = classify_upload(
+            classifier, data, threshold=threshold, tta=tta, name=file.filename, thumbnail=thumbnail
+        )
+        return result, status, thumb, file.filename
 
     @app.get("/")
     def index() -> str:
@@ -82,15 +106,14 @@ def create_app(
 
     @app.post("/")
     def predict_page() -> tuple[str, int]:
-        result, thumbnail, filename = upload()
-        status = 400 if "error" in result else 200
+        result, status, thumbnail, filename = upload(thumbnail=True)
         return render_template("index.html", **page, result=result, thumbnail=thumbnail, filename=filename), status
 
     @app.post("/api/predict")
     def predict_api() -> Any:
-        result, _, filename = upload()
+        result, status, _, filename = upload(thumbnail=False)  # the API has no use for a thumbnail
         body = {"file": filename, **result, "model": ref.display, "threshold": threshold}
-        return jsonify(body), (400 if "error" in result else 200)
+        return jsonify(body), status
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -108,19 +131,46 @@ def create_app(
 
 
 def build(
-    model: str | None, mlflow_cfg: MlflowConfig, *, threshold: float, max_upload_mb: float = 10.0
+    model: str | None,
+    mlflow_cfg: MlflowConfig,
+    *,
+    threshold: float,
+    max_upload_mb: float = 10.0,
+    serve: ServeConfig | None = None,
 ) -> tuple[Flask, ModelRef]:
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: expected a probability between 0 and 1")
     if not max_upload_mb > 0:
         raise UserError(f"--max-upload-mb {max_upload_mb}: expected a positive size")
+    max_upload_bytes = int(max_upload_mb * 2**20)
+    limits = InputLimits(max_request_bytes=max_upload_bytes)
+    if serve is not None:
+        for key in ("max_pixels", "max_decodes"):
+            if getattr(serve, key) < 1:
+                raise UserError(f"params: serve.{key}: expected a positive whole number, got {getattr(serve, key)}")
+        limits = InputLimits(
+            max_pixels=serve.max_pixels, max_decodes=serve.max_decodes, max_request_bytes=max_upload_bytes
+        )
     ref = resolve_model(model, mlflow_cfg)
-    app = create_app(load_model(ref, mlflow_cfg), ref, threshold=threshold, max_upload_bytes=int(max_upload_mb * 2**20))
+    app = create_app(
+        load_model(ref, mlflow_cfg), ref, threshold=threshold, max_upload_bytes=max_upload_bytes, limits=limits
+    )
     return app, ref
 
 
 def app_from_env() -> Flask:
-    """For WSGI servers: GALMORPH_MODEL (default the champion), GALMORPH_PARAMS (default params.yaml)."""
+    """For WSGI servers: GALMORPH_MODEL (default the champion), GALMORPH_PARAMS (default params.yaml),
+    GALMORPH_MAX_UPLOAD_MB (default 10); the serve section of the params gives the image limits."""
     params = load_params(os.environ.get("GALMORPH_PARAMS", "params.yaml"))
-    app, _ = build(os.environ.get("GALMORPH_MODEL"), params.mlflow, threshold=params.evaluate.abstain_threshold)
+    try:
+        max_upload_mb = float(os.environ.get("GALMORPH_MAX_UPLOAD_MB") or 10.0)
+    except ValueError:
+        raise UserError(f"GALMORPH_MAX_UPLOAD_MB={os.environ['GALMORPH_MAX_UPLOAD_MB']!r}: expected a number") from None
+    app, _ = build(
+        os.environ.get("GALMORPH_MODEL"),
+        params.mlflow,
+        threshold=params.evaluate.abstain_threshold,
+        max_upload_mb=max_upload_mb,
+        serve=params.serve,
+    )
     return app

@@ -41,13 +41,14 @@ def main(params: Params, args: argparse.Namespace) -> None:
     )
     name = params.mlflow.registered_model
     version = promotion.register_version(name, trained["model_uri"], tags, params.mlflow)
-    result = promotion.promote(name, params.register, params.mlflow)
+    # this version, by number: @challenger may already be another run's (parallel `dvc exp run`s share mlruns/)
+    result = promotion.promote(name, params.register, params.mlflow, version=version.version)
     report = promotion.promotion_report(result)
     write_json(params.register.report, report)
     if run_id:
         # the training run says which registry version it became
         with runs.start_run(params.mlflow, "register", params.register, run_id=run_id):
             runs.set_tags({"registry.name": name, "registry.version": version.version})
-    print(f"{name} version {version.version} is @{promotion.CHALLENGER}; {result.note}")
+    print(f"{name}: registered version {version.version} (@{promotion.CHALLENGER}); {result.note}")
     for warning in result.decision.warnings:
         print(f"warning: {warning}")

@@ -1,12 +1,19 @@
 """The classifier as a self-contained MLflow pyfunc: logging it, loading it, and its Spark UDF.
 
 The model is logged "from code" with the galmorph package in its code/ folder and pinned requirements, so
-`mlflow.pyfunc.load_model(uri)` works in any environment without this repository.
+`mlflow.pyfunc.load_model(uri)` works in any environment without this repository. Loading a logged model
+runs the code shipped inside it: load only models you trust.
+
+What the served model accepts (README "Security"): images as base64 text or bytes; a server file only as
+`file:<path>`, and only when an image root is set; limits on pixels, rows and bytes per request and decodes
+at once. `mlflow models serve` has no params.yaml, so these come from the environment (SERVE_ENV), or from
+`model_config` at load time (mlflow.pyfunc.load_model(uri, model_config={"image_root": ...})), which wins.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -24,6 +31,7 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 import galmorph
 from galmorph.config import CLASSES, MlflowConfig, ModelConfig, PreprocessConfig
+from galmorph.data.images import InputLimits
 from galmorph.tracking import runs, store
 
 if typing.TYPE_CHECKING:
@@ -31,6 +39,49 @@ if typing.TYPE_CHECKING:
 
 PIP_REQUIREMENTS = ("torch", "torchvision", "pillow", "pandas", "numpy", "pyyaml", "tqdm")
 """What the logged pyfunc needs besides mlflow (pinned to the versions it was logged with)."""
+
+SERVE_ENV: dict[str, str] = {
+    "image_root": "GALMORPH_IMAGE_ROOT",  # file:<path> rows are read only under this folder (default: never)
+    "max_pixels": "GALMORPH_MAX_PIXELS",  # per image (default 25,000,000)
+    "max_rows": "GALMORPH_MAX_ROWS",  # images per request (default 256; 0 = no limit)
+    "max_request_mb": "GALMORPH_MAX_REQUEST_MB",  # image data per request, as sent (default 64; 0 = no limit)
+    "max_decodes": "GALMORPH_MAX_DECODES",  # images decoded at once per server process (default 2)
+}
+"""model_config key -> environment variable, for what the served model accepts (InputLimits)."""
+
+
+def input_limits(config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> InputLimits:
+    """The served model's InputLimits: a key of `config` (model_config at load time) when not None, else its
+    SERVE_ENV variable when set, else InputLimits' default. ValueError names the setting that is wrong."""
+    env = os.environ if env is None else env
+    defaults = InputLimits()
+    values: dict[str, Any] = {}
+    for key, var in SERVE_ENV.items():
+        raw = config.get(key)
+        where = f"model_config {key}"
+        if raw is None and env.get(var, "").strip():
+            raw, where = env[var].strip(), var
+        if raw is None:
+            continue
+        if key == "image_root":
+            root = os.path.expanduser(str(raw))
+            if not os.path.isdir(root):
+                raise ValueError(f"{where}={raw}: not a folder (the served model's image root)")
+            values[key] = root
+            continue
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}={raw!r}: expected a number") from None
+        if not math.isfinite(number) or number < 0 or (number == 0 and key in ("max_pixels", "max_decodes")):
+            raise ValueError(f"{where}={raw!r}: expected a positive number")
+        if key == "max_request_mb":
+            values["max_request_bytes"] = int(number * 2**20) if number else None
+        elif key == "max_rows":
+            values[key] = int(number) if number else None
+        else:
+            values[key] = int(number)
+    return dataclasses.replace(defaults, **values)
 
 
 class GalaxyPyfunc(mlflow.pyfunc.PythonModel):
@@ -44,14 +95,29 @@ class GalaxyPyfunc(mlflow.pyfunc.PythonModel):
         from galmorph.models.inference import GalaxyClassifier
 
         options = dict(context.model_config or {})
-        self.classifier = GalaxyClassifier.from_artifacts(context.artifacts["model"], **options)
+        limits = input_limits({key: options.pop(key, None) for key in SERVE_ENV})
+        self.classifier = GalaxyClassifier.from_artifacts(context.artifacts["model"], limits=limits, **options)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # a DataFrame hint: MLflow validates against the explicit signature instead of inferring one
         params = params or {}
-        return self.classifier.predict(
+        out = self.classifier.predict(
             model_input, tta=bool(params.get("tta", False)), threshold=float(params.get("threshold", 0.0))
         )
+        return nulls_for_failed_rows(out)
+
+
+def nulls_for_failed_rows(out: pd.DataFrame) -> pd.DataFrame:
+    """A failed row's probabilities as None, so JSON carries null: NaN is not JSON, and browsers' parsers
+    reject the `NaN` Python writes. Columns stay float64 when every row scored."""
+    columns = [c for c in out.columns if c.startswith("p_")]
+    failed = out[columns].isna().any(axis=1)
+    if failed.any():
+        for column in columns:
+            values = out[column].astype(object)
+            values[failed] = None
+            out[column] = values
+    return out
 
 
 _MODEL_CODE = """\
@@ -65,7 +131,7 @@ mlflow.models.set_model(GalaxyPyfunc())
 
 
 def classifier_signature(classes: Sequence[str] = CLASSES) -> ModelSignature:
-    """Input: column `image` (path, base64 or bytes); output: p_<class>..., label; params tta, threshold."""
+    """Input: column `image` (base64, bytes or file:<path>); output: p_<class>..., label; params tta, threshold."""
     outputs = [ColSpec("double", f"p_{c}") for c in classes] + [ColSpec("string", "label")]
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
@@ -127,7 +193,8 @@ def log_classifier(
             pip_requirements=_pip_requirements(),
             signature=classifier_signature(),
             input_example=pd.DataFrame(example) if example else None,
-            model_config={"tta_views": views, "batch_size": batch_size},
+            # the SERVE_ENV keys are logged unset (None): the environment or load-time model_config sets them
+            model_config={"tta_views": views, "batch_size": batch_size, **dict.fromkeys(SERVE_ENV)},
             metadata={"classes": list(CLASSES), "temperature": temperature, "galmorph_version": galmorph.__version__},
         )
     return info.model_uri
@@ -148,8 +215,12 @@ def spark_udf(
     cfg: MlflowConfig | None = None,
 ) -> Any:
     """The pyfunc as a Spark pandas UDF, run in the executors' own Python (env_manager="local": a cluster's
-    executors need galmorph's requirements installed, as with spark-submit --py-files or a cluster image)."""
+    executors need galmorph's requirements installed, as with spark-submit --py-files or a cluster image).
+
+    A batch job is the user's own: its rows may be `file:<absolute path>` anywhere (image root /), and Arrow
+    batches are not capped in rows or bytes; the pixel limit and the decode checks still apply."""
     store.client(cfg)
+    trusted = {SERVE_ENV["image_root"]: os.sep, SERVE_ENV["max_rows"]: "0", SERVE_ENV["max_request_mb"]: "0"}
     return mlflow.pyfunc.spark_udf(
-        spark, model_uri, result_type=result_type, env_manager="local", params=dict(params or {})
+        spark, model_uri, result_type=result_type, env_manager="local", params=dict(params or {}), extra_env=trusted
     )

@@ -6,16 +6,61 @@ project's MlflowConfig so it reaches the right store even outside a run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+import hashlib
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
+from filelock import FileLock, Timeout
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from galmorph.config import MlflowConfig
+from galmorph.errors import UserError
 from galmorph.tracking import store
+
+LOCK_TIMEOUT_S = 600.0
+"""How long a registry change waits for another process's (a promotion is seconds; a hung one is not)."""
+
+
+def lock_path(cfg: MlflowConfig) -> Path:
+    """The file that serialises alias changes on the project's store.
+
+    SQLite (the default): beside the database, so every process on the store's file system shares it. A
+    tracking server: a file in the temp folder named after the server's URI, which serialises processes on
+    this machine only; MLflow has no compare-and-set for aliases, so two machines can still interleave
+    (promote re-reads @champion right before moving it, which narrows but does not close that window).
+    """
+    uri = store.tracking_uri(cfg)
+    db = store.sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is not None:
+        return db.with_name(db.name + ".lock")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"galmorph-registry-{digest}.lock"
+
+
+@contextlib.contextmanager
+def alias_lock(cfg: MlflowConfig, timeout: float | None = None) -> Iterator[None]:
+    """Hold the registry lock: one registration or alias change at a time across processes."""
+    timeout = LOCK_TIMEOUT_S if timeout is None else timeout
+    path = lock_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"{path}: another galmorph process has held the registry lock for over {timeout:.0f} s "
+            "(a register, promote or rollback still running?); try again when it has finished"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def register_model(

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+from filelock import FileLock, Timeout
 from mlflow.exceptions import MlflowException
 
 from galmorph.config import MlflowConfig
@@ -21,6 +22,8 @@ from galmorph.paths import repo_root
 
 STORE_DIR = "mlruns"
 """The local store's folder under the repo root: mlflow.db plus artifacts/."""
+INIT_LOCK_TIMEOUT_S = 300.0
+"""How long a process waits for another that is creating a new SQLite store's tables."""
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
@@ -73,8 +76,30 @@ def use_store(cfg: MlflowConfig) -> str:
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:") and (db := sqlite_path(uri)) is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_store(uri, db)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _create_sqlite_store(uri: str, db: Path) -> None:
+    """Create a new SQLite store's tables one process at a time: MLflow creates and migrates them on first
+    use without a lock, so two processes starting on a new store (gunicorn workers, `dvc queue start -j2`)
+    can both run the migrations and one dies on the other's half-made schema. Every process takes the lock
+    (a flock, microseconds) so that none can see a store that another is still creating."""
+    try:
+        lock = FileLock(db.with_name(db.name + ".init.lock"), timeout=INIT_LOCK_TIMEOUT_S)
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"{db}: another process has been creating this MLflow store for over {INIT_LOCK_TIMEOUT_S:.0f} s"
+        ) from None
+    except OSError:  # a read-only folder: nobody creates a store there
+        return
+    try:
+        if not db.exists() or db.stat().st_size == 0:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables
+    finally:
+        lock.release()
 
 
 def client(cfg: MlflowConfig | None) -> mlflow.MlflowClient:

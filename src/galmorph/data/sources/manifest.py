@@ -22,6 +22,7 @@ from galmorph.data.labels import (
     JoinResult,
     check_threshold,
     code_names,
+    dedupe_images,
     dedupe_rows,
     disagreement,
     labelled_tables,
@@ -193,6 +194,10 @@ def read_manifest_catalogue(source: Mapping[str, Any], *, root: str | os.PathLik
         }
     )[keep]
     frame, report["duplicates"] = dedupe_rows(frame, "galaxy_id", "manifest")
+    # the same file under two ids (two spellings of its path, a symlink): one image, not two galaxies
+    resolved = [os.path.realpath(os.path.join(root, p)) for p in frame["image_path"]]
+    frame, same_image = dedupe_images(frame, resolved, "label_id", "manifest")
+    report["duplicates"].update(same_image)
     codes = frame.pop("label_id").to_numpy()
     rule = "label_map" if label_col is not None else f"vote_columns >= {threshold}"
     return labelled_tables(

@@ -1,9 +1,14 @@
 """What `fetch` keeps in `data.raw_dir`, and how it describes it in `source.json`.
 
-raw_dir is the fetch stage's DVC output: what is in it is what DVC versions, and DVC clears it before the
-stage runs. So fetch keeps it to the current source's files (another source's leftovers are removed), never
-keeps a user's own data in it (local and manifest inputs must live elsewhere), and writes source.json last,
-atomically: a source.json means the files it names are complete.
+raw_dir is the fetch stage's DVC output: what is in it is what DVC versions. So fetch keeps it to the current
+source's files (another source's leftovers are removed), never keeps a user's own data in it (local and
+manifest inputs must live elsewhere), and writes source.json last, atomically: a source.json means the files
+it names are complete.
+
+Fetch removes or replaces only what it wrote itself: `.owned.json` (the ownership record) lists the names it
+wrote, and is written before each run writes anything. A file of one of fetch's names that the record does
+not list (a user's own download in a folder that data.raw_dir now points at) stops fetch with an error
+instead; `fetch --force` takes it over.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from galmorph.io import write_json
 from galmorph.paths import portable_path
 
 SOURCE_JSON = "source.json"
+OWNED_JSON = ".owned.json"
+"""The ownership record: the names in raw_dir that fetch wrote (and so may remove or replace)."""
 DOWNLOADS_JSON = ".downloads.json"
 """The galaxyzoo source's ledger: URL and MD5 of each finished download, so a re-run knows what it has."""
 IMAGES_ROOT = IMAGES_SUBDIR.parts[0]
@@ -30,6 +37,13 @@ MANAGED = frozenset(
     {SOURCE_JSON, DOWNLOADS_JSON, TABLE2_NAME, f"{TABLE2_NAME}.gz", MAPPING_NAME, IMAGES_ROOT, ZIP_NAME}
 )
 UNPACKING = f".{IMAGES_ROOT}.unpacking"
+_PART_SUFFIXES = (".part", ".part.json")
+"""download.py's unfinished download and its record (URL, ETag) beside it."""
+_LEGACY = {
+    "synthetic": {TABLE2_NAME, MAPPING_NAME, IMAGES_ROOT},
+    "galaxyzoo": {DOWNLOADS_JSON, TABLE2_NAME, f"{TABLE2_NAME}.gz", MAPPING_NAME, IMAGES_ROOT, ZIP_NAME},
+}
+"""What each source wrote in raw_dir before the ownership record existed (see read_owned)."""
 _SOURCE_KEYS = {
     "catalogue": ("table2", "mapping", "images_dir"),
     "manifest": ("path", "path_column", "label_column", "label_map", "vote_columns", "vote_threshold"),
@@ -63,30 +77,86 @@ def owner(raw_dir: str | os.PathLike) -> str | None:
     return "galaxyzoo" if (Path(raw_dir) / DOWNLOADS_JSON).is_file() else None
 
 
-def _is_managed(name: str) -> bool:
-    if name in MANAGED or name == UNPACKING:
-        return True
-    if name.endswith(".part"):
-        return name[: -len(".part")] in MANAGED
-    # io.atomic_path's temporary files (".<name>.<random>.tmp") left by a killed run
-    return name.endswith(".tmp") and any(name.startswith(f".{m}.") for m in MANAGED)
+def owning_name(name: str) -> tuple[str | None, bool]:
+    """Which of fetch's names (MANAGED) an entry of raw_dir belongs to, or None; and whether the entry is one
+    of fetch's own temporary ones that no user would name so (an atomic_path file, the unpacking folder)."""
+    if name in MANAGED:
+        return name, False
+    for suffix in _PART_SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in MANAGED:
+            return name[: -len(suffix)], False
+    if name == UNPACKING:
+        return IMAGES_ROOT, True
+    if name.endswith(".tmp"):  # io.atomic_path's ".<name>.<random>.tmp" left by a killed run
+        for managed in sorted(MANAGED, key=len, reverse=True):
+            if name.startswith(f".{managed}."):
+                return managed, True
+    return None, False
 
 
-def clean(raw_dir: str | os.PathLike, keep: Iterable[str] = ()) -> list[str]:
-    """Remove fetch's files in raw_dir except `keep` (and their `.part`); returns the names removed."""
-    raw, keep = Path(raw_dir), set(keep)
+def _entries(raw_dir: str | os.PathLike) -> list[tuple[Path, str, bool]]:
+    """(entry, the name it belongs to, temporary?) for every entry of raw_dir that belongs to one of fetch's names."""
+    raw = Path(raw_dir)
     if not raw.is_dir():
         return []
-    removed = []
+    found = []
     for entry in sorted(raw.iterdir()):
-        name = entry.name
-        if not _is_managed(name) or name in keep or (name.endswith(".part") and name[: -len(".part")] in keep):
+        name, temporary = owning_name(entry.name)
+        if name is not None:
+            found.append((entry, name, temporary))
+    return found
+
+
+def read_owned(raw_dir: str | os.PathLike) -> set[str]:
+    """The names in raw_dir that fetch wrote: its ownership record. A raw_dir filled before the record
+    existed has none; there the source.json (or galaxyzoo's download ledger) of that fetch shows what it wrote.
+    Only fetch's own names count, whatever the record says: nothing else is ever removed."""
+    raw = Path(raw_dir)
+    try:
+        record = json.loads((raw / OWNED_JSON).read_text())
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("names"), list):
+        return {str(n) for n in record["names"]} & MANAGED
+    previous = read_previous(raw)
+    source = owner(raw)
+    names = {SOURCE_JSON} if previous is not None else set()
+    return names | _LEGACY.get(str(source), set())
+
+
+def write_owned(raw_dir: str | os.PathLike, names: Iterable[str]) -> None:
+    raw = Path(raw_dir)
+    record = {
+        "about": "the files galmorph fetch wrote in this folder: the only ones it removes or replaces",
+        "names": sorted(set(names) & MANAGED),
+    }
+    write_json(raw / OWNED_JSON, record)
+
+
+def present(raw_dir: str | os.PathLike, names: Iterable[str]) -> set[str]:
+    """Those of `names` with something in raw_dir: the file or folder itself, or its unfinished download."""
+    names = set(names)
+    return {name for _, name, temporary in _entries(raw_dir) if name in names and not temporary}
+
+
+def foreign(raw_dir: str | os.PathLike, names: Iterable[str], owned: Iterable[str]) -> list[str]:
+    """The entries of raw_dir that a fetch writing `names` would replace but that fetch did not write."""
+    names, owned = set(names), set(owned)
+    return [e.name for e, name, temporary in _entries(raw_dir) if name in names - owned and not temporary]
+
+
+def clean(raw_dir: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """Remove `names` from raw_dir (what fetch owns, see read_owned), with their unfinished downloads and
+    temporary files; returns the entry names removed."""
+    names, removed = set(names) & MANAGED, []
+    for entry, name, _ in _entries(raw_dir):
+        if name not in names:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-        removed.append(name)
+        removed.append(entry.name)
     return removed
 
 
