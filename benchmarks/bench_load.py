@@ -2,7 +2,8 @@
 
 16 client threads send a mix of good, corrupt, truncated, oversized (a 9000x9000 16-bit PNG) and non-image
 uploads to a server on 127.0.0.1 started here with a tiny model, and report requests/s, p50/p99 latency, the
-answers by kind and status, and the peak resident memory of the server's whole process tree. Everything runs on
+answers by kind and status, and the peak resident memory of the server's whole process tree, each against a
+baseline measured on the same server just before: the same load of good images only. Everything runs on
 loopback, in bounded loops, and stops by itself.
 
     .venv/bin/python benchmarks/bench_load.py --clients 16 --requests 200
@@ -171,16 +172,29 @@ def hammer(send, kinds: list[str], clients: int, per_client: int, proc: psutil.P
     return Result(seconds, latencies, counted, peak[0], idle)
 
 
-def report(name: str, r: Result) -> None:
+def p99(r: Result) -> float:
     lat = sorted(r.latencies)
-    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    return lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+
+
+def rate(r: Result) -> float:
+    return len(r.latencies) / r.seconds
+
+
+def report(name: str, baseline: Result, r: Result) -> None:
+    """The mixed load against the baseline measured on the same server just before: good images only."""
     print(f"\n### {name}")
+    for what, x in (("baseline, good images only", baseline), ("mixed good and hostile uploads", r)):
+        print(
+            f"- {what}: {len(x.latencies)} requests in {x.seconds:.1f} s, {rate(x):.1f} requests/s, latency p50 "
+            f"{statistics.median(x.latencies) * 1000:.0f} ms, p99 {p99(x) * 1000:.0f} ms; server RSS idle "
+            f"{x.idle_rss / 2**20:.0f} MiB, peak {x.peak_rss / 2**20:.0f} MiB"
+        )
     print(
-        f"{len(lat)} requests in {r.seconds:.1f} s: {len(lat) / r.seconds:.1f} requests/s, latency p50 "
-        f"{statistics.median(lat) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; server RSS idle {r.idle_rss / 2**20:.0f} MiB, "
-        f"peak {r.peak_rss / 2**20:.0f} MiB"
+        f"- mixed / baseline: requests/s {rate(r) / rate(baseline):.2f}x, p99 {p99(r) / p99(baseline):.2f}x, "
+        f"peak RSS {r.peak_rss / baseline.peak_rss:.2f}x"
     )
-    print("| upload | answer | count |\n| --- | --- | ---: |")
+    print("\n| upload | answer | count |\n| --- | --- | ---: |")
     for (kind, outcome), n in sorted(r.kinds.items()):
         print(f"| {kind} | {outcome} | {n} |")
 
@@ -222,7 +236,10 @@ def main() -> int:
             return "HTTP 200, row error" if str(label).startswith("error") else "HTTP 200, scored"
 
         with server(cmd, f"{rest}/ping", env, tmp / "rest.log") as proc:
-            report("REST (`mlflow models serve`)", hammer(send_rest, kinds, args.clients, args.requests, proc))
+            baseline = hammer(send_rest, ["good"], args.clients, args.requests, proc)
+            report(
+                "REST (`mlflow models serve`)", baseline, hammer(send_rest, kinds, args.clients, args.requests, proc)
+            )
 
         port = free_port()
         web = f"http://127.0.0.1:{port}"
@@ -236,7 +253,8 @@ def main() -> int:
             return f"HTTP {r.status_code}"
 
         with server(cmd, f"{web}/healthz", web_env, tmp / "web.log") as proc:
-            report("web page API under gunicorn", hammer(send_web, kinds, args.clients, args.requests, proc))
+            baseline = hammer(send_web, ["good"], args.clients, args.requests, proc)
+            report("web page API under gunicorn", baseline, hammer(send_web, kinds, args.clients, args.requests, proc))
     return 0
 
 
