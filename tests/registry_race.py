@@ -18,9 +18,9 @@ def racing_register_stage(params: Params, barrier: Any, results: Any) -> None:
     original = promotion.register_version
 
     def register_then_wait(*args: Any, **kwargs: Any) -> Any:
-        version = original(*args, **kwargs)
+        version = original(*args, **kwargs)  # a promotion.Registered
         barrier.wait(timeout=120)
-        results.put((params.register.report, version.version))
+        results.put((params.register.report, version.version.version))
         return version
 
     promotion.register_version = register_then_wait  # type: ignore[assignment]

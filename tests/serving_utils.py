@@ -102,7 +102,7 @@ def register_tiny(
 ) -> VersionInfo:
     """A new version of cfg.registered_model with test-metric tags, as the register stage would add."""
     metrics = {"test_macro_f1": f1, "test_ece_calibrated": ece, "test_accuracy": f1, "test_split_digest": split}
-    return promotion.register_version(cfg.registered_model, tiny.source, {**metrics, **tags}, cfg)
+    return promotion.register_version(cfg.registered_model, tiny.source, {**metrics, **tags}, cfg).version
 
 
 @contextlib.contextmanager

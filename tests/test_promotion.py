@@ -14,13 +14,14 @@ import pytest
 from galmorph import cli
 from galmorph.config import RegisterConfig
 from galmorph.errors import UserError
+from galmorph.models import resnet
 from galmorph.serving import promotion
 from galmorph.stages import register as register_stage
 from galmorph.tracking import registry as mlflow_registry
 from galmorph.tracking import runs
 from tests.conftest import REPO
 from tests.registry_race import racing_register_stage
-from tests.serving_utils import register_tiny, store_cfg
+from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, register_tiny, store_cfg, tiny_network
 
 GATE = RegisterConfig(promote_margin=0.01, max_ece=0.1, report="unused.json")
 
@@ -197,7 +198,9 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
     report = tmp_path / "register.json"
     p = dataclasses.replace(
         params,
-        train=dataclasses.replace(params.train, metrics=str(train_metrics)),
+        train=dataclasses.replace(
+            params.train, metrics=str(train_metrics), out=str(write_model_file(tmp_path / "model.pt"))
+        ),
         evaluate=dataclasses.replace(params.evaluate, metrics=str(eval_metrics)),
         split=dataclasses.replace(params.split, out=str(splits)),
         register=dataclasses.replace(params.register, report=str(report)),
@@ -213,6 +216,10 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
     assert version.tags["test_split_digest"] == promotion.test_split_digest(pd.read_parquet(splits))
     assert "@challenger" in capsys.readouterr().out
 
+    assert version.tags["data_source"] == params.data.source
+    assert version.tags["model_digest"] == resnet.model_digest(p.train.out)
+
+    write_model_file(Path(p.train.out), temperature=2.5)  # another model
     eval_metrics.write_text(json.dumps({"test_macro_f1": 0.7, "test_ece_calibrated": 0.04}))
     register_stage.main(p, None)  # a refused promotion is recorded, not an error
     result = json.loads(report.read_text())
@@ -253,9 +260,17 @@ def test_promote_rescore_compares_on_the_current_test_split(tiny_model, cfg, tmp
 # ------------------------------------------------------------------- concurrency and rollback semantics
 
 
-def stage_params(params, cfg, folder, *, model_uri, f1=0.9, run_id=None):
+def write_model_file(path: Path, temperature: float = 1.5) -> Path:
+    """A tiny models/model.pt; a different temperature is a different model (model digest)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resnet.save_model(path, tiny_network(), TINY_MODEL, TINY_PREPROCESS, temperature=temperature)
+    return path
+
+
+def stage_params(params, cfg, folder, *, model_uri, f1=0.9, run_id=None, temperature=1.5):
     """params for the register stage reading and writing its files under `folder` (its own report)."""
     folder.mkdir(parents=True, exist_ok=True)
+    model_file = write_model_file(folder / "model.pt", temperature)
     (folder / "train.json").write_text(json.dumps({"mlflow_run_id": run_id, "model_uri": model_uri}))
     (folder / "eval.json").write_text(json.dumps({"test_macro_f1": f1, "test_ece_calibrated": 0.04}))
     splits = folder / "splits.parquet"
@@ -264,7 +279,7 @@ def stage_params(params, cfg, folder, *, model_uri, f1=0.9, run_id=None):
     )
     return dataclasses.replace(
         params,
-        train=dataclasses.replace(params.train, metrics=str(folder / "train.json")),
+        train=dataclasses.replace(params.train, metrics=str(folder / "train.json"), out=str(model_file)),
         evaluate=dataclasses.replace(params.evaluate, metrics=str(folder / "eval.json")),
         split=dataclasses.replace(params.split, out=str(splits)),
         register=dataclasses.replace(params.register, report=str(folder / "register.json")),
@@ -276,7 +291,10 @@ def test_two_register_stages_racing_promote_and_report_their_own_versions(tiny_m
     """Two register stages (two `dvc exp run`s) register at the same time, then both promote: each gates and
     reports the version it registered, and no champion is lost from the history rollback walks."""
     name = cfg.registered_model
-    both = [stage_params(params, cfg, tmp_path / f"exp{i}", model_uri=tiny_model.source) for i in (1, 2)]
+    both = [
+        stage_params(params, cfg, tmp_path / f"exp{i}", model_uri=tiny_model.source, temperature=1.0 + i)
+        for i in (1, 2)
+    ]
     digest = promotion.test_split_digest(pd.read_parquet(both[0].split.out))
     v1 = register_tiny(tiny_model, cfg, f1=0.9, ece=0.04, split=digest)
     assert promotion.promote(name, GATE, cfg).promoted
@@ -387,3 +405,54 @@ def test_a_held_registry_lock_is_waited_for_then_named(tiny_model, cfg, monkeypa
         assert "registry lock" in err and str(path) in err and len(err.strip().splitlines()) == 1
         assert promotion.version_by_alias(cfg.registered_model, "champion", cfg) is None
     assert run_cli("promote") == 0
+
+
+def test_a_model_already_registered_is_not_registered_again(tiny_model, cfg, params, tmp_path, capsys):
+    """Reruns after Ctrl-C (or a retrain to the same weights, saved into a new file) made one version each:
+    the model digest finds the version that already holds the model."""
+    p = stage_params(params, cfg, tmp_path / "exp", model_uri=tiny_model.source)
+    register_stage.main(p, None)
+    assert "registered version 1" in capsys.readouterr().out
+    write_model_file(Path(p.train.out))  # the same model in a new file: other bytes, same digest
+    register_stage.main(p, None)
+    register_stage.main(p, None)
+    out = capsys.readouterr().out
+    assert out.count("this model is already version 1") == 2, out
+    report = json.loads(Path(p.register.report).read_text())
+    assert report["version"] == 1 and report["new_version"] is False
+    assert [v.version for v in mlflow_registry.model_versions(cfg.registered_model, cfg=cfg)] == ["1"]
+
+    write_model_file(Path(p.train.out), temperature=3.0)  # a different model
+    register_stage.main(p, None)
+    assert "registered version 2" in capsys.readouterr().out
+    assert json.loads(Path(p.register.report).read_text())["new_version"] is True
+
+
+def test_model_digest_sees_weights_and_calibration_not_the_container(tmp_path):
+    a = write_model_file(tmp_path / "a.pt")
+    b = write_model_file(tmp_path / "b" / "other-name.pt")
+    assert a.read_bytes() != b.read_bytes()  # torch's zip records the file name
+    assert resnet.model_digest(a) == resnet.model_digest(b)
+    assert resnet.model_digest(write_model_file(tmp_path / "c.pt", temperature=2.0)) != resnet.model_digest(a)
+    with pytest.raises(UserError, match="not a galmorph model file"):
+        (tmp_path / "x.pt").write_bytes(b"junk")
+        resnet.model_digest(tmp_path / "x.pt")
+
+
+def test_promote_a_chosen_version_and_a_refusal_says_how_to_override(tiny_model, cfg, capsys):
+    register_tiny(tiny_model, cfg, f1=0.9)
+    register_tiny(tiny_model, cfg, f1=0.95)
+    register_tiny(tiny_model, cfg, f1=0.5)  # @challenger
+    capsys.readouterr()
+    assert run_cli("promote", "--version", "1") == 0
+    assert promotion.version_by_alias(cfg.registered_model, "champion", cfg).version == "1"
+    assert run_cli("promote") == 3  # @challenger, v3: refused
+    err = capsys.readouterr().err
+    assert 'to override: galmorph promote --version 3 --force --reason "..."' in err
+    assert run_cli("promote", "--version", "2") == 0
+    assert promotion.version_by_alias(cfg.registered_model, "champion", cfg).version == "2"
+    assert run_cli("promote", "--version", "9") == 1
+    assert "has no version '9'" in capsys.readouterr().err
+    assert run_cli("models") == 0
+    out = capsys.readouterr().out
+    assert "data" in out and "test split" in out and "split-a" in out

@@ -71,6 +71,7 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 def _promote_args(p: argparse.ArgumentParser) -> None:
     _registry_args(p)
+    p.add_argument("--version", help="the version to promote (default: @challenger); `galmorph models` lists them")
     p.add_argument("--force", action="store_true", help="promote even when the gate fails (recorded as a tag)")
     p.add_argument("--reason", help="why --force was needed (required with it; kept in the tag force_reason)")
     p.add_argument(
@@ -205,7 +206,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "preprocess", "train", "augment", "embed", "mlflow", "split", "tune"),
     "evaluate": ("evaluate", "preprocess", "model", "train", "augment", "embed", "mlflow", "split", "join"),
     "evaluate-folder": ("evaluate", "train", "preprocess"),
-    "register": ("register", "mlflow", "evaluate", "split", "train"),
+    "register": ("register", "mlflow", "evaluate", "split", "train", "data.source"),
     "synth": ("data",),
     "ui": ("mlflow",),
     "promote": ("mlflow", "register"),

@@ -16,7 +16,9 @@ from galmorph.errors import PromotionRefused, UserError
 from galmorph.serving.promotion import (
     CHALLENGER,
     CHAMPION,
+    DATA_SOURCE,
     SHOWN_METRICS,
+    SPLIT_KEY,
     Promotion,
     fmt_metric,
     list_versions,
@@ -43,7 +45,16 @@ def decision_table(promotion: Promotion) -> Table:
 
 def versions_table(name: str, versions: list[VersionInfo]) -> Table:
     table = Table(title=f"registered model {name}")
-    for column in ("version", "aliases", "created (UTC)", *SHOWN_METRICS, "training run", "notes"):
+    for column in (
+        "version",
+        "aliases",
+        "created (UTC)",
+        "data",
+        "test split",
+        *SHOWN_METRICS,
+        "training run",
+        "notes",
+    ):
         table.add_column(column, justify="right" if column in SHOWN_METRICS else "left")
     for v in versions:
         created = dt.datetime.fromtimestamp(v.created_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
@@ -56,6 +67,8 @@ def versions_table(name: str, versions: list[VersionInfo]) -> Table:
             v.version,
             " ".join(f"@{a}" for a in v.aliases),
             created,
+            v.tags.get(DATA_SOURCE, "?"),  # a synthetic-trained champion must not pass for a real one
+            v.tags.get(SPLIT_KEY, "")[:10],
             *(fmt_metric(number_tag(v.tags, k)) for k in SHOWN_METRICS),
             (v.run_id or v.tags.get("training_run_id", ""))[:12],
             notes,
@@ -84,12 +97,17 @@ def main(params: Params, args: argparse.Namespace) -> None:
     elif args.command == "promote":
         if args.rescore:
             _rescore_pair(name, params)
-        result = promote(name, params.register, params.mlflow, force=args.force, reason=args.reason)
+        result = promote(
+            name, params.register, params.mlflow, version=args.version, force=args.force, reason=args.reason
+        )
         console.print(decision_table(result))
         for warning in result.decision.warnings:
             console.print(f"warning: {warning}", style="yellow", markup=False)
         if result.refused:
-            raise PromotionRefused(f"{name}: promotion of version {result.challenger.version} {result.note}")
+            raise PromotionRefused(
+                f"{name}: promotion of version {result.challenger.version} {result.note} "
+                f'(to override: galmorph promote --version {result.challenger.version} --force --reason "...")'
+            )
         console.print(f"{name}: {result.note}", markup=False)
     else:
         raise ValueError(f"galmorph.commands.models has no command {args.command!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import urllib.error
 from collections.abc import Mapping
 from pathlib import Path
@@ -242,6 +244,30 @@ def save_model(
     }
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
+
+
+def model_digest(path: str | Path) -> str:
+    """The md5 of what a model file computes: its weights (names, dtypes, shapes, values), configuration,
+    preprocessing, classes and temperature. Unlike the file's own md5 it does not change with the container
+    (torch's zip records the temporary file name an atomic write used), so a retrained-identical or
+    re-registered model is recognised."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: model file not found (run `galmorph train` first)")
+    try:
+        bundle = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{p}: not a galmorph model file ({type(exc).__name__})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
+        raise UserError(f"{p}: not a galmorph model file (expected format {MODEL_FORMAT})")
+    digest = hashlib.md5(usedforsecurity=False)
+    for key in sorted(bundle["model"]):
+        tensor = bundle["model"][key].contiguous().reshape(-1)
+        digest.update(f"{key}|{bundle['model'][key].dtype}|{tuple(bundle['model'][key].shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    described = {k: bundle.get(k) for k in ("model_cfg", "preprocess", "classes", "temperature")}
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

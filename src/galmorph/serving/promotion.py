@@ -44,6 +44,10 @@ BECAME_CHAMPION = (PROMOTED_AT, RESTORED_AT, SEEN_AT)
 F1_KEY = "test_macro_f1"
 ECE_KEY = "test_ece_calibrated"
 SPLIT_KEY = "test_split_digest"
+MODEL_DIGEST = "model_digest"
+"""Tag: resnet.model_digest of the version's model file; a model already registered is not registered again."""
+DATA_SOURCE = "data_source"
+"""Tag: data.source of the training data (synthetic, galaxyzoo, manifest, local), shown by `galmorph models`."""
 SHOWN_METRICS = (F1_KEY, ECE_KEY, "test_accuracy", "test_ece")
 _RECHECKS = 5  # promote re-gates when @champion moved meanwhile; after this many moves it gives up
 
@@ -160,7 +164,12 @@ def test_split_digest(splits: pd.DataFrame, split_column: str = "split") -> str:
 
 
 def version_tags(
-    eval_metrics: Mapping[str, Any], splits: pd.DataFrame, *, run_id: str | None, model_uri: str
+    eval_metrics: Mapping[str, Any],
+    splits: pd.DataFrame,
+    *,
+    run_id: str | None,
+    model_uri: str,
+    data_source: str | None = None,
 ) -> dict[str, str]:
     """The tags a new version carries: every numeric evaluate metric (flat keys, e.g. test_macro_f1), the
     test split's digest, the training run, and git + DVC provenance (the inputs' md5 as in dvc.lock)."""
@@ -177,6 +186,8 @@ def version_tags(
     tags[SPLIT_KEY] = test_split_digest(splits)
     tags["training_run_id"] = run_id or "unknown"
     tags["model_uri"] = model_uri
+    if data_source:
+        tags[DATA_SOURCE] = data_source
     tags.update(provenance.git_tags())
     tags.update(provenance.dvc_dep_tags("register"))
     return tags
@@ -251,20 +262,44 @@ def version_by_alias(name: str, alias: str, cfg: MlflowConfig) -> VersionInfo | 
     return mlflow_registry.model_version(name, version, cfg=cfg) if version is not None else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Registered:
+    """What register_version did: the version that holds the model, and whether it was created now (False:
+    a version with the same model digest already existed, e.g. after an interrupted rerun)."""
+
+    version: VersionInfo
+    new: bool
+
+
 def register_version(
-    name: str, model_uri: str, tags: Mapping[str, Any], cfg: MlflowConfig, *, alias: str = CHALLENGER
-) -> VersionInfo:
+    name: str,
+    model_uri: str,
+    tags: Mapping[str, Any],
+    cfg: MlflowConfig,
+    *,
+    alias: str = CHALLENGER,
+    digest: str | None = None,
+) -> Registered:
     """Register a logged model as a new version with `tags` and point @challenger (or `alias`) at it.
 
-    Callers that go on to promote pass the returned version to `promote`: by then another process may
-    have moved @challenger to its own version.
+    With `digest` (resnet.model_digest of the model file) a model that an existing version already holds is
+    not registered again: that version gets the alias instead. Callers that go on to promote pass the
+    returned version to `promote`: by then another process may have moved @challenger to its own version.
     """
     with mlflow_registry.alias_lock(cfg):
-        version = mlflow_registry.register_model(model_uri, name, {k: str(v) for k, v in tags.items()}, cfg=cfg)
+        existing = None
+        if digest is not None:
+            same = [v for v in mlflow_registry.model_versions(name, cfg=cfg) if v.tags.get(MODEL_DIGEST) == digest]
+            existing = min(same, key=lambda v: int(v.version)) if same else None
+        if existing is not None:
+            version = existing.version
+        else:
+            values = {k: str(v) for k, v in tags.items()} | ({MODEL_DIGEST: digest} if digest else {})
+            version = mlflow_registry.register_model(model_uri, name, values, cfg=cfg)
         mlflow_registry.set_alias(name, alias, version, cfg=cfg)
         info = mlflow_registry.model_version(name, version, cfg=cfg)
-    assert info is not None  # just created
-    return info
+    assert info is not None  # just created, or found under the lock
+    return Registered(info, existing is None)
 
 
 @dataclasses.dataclass(frozen=True)

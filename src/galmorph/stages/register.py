@@ -14,6 +14,7 @@ import pandas as pd
 from galmorph.config import Params
 from galmorph.errors import UserError
 from galmorph.io import write_json
+from galmorph.models import resnet
 from galmorph.serving import promotion
 from galmorph.tracking import runs
 
@@ -37,18 +38,27 @@ def main(params: Params, args: argparse.Namespace) -> None:
         raise UserError(f"{params.split.out}: splits table not found (run `dvc repro split`)")
     run_id = trained.get("mlflow_run_id")
     tags = promotion.version_tags(
-        metrics, pd.read_parquet(params.split.out), run_id=run_id, model_uri=trained["model_uri"]
+        metrics,
+        pd.read_parquet(params.split.out),
+        run_id=run_id,
+        model_uri=trained["model_uri"],
+        data_source=params.data.source,
     )
     name = params.mlflow.registered_model
-    version = promotion.register_version(name, trained["model_uri"], tags, params.mlflow)
+    # a rerun after Ctrl-C (or a retrain to the same weights) registers nothing new
+    registered = promotion.register_version(
+        name, trained["model_uri"], tags, params.mlflow, digest=resnet.model_digest(params.train.out)
+    )
+    version = registered.version
     # this version, by number: @challenger may already be another run's (parallel `dvc exp run`s share mlruns/)
     result = promotion.promote(name, params.register, params.mlflow, version=version.version)
-    report = promotion.promotion_report(result)
+    report = {**promotion.promotion_report(result), "new_version": registered.new}
     write_json(params.register.report, report)
     if run_id:
         # the training run says which registry version it became
         with runs.start_run(params.mlflow, "register", params.register, run_id=run_id):
             runs.set_tags({"registry.name": name, "registry.version": version.version})
-    print(f"{name}: registered version {version.version} (@{promotion.CHALLENGER}); {result.note}")
+    what = "registered version" if registered.new else "this model is already version"
+    print(f"{name}: {what} {version.version} (@{promotion.CHALLENGER}); {result.note}")
     for warning in result.decision.warnings:
         print(f"warning: {warning}")
