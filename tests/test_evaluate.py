@@ -188,7 +188,8 @@ def test_evaluate_folder_cli_scores_awkward_images_and_writes_a_report(trained, 
     folder = labelled_folder(tmp_path, np.random.default_rng(5))
     params_file = _write_params(trained.params, tmp_path / "params.yaml")
     out = tmp_path / "report"
-    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(folder), "--out", str(out)])
+    model = ["--model", trained.params.train.out]
+    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(folder), "--out", str(out), *model])
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 8
@@ -208,14 +209,15 @@ def test_evaluate_folder_cli_scores_awkward_images_and_writes_a_report(trained, 
 def test_evaluate_folder_cli_errors_cleanly(trained, tmp_path, capsys):
     params_file = _write_params(trained.params, tmp_path / "params.yaml")
     (tmp_path / "nothing").mkdir()
-    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(tmp_path / "nothing")])
+    model = ["--model", trained.params.train.out]
+    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(tmp_path / "nothing"), *model])
     err = capsys.readouterr().err
     assert rc == 1
     assert "error:" in err and "spirals/" in err and "Traceback" not in err
     bad = tmp_path / "bad" / "spirals"
     bad.mkdir(parents=True)
     (bad / "x.jpg").write_bytes(b"garbage")
-    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(tmp_path / "bad")])
+    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(tmp_path / "bad"), *model])
     assert rc == 1
     assert "none of the 1 images could be read" in capsys.readouterr().err
 
@@ -312,3 +314,24 @@ def test_preprocess_mismatch_between_model_and_params_is_a_user_error(trained):
     other = dataclasses.replace(trained.params, preprocess=replace(trained.params.preprocess, image_size=64))
     with pytest.raises(UserError, match="retrain"):
         check_preprocess(loaded, other, "model.pt")
+
+
+def test_evaluate_folder_takes_the_same_default_model_as_predict(tiny_model, _mlflow_empty_db, tmp_path, capsys):
+    """No --model: @champion of the registered model, as predict and web; its report names the version and
+    scores exactly as the model file inside it does."""
+    from tests.serving_utils import champion_store
+
+    folder = labelled_folder(tmp_path, np.random.default_rng(5))
+    params_file = REPO / "params.yaml"
+    with champion_store(tmp_path / "store", tiny_model, _mlflow_empty_db) as cfg:
+        base = ["--params", str(params_file), "-S", f"mlflow.tracking_uri={cfg.tracking_uri}", "evaluate-folder"]
+        base += [str(folder), "--no-tta"]
+        assert cli.main([*base, "--out", str(tmp_path / "champion")]) == 0, capsys.readouterr().err
+        shipped = next(Path(tiny_model.source.removeprefix("file://")).rglob("model.pt"))
+        assert cli.main([*base, "--out", str(tmp_path / "file"), "--model", str(shipped)]) == 0
+        assert cli.main([*base, "--model", "models:/galmorph@nope"]) == 1
+        assert "has no alias @nope" in capsys.readouterr().err
+    champion = json.loads((tmp_path / "champion" / "metrics.json").read_text())
+    assert champion == json.loads((tmp_path / "file" / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "champion" / "summary.json").read_text())
+    assert summary["model"]["file"] == "galmorph v1 (@champion)"

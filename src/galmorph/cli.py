@@ -135,7 +135,11 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
 
 def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a folder with spirals/ and ellipticals/ subfolders, or a manifest CSV")
-    p.add_argument("--model", help="model file (default: train.out, i.e. models/model.pt)")
+    p.add_argument(
+        "--model",
+        help="as for predict: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., a pyfunc folder or "
+        "models/model.pt (default: models:/<mlflow.registered_model>@champion)",
+    )
     p.add_argument("--out", help="report folder (default: <evaluate.out_dir>/folder-<name>)")
     p.add_argument(
         "--path-column", help="CSV: the image-path column (default: image_path, filename, path, file or image)"
@@ -205,7 +209,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tune": ("tune", "model", "train", "embed", "preprocess", "augment", "mlflow", "split"),
     "train": ("model", "preprocess", "train", "augment", "embed", "mlflow", "split", "tune"),
     "evaluate": ("evaluate", "preprocess", "model", "train", "augment", "embed", "mlflow", "split", "join"),
-    "evaluate-folder": ("evaluate", "train", "preprocess"),
+    "evaluate-folder": ("evaluate", "train", "preprocess", "mlflow"),
     "register": ("register", "mlflow", "evaluate", "split", "train", "data.source"),
     "synth": ("data",),
     "ui": ("mlflow",),

@@ -143,20 +143,22 @@ def evaluate_folder(
     *,
     path_column: str | None = None,
     label_column: str = "label",
+    model_name: str | None = None,
 ) -> tuple[dict, Path]:
     """Score a labelled folder or CSV and write metrics.json, summary.json and report.html under `out`;
-    returns (the set's section, the report's path)."""
+    returns (the set's section, the report's path). `model_name` is what the report calls the model (e.g.
+    "galmorph v3 (@champion)"; default: the file)."""
     src = Path(path)
     catalogue = read_labelled(src, path_column, label_column)
     loaded = load_model(model_file)
     section, flat = evaluate_labelled(catalogue, loaded, cfg, out, name=f"{src.name} ({src})")
     summary = {
         "title": f"galmorph evaluation of {src.name}",
-        "subtitle": f"model {model_file}",
+        "subtitle": f"model {model_name or model_file}",
         "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "notes": _notes(section),
         "sets": [section],
-        "model": {"file": model_file, "arch": loaded.model_cfg.arch, "temperature": loaded.temperature},
+        "model": {"file": model_name or model_file, "arch": loaded.model_cfg.arch, "temperature": loaded.temperature},
     }
     write_json(out / "metrics.json", jsonable(flat))
     write_json(out / "summary.json", jsonable(summary))

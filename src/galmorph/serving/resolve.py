@@ -7,6 +7,7 @@ is the same one clear line everywhere and the provenance people see is the same.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -84,3 +85,16 @@ def load_model(ref: ModelRef, cfg: MlflowConfig) -> GalaxyClassifier:
         if not isinstance(classifier, GalaxyClassifier):
             raise UserError(f"--model {ref.uri}: not a galmorph classifier (it was not logged by `galmorph train`)")
     return classifier
+
+
+def local_checkpoint(ref: ModelRef, cfg: MlflowConfig, dest: str | os.PathLike) -> Path:
+    """A models/model.pt for `ref`: the file itself, or the one inside a logged model, downloaded into `dest`
+    (a temporary folder the caller removes)."""
+    if ref.version == "local" and Path(ref.uri).is_file():
+        return Path(ref.uri)
+    try:
+        return logged_model.checkpoint_file(ref.uri, dest, cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # a URI a person typed: say which and why, not a traceback
+        raise UserError(f"--model {ref.uri}: cannot load ({str(exc).splitlines()[0]})") from None

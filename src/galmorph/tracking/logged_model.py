@@ -224,3 +224,18 @@ def spark_udf(
     return mlflow.pyfunc.spark_udf(
         spark, model_uri, result_type=result_type, env_manager="local", params=dict(params or {}), extra_env=trusted
     )
+
+
+def checkpoint_file(model_uri: str, dest: str | os.PathLike, cfg: MlflowConfig | None = None) -> Path:
+    """Download a logged galmorph model (models:/..., runs:/..., a model folder) into `dest` and return its
+    models/model.pt inside it: what evaluate-folder reads, so it can take the same --model as predict."""
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    store.client(cfg)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    flavor = Model.load(str(local)).flavors.get("python_function", {})
+    artifact = (flavor.get("artifacts") or {}).get("model", {}).get("path")
+    if not artifact or not (local / artifact).is_file():
+        raise ValueError(f"{model_uri}: not a galmorph model (no 'model' artifact in its MLmodel)")
+    return local / artifact
