@@ -8,6 +8,7 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -231,9 +232,13 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
 
 
 def test_promote_rescore_compares_on_the_current_test_split(tiny_model, cfg, tmp_path, capsys):
-    register_tiny(tiny_model, cfg, f1=0.99, split="old-split")
+    run_ids = []
+    for _ in range(2):
+        with runs.start_run(cfg, "train") as run:
+            run_ids.append(run.info.run_id)
+    register_tiny(tiny_model, cfg, f1=0.99, split="old-split", training_run_id=run_ids[0])
     promotion.promote(cfg.registered_model, GATE, cfg)
-    register_tiny(tiny_model, cfg, f1=0.70, split="new-split")
+    register_tiny(tiny_model, cfg, f1=0.70, split="new-split", training_run_id=run_ids[1])
     splits = tmp_path / "splits.parquet"
     n = len(tiny_model.images)
     pd.DataFrame(
@@ -250,6 +255,9 @@ def test_promote_rescore_compares_on_the_current_test_split(tiny_model, cfg, tmp
     assert "--rescore" in capsys.readouterr().err
 
     assert run_cli("-S", f"split.out={splits}", "-S", "register.max_ece=1.0", "promote", "--rescore") == 0
+    # the rescored predictions are kept in each training run: the gate ran its paired test on them
+    out = capsys.readouterr().out
+    assert "paired" in out and "+0.0000 [+0.0000, +0.0000]" in out, out
     v1, v2 = (mlflow_registry.model_version(cfg.registered_model, v, cfg=cfg) for v in ("1", "2"))
     assert v1.tags["test_split_digest"] == v2.tags["test_split_digest"] != "old-split"
     assert v1.tags["previous_test_split_digest"] == "old-split" and "rescored_at" in v2.tags
@@ -456,3 +464,87 @@ def test_promote_a_chosen_version_and_a_refusal_says_how_to_override(tiny_model,
     assert run_cli("models") == 0
     out = capsys.readouterr().out
     assert "data" in out and "test split" in out and "split-a" in out
+
+
+# ------------------------------------------------------------------------------------ the paired test
+
+
+def test_paired_f1_difference_matches_sklearn_and_cancels_what_both_agree_on():
+    from sklearn.metrics import f1_score
+
+    from galmorph.evaluation.metrics import paired_f1_difference
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    a = np.where(rng.random(300) < 0.85, labels, 1 - labels)
+    same = paired_f1_difference(labels, a, a)
+    assert same.diff == 0.0 and same.low == 0.0 and same.high == 0.0  # identical models: no noise at all
+    b = a.copy()
+    wrong = np.flatnonzero(a != labels)[:20]
+    b[wrong] = labels[wrong]  # B fixes 20 of A's mistakes and changes nothing else
+    better = paired_f1_difference(labels, a, b)
+    expected = f1_score(labels, b, average="macro") - f1_score(labels, a, average="macro")
+    assert better.diff == pytest.approx(expected) and better.n == 300
+    assert 0 < better.low < better.diff < better.high
+    # the same two F1s from independent (unpaired) intervals would overlap: the pairing is what decides
+    worse = paired_f1_difference(labels, b, a)
+    assert worse.high < 0 and worse.diff == pytest.approx(-expected)
+
+
+def test_gate_with_the_paired_test_prints_the_interval_and_decides_on_it():
+    from galmorph.evaluation.metrics import PairedDifference
+
+    noisy = PairedDifference(n=72, diff=-0.005, low=-0.06, high=0.05)
+    decision = promotion.gate(tags(f1=0.895), tags(f1=0.90), GATE, paired=noisy)  # within 0.01 by point
+    assert not decision.passed and "-0.0050 [-0.0600, +0.0500] on 72 test galaxies" in decision.reasons[0]
+    assert decision.paired == noisy
+    sure = PairedDifference(n=3000, diff=-0.015, low=-0.009, high=-0.001)  # below by point, inside by test
+    decision = promotion.gate(tags(f1=0.885), tags(f1=0.90), GATE, paired=sure)
+    assert decision.passed and not decision.warnings
+    row = next(c for c in decision.checks if c.metric.startswith("test_macro_f1 paired"))
+    assert row.passed and "Δ -0.0150 [-0.0090, -0.0010]" in row.challenger
+    decision = promotion.gate(tags(f1=0.895), tags(f1=0.90), GATE)  # no predictions: point rule, said so
+    assert decision.passed and "point estimates compared" in decision.warnings[0]
+
+
+def _version_with_predictions(tiny_model, cfg, tmp_path, name, labels, predicted, f1):
+    """A registered version whose training run carries evaluate's test predictions."""
+    from galmorph.tracking import runs as tracking_runs
+
+    ids = [f"g{i:03d}" for i in range(len(labels))]
+    frame = pd.DataFrame(
+        {
+            "galaxy_id": ids,
+            "label": [("spiral", "elliptical")[k] for k in labels],
+            "p_spiral": np.where(np.asarray(predicted) == 0, 0.8, 0.2),
+            "p_elliptical": np.where(np.asarray(predicted) == 0, 0.2, 0.8),
+        }
+    )
+    folder = tmp_path / name
+    folder.mkdir()
+    frame.to_csv(folder / "predictions.csv", index=False)
+    split = promotion.test_split_digest(frame.assign(split="test"))
+    with runs.start_run(cfg, "train") as run:
+        tracking_runs.log_artifact(folder / "predictions.csv", "evaluation")
+    return register_tiny(tiny_model, cfg, f1=f1, split=split, training_run_id=run.info.run_id)
+
+
+def test_promote_runs_the_paired_test_on_both_versions_predictions(tiny_model, cfg, tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 80)
+    champion = np.where(rng.random(80) < 0.9, labels, 1 - labels)
+    v1 = _version_with_predictions(tiny_model, cfg, tmp_path, "a", labels, champion, f1=0.9)
+    assert promotion.promote(cfg.registered_model, GATE, cfg).promoted
+    noisy = np.where(rng.random(80) < 0.9, labels, 1 - labels)  # as good, on other galaxies: too noisy
+    _version_with_predictions(tiny_model, cfg, tmp_path, "b", labels, noisy, f1=0.9)
+    result = promotion.promote(cfg.registered_model, GATE, cfg)
+    assert not result.promoted and result.decision.paired is not None and result.decision.paired.n == 80
+    report = promotion.promotion_report(result)
+    assert report["paired_f1_diff_ci_low"] < -0.01 < report["paired_f1_diff_ci_high"]
+    assert promotion.version_by_alias(cfg.registered_model, "champion", cfg).version == v1.version
+    fixed = champion.copy()
+    fixed[np.flatnonzero(champion != labels)[:4]] = labels[np.flatnonzero(champion != labels)[:4]]
+    v3 = _version_with_predictions(tiny_model, cfg, tmp_path, "c", labels, fixed, f1=0.93)  # fixes 4 errors
+    result = promotion.promote(cfg.registered_model, GATE, cfg)
+    assert result.promoted and result.decision.paired.low >= 0, result.decision.paired  # never worse
+    assert promotion.version_by_alias(cfg.registered_model, "champion", cfg).version == v3.version

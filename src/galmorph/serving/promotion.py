@@ -21,14 +21,17 @@ import dataclasses
 import datetime as dt
 import hashlib
 import math
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from galmorph.config import MlflowConfig, RegisterConfig
+from galmorph.config import CLASSES, MlflowConfig, RegisterConfig
 from galmorph.errors import UserError
-from galmorph.tracking import provenance, store
+from galmorph.evaluation.metrics import PairedDifference, paired_f1_difference
+from galmorph.tracking import provenance, runs, store
 from galmorph.tracking import registry as mlflow_registry
 from galmorph.tracking.registry import VersionInfo
 
@@ -46,6 +49,15 @@ ECE_KEY = "test_ece_calibrated"
 SPLIT_KEY = "test_split_digest"
 MODEL_DIGEST = "model_digest"
 """Tag: resnet.model_digest of the version's model file; a model already registered is not registered again."""
+PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"
+"""The evaluate stage's per-galaxy test predictions, logged to the training run: what the paired test reads."""
+
+
+def rescored_predictions_artifact(split_digest: str) -> str:
+    """Where `promote --rescore` leaves a version's predictions on another test split, in its training run."""
+    return f"rescore/{split_digest[:16]}/predictions.csv"
+
+
 DATA_SOURCE = "data_source"
 """Tag: data.source of the training data (synthetic, galaxyzoo, manifest, local), shown by `galmorph models`."""
 SHOWN_METRICS = (F1_KEY, ECE_KEY, "test_accuracy", "test_ece")
@@ -72,6 +84,8 @@ class Decision:
     checks: tuple[Check, ...]
     reasons: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    paired: PairedDifference | None = None
+    """The paired test behind the F1 rule, when both versions had test predictions."""
 
 
 def number_tag(tags: Mapping[str, str], key: str) -> float | None:
@@ -87,12 +101,21 @@ def fmt_metric(value: float | None) -> str:
 
 
 def gate(
-    challenger: Mapping[str, str], champion: Mapping[str, str] | None, cfg: RegisterConfig, *, label: str = "challenger"
+    challenger: Mapping[str, str],
+    champion: Mapping[str, str] | None,
+    cfg: RegisterConfig,
+    *,
+    label: str = "challenger",
+    paired: PairedDifference | None = None,
 ) -> Decision:
     """Apply the promotion rules to two versions' tags.
 
     With no champion the first model passes (there must be a model to serve) and a failed ECE rule
-    becomes a warning; missing metrics still fail, because then evaluate has not run.
+    becomes a warning; missing metrics still fail, because then evaluate has not run. With `paired` (both
+    versions' predictions on the same test galaxies) the F1 rule is a paired non-inferiority test: the
+    lower end of the 95% interval of F1(challenger) - F1(champion) must be at least -promote_margin. A
+    difference within the test split's own noise is then neither promoted on luck nor refused on bad luck.
+    Without it the point estimates are compared, and the table says so.
     """
     checks: list[Check] = []
     reasons: list[str] = []
@@ -107,6 +130,23 @@ def gate(
         checks.append(Check(F1_KEY, "—", fmt_metric(new_f1), "no champion yet: the first model becomes champion", None))
     elif old_f1 is None:
         checks.append(Check(F1_KEY, "—", fmt_metric(new_f1), "champion has no F1: nothing to compare", None))
+    elif new_f1 is not None and paired is not None:
+        ok = paired.low >= -cfg.promote_margin
+        interval = f"{paired.diff:+.4f} [{paired.low:+.4f}, {paired.high:+.4f}]"
+        checks.append(
+            Check(
+                f"{F1_KEY} paired ΔF1, 95% CI (n={paired.n})",
+                fmt_metric(old_f1),
+                f"{fmt_metric(new_f1)}; Δ {interval}",
+                f"CI low >= -{cfg.promote_margin}",
+                ok,
+            )
+        )
+        if not ok:
+            reasons.append(
+                f"{F1_KEY}: the {label} may be worse than the champion by more than {cfg.promote_margin}: paired "
+                f"bootstrap ΔF1 {interval} on {paired.n} test galaxies"
+            )
     elif new_f1 is not None:
         floor = old_f1 - cfg.promote_margin
         ok = new_f1 >= floor
@@ -117,6 +157,10 @@ def gate(
         )
         if not ok:
             reasons.append(f"{F1_KEY} {new_f1:.4f} is more than {cfg.promote_margin} below the champion's {old_f1:.4f}")
+        warnings.append(
+            "no per-galaxy test predictions for both versions on this split: point estimates compared, "
+            "without the paired test (`galmorph promote --rescore` scores both)"
+        )
 
     if new_ece is None:
         reasons.append(f"the {label} has no {ECE_KEY} tag (did evaluate run before register?)")
@@ -145,7 +189,9 @@ def gate(
     for key in SHOWN_METRICS[2:]:
         old = number_tag(champion, key) if champion is not None else None
         checks.append(Check(key, fmt_metric(old), fmt_metric(number_tag(challenger, key)), "shown only", None))
-    return Decision(passed=not reasons, checks=tuple(checks), reasons=tuple(reasons), warnings=tuple(warnings))
+    return Decision(
+        passed=not reasons, checks=tuple(checks), reasons=tuple(reasons), warnings=tuple(warnings), paired=paired
+    )
 
 
 def test_split_digest(splits: pd.DataFrame, split_column: str = "split") -> str:
@@ -158,6 +204,56 @@ def test_split_digest(splits: pd.DataFrame, split_column: str = "split") -> str:
         raise UserError(f"splits table: no rows with {split_column} == 'test'")
     lines = sorted(f"{g}\t{lbl}" for g, lbl in test.itertuples(index=False))
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _test_predictions(version: VersionInfo, cfg: MlflowConfig, dest: str) -> pd.DataFrame | None:
+    """The version's per-galaxy test predictions (galaxy_id index; label and predicted as class indices),
+    when its run has them for the test split its tags name; else None."""
+    run_id = version.run_id or version.tags.get("training_run_id")
+    if not run_id or run_id == "unknown" or not version.tags.get(SPLIT_KEY):
+        return None
+    digest = version.tags[SPLIT_KEY]
+    path = runs.download_run_file(run_id, rescored_predictions_artifact(digest), f"{dest}/rescore", cfg=cfg)
+    if path is None:
+        path = runs.download_run_file(run_id, PREDICTIONS_ARTIFACT, dest, cfg=cfg)
+    if path is None:
+        return None
+    try:
+        frame = pd.read_csv(path, dtype={"galaxy_id": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    columns = [f"p_{c}" for c in CLASSES]
+    if not {"galaxy_id", "label", *columns} <= set(frame.columns) or frame.empty:
+        return None
+    if not frame["label"].isin(CLASSES).all():
+        return None
+    if test_split_digest(frame.assign(split="test")) != digest:
+        return None  # predictions of another split (e.g. before a rescore): not comparable
+    return pd.DataFrame(
+        {
+            "label": frame["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(),
+            "predicted": np.nan_to_num(frame[columns].to_numpy(dtype=np.float64), nan=-1.0).argmax(axis=1),
+        },
+        index=frame["galaxy_id"],
+    )
+
+
+def paired_comparison(challenger: VersionInfo, champion: VersionInfo, cfg: MlflowConfig) -> PairedDifference | None:
+    """F1(challenger) - F1(champion) with its paired-bootstrap interval, on the test galaxies both were
+    scored on; None when either version lacks predictions for the same test split."""
+    if challenger.tags.get(SPLIT_KEY) != champion.tags.get(SPLIT_KEY):
+        return None
+    with tempfile.TemporaryDirectory(prefix="galmorph-paired-") as tmp:
+        new = _test_predictions(challenger, cfg, f"{tmp}/challenger")
+        old = _test_predictions(champion, cfg, f"{tmp}/champion")
+    if new is None or old is None:
+        return None
+    both = old.join(new, how="inner", lsuffix="_old", rsuffix="_new")
+    if both.empty:
+        return None
+    return paired_f1_difference(
+        both["label_old"].to_numpy(), both["predicted_old"].to_numpy(), both["predicted_new"].to_numpy()
+    )
 
 
 # -------------------------------------------------------------------------------------------- registry
@@ -357,7 +453,8 @@ def promote(
                 decision = Decision(passed=True, checks=(), reasons=())
                 note = f"version {challenger.version} is already champion"
                 return Promotion(challenger, champion, decision, False, False, note)
-            decision = gate(challenger.tags, champion.tags if champion else None, cfg)
+            paired = paired_comparison(challenger, champion, mlflow_cfg) if champion is not None else None
+            decision = gate(challenger.tags, champion.tags if champion else None, cfg, paired=paired)
             if not decision.passed and not force:
                 return Promotion(
                     challenger, champion, decision, False, False, "refused: " + "; ".join(decision.reasons)
@@ -435,5 +532,10 @@ def promotion_report(promotion: Promotion) -> dict[str, Any]:
         "reasons": list(promotion.decision.reasons),
         "warnings": list(promotion.decision.warnings),
         "note": promotion.note,
+        # the paired test of the F1 rule (None: no champion, or point estimates compared)
+        "paired_f1_diff": promotion.decision.paired.diff if promotion.decision.paired else None,
+        "paired_f1_diff_ci_low": promotion.decision.paired.low if promotion.decision.paired else None,
+        "paired_f1_diff_ci_high": promotion.decision.paired.high if promotion.decision.paired else None,
+        "paired_n": promotion.decision.paired.n if promotion.decision.paired else None,
         **{k: number_tag(promotion.challenger.tags, k) for k in SHOWN_METRICS},
     }

@@ -7,15 +7,28 @@ included, so the ECE is the calibrated one), and the results replace their test 
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from galmorph.config import MlflowConfig
 from galmorph.errors import UserError
 from galmorph.evaluation.metrics import classification_metrics, flat_metrics
 from galmorph.serving.predict import score_files
-from galmorph.serving.promotion import ECE_KEY, F1_KEY, SPLIT_KEY, now, test_split_digest
+from galmorph.serving.promotion import (
+    ECE_KEY,
+    F1_KEY,
+    SPLIT_KEY,
+    now,
+    rescored_predictions_artifact,
+    test_split_digest,
+)
 from galmorph.serving.resolve import ModelRef, load_model
 from galmorph.tracking import registry as mlflow_registry
+from galmorph.tracking import runs
 from galmorph.tracking.registry import VersionInfo
 
 
@@ -55,5 +68,28 @@ def rescore(
         if version.tags.get(SPLIT_KEY) not in (None, digest):
             tags["previous_test_split_digest"] = version.tags[SPLIT_KEY]
         mlflow_registry.set_version_tags(name, version.version, tags, cfg=mlflow_cfg)
+        _keep_predictions(version, test[ok], probs, classifier.classes, digest, mlflow_cfg)
         results[version.version] = metrics
     return results
+
+
+def _keep_predictions(
+    version: VersionInfo,
+    test: pd.DataFrame,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    digest: str,
+    mlflow_cfg: MlflowConfig,
+) -> None:
+    """The rescored per-galaxy predictions, in the version's training run: the gate's paired test reads them
+    (only every test galaxy scored makes them match the split digest)."""
+    run_id = version.run_id or version.tags.get("training_run_id")
+    if not run_id or run_id == "unknown":
+        return
+    frame = pd.DataFrame({"galaxy_id": test["galaxy_id"].astype(str).to_numpy(), "label": test["label"].to_numpy()})
+    for i, c in enumerate(classes):
+        frame[f"p_{c}"] = probs[:, i]
+    with tempfile.TemporaryDirectory(prefix="galmorph-rescore-") as tmp:
+        path = Path(tmp) / "predictions.csv"
+        frame.to_csv(path, index=False)
+        runs.log_file_to_run(run_id, path, str(Path(rescored_predictions_artifact(digest)).parent), cfg=mlflow_cfg)

@@ -203,3 +203,25 @@ def run_exists(run_id: str, *, cfg: MlflowConfig | None = None) -> bool:
 def run_metrics(run_id: str, *, cfg: MlflowConfig | None = None) -> dict[str, float]:
     """The latest value of every metric of a run (e.g. to compare a challenger with the champion)."""
     return dict(store.client(cfg).get_run(run_id).data.metrics)
+
+
+def download_run_file(
+    run_id: str, artifact_path: str, dest: str | os.PathLike, *, cfg: MlflowConfig | None = None
+) -> Path | None:
+    """A file logged to a run, downloaded into `dest`; None when the run or the file is not there."""
+    import mlflow.artifacts
+
+    store.client(cfg)
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest))
+    except (MlflowException, OSError):
+        return None
+    path = Path(local)
+    return path if path.is_file() else None
+
+
+def log_file_to_run(
+    run_id: str, path: str | os.PathLike, artifact_path: str, *, cfg: MlflowConfig | None = None
+) -> None:
+    """Attach a file to an existing, finished run (e.g. a registered version's training run)."""
+    store.client(cfg).log_artifact(run_id, str(path), artifact_path)
