@@ -161,12 +161,12 @@ def test_each_upload_is_decoded_once(client, monkeypatch):
 
 
 def test_serve_params_set_the_pixel_limit_and_decodes_at_once(store):
-    app, _ = web.build(None, store, threshold=0.7, serve=ServeConfig(max_pixels=5000, max_decodes=1))
+    app, _ = web.build(None, store, threshold=0.7, serve=ServeConfig(max_pixels=5000, max_decodes=1, follow_s=None))
     response = upload(app.test_client(), jpeg_bytes(size=96), url="/api/predict")  # 9,216 pixels
     assert response.status_code == 413 and "over the 0.005 Mpx limit" in response.get_json()["error"]
     assert upload(app.test_client(), jpeg_bytes(size=64), url="/api/predict").status_code == 200
     with pytest.raises(UserError, match="serve.max_decodes"):
-        web.build(None, store, threshold=0.7, serve=ServeConfig(max_pixels=5000, max_decodes=0))
+        web.build(None, store, threshold=0.7, serve=ServeConfig(max_pixels=5000, max_decodes=0, follow_s=None))
 
 
 def test_bad_model_and_settings_are_user_errors(store):
@@ -266,3 +266,28 @@ def test_browser_refuses_a_huge_file_before_uploading(server, browser, tmp_path)
         assert page.query_selector("#verdict") is None
     finally:
         page.close()
+
+
+def test_the_page_follows_its_alias_without_a_restart(tiny_model, tmp_path, _mlflow_empty_db, caplog):
+    """A promote (and a rollback) moves @champion: a running page answers with the new version at its next
+    check, without a restart; a pinned version never moves, and an unreachable registry keeps the model."""
+    from galmorph.config import RegisterConfig
+    from galmorph.serving import promotion
+    from tests.serving_utils import register_tiny
+
+    with champion_store(tmp_path / "store", tiny_model, _mlflow_empty_db) as cfg:
+        following, _ = web.build(None, cfg, threshold=0.7, follow_s=0.0)
+        pinned, _ = web.build("models:/galmorph/1", cfg, threshold=0.7, follow_s=0.0)
+        client, fixed = following.test_client(), pinned.test_client()
+        assert client.get("/healthz").get_json()["model"] == "galmorph v1 (@champion)"
+        register_tiny(tiny_model, cfg, f1=0.95)
+        assert promotion.promote("galmorph", RegisterConfig(0.01, 0.1, "unused.json"), cfg).promoted
+        assert client.get("/healthz").get_json()["model"] == "galmorph v2 (@champion)"
+        body = upload(client, jpeg_bytes(), url="/api/predict").get_json()
+        assert body["model"] == "galmorph v2 (@champion)" and body["verdict"]
+        assert "version <b>2</b>" in client.get("/").get_data(as_text=True)
+        assert fixed.get("/healthz").get_json()["model"] == "galmorph v1"
+        promotion.rollback("galmorph", cfg)
+        assert client.get("/healthz").get_json()["model"] == "galmorph v1 (@champion)"
+        (tmp_path / "store" / "mlruns" / "mlflow.db").rename(tmp_path / "gone.db")  # the registry goes away
+        assert client.get("/healthz").get_json()["model"] == "galmorph v1 (@champion)"

@@ -220,6 +220,7 @@ class ServeConfig:
 
     max_pixels: int
     max_decodes: int
+    follow_s: float | None
 
 
 @dataclasses.dataclass(frozen=True)

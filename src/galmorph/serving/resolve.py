@@ -7,8 +7,12 @@ is the same one clear line everywhere and the provenance people see is the same.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from galmorph.config import MlflowConfig
@@ -17,6 +21,7 @@ from galmorph.models.inference import GalaxyClassifier
 from galmorph.serving.promotion import CHAMPION, list_versions, version_by_alias
 from galmorph.tracking import logged_model, registry
 
+log = logging.getLogger(__name__)
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))?/?$")
 
 
@@ -98,3 +103,55 @@ def local_checkpoint(ref: ModelRef, cfg: MlflowConfig, dest: str | os.PathLike) 
         raise
     except Exception as exc:  # a URI a person typed: say which and why, not a traceback
         raise UserError(f"--model {ref.uri}: cannot load ({str(exc).splitlines()[0]})") from None
+
+
+class LiveModel:
+    """The classifier a long-running server answers with. For a registry alias (models:/NAME@ALIAS) it asks
+    the registry at most every `follow_s` seconds where the alias points, and when it moved (a promote, a
+    rollback) loads the new version and answers with it from then on; no restart needed. Requests in the
+    meantime keep the old one; a registry that cannot be reached leaves the current model in place."""
+
+    def __init__(
+        self,
+        classifier: GalaxyClassifier,
+        ref: ModelRef,
+        cfg: MlflowConfig | None,
+        *,
+        follow_s: float | None = 30.0,
+        prepare: Callable[[GalaxyClassifier], None] | None = None,
+    ) -> None:
+        self._classifier, self._ref, self._cfg = classifier, ref, cfg
+        self._follow_s = follow_s if ref.alias and ref.name and cfg is not None else None
+        self._prepare = prepare or (lambda _c: None)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+        self._prepare(classifier)
+
+    def current(self) -> tuple[GalaxyClassifier, ModelRef]:
+        """(classifier, its reference) to answer this request with."""
+        due = self._follow_s is not None and time.monotonic() - self._checked >= self._follow_s
+        # one request checks; the others go on with the current model meanwhile
+        if due and self._lock.acquire(blocking=False):
+            try:
+                self._checked = time.monotonic()
+                self._follow()
+            finally:
+                self._lock.release()
+        return self._classifier, self._ref
+
+    def _follow(self) -> None:
+        assert self._ref.name and self._ref.alias and self._cfg is not None
+        try:
+            info = version_by_alias(self._ref.name, self._ref.alias, self._cfg)
+            if info is None or info.version == self._ref.version:
+                return
+            ref = ModelRef(self._ref.uri, self._ref.name, info.version, self._ref.alias)
+            classifier = load_model(ModelRef(info.uri, ref.name, ref.version), self._cfg)
+        except Exception:  # noqa: BLE001 - the registry or the new model is unavailable: keep serving
+            log.warning(
+                "could not follow %s; still serving version %s", self._ref.uri, self._ref.version, exc_info=True
+            )
+            return
+        self._prepare(classifier)
+        log.warning("%s moved: now serving version %s (was %s)", ref.uri, ref.version, self._ref.version)
+        self._classifier, self._ref = classifier, ref

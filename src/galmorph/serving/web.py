@@ -23,7 +23,7 @@ from galmorph.config import MlflowConfig, ServeConfig, load_params
 from galmorph.data.images import ACCEPTED, ImageError, InputLimits
 from galmorph.errors import UserError
 from galmorph.models.inference import UNCERTAIN, GalaxyClassifier, labels_of
-from galmorph.serving.resolve import ModelRef, load_model, resolve_model
+from galmorph.serving.resolve import LiveModel, ModelRef, load_model, resolve_model
 
 THUMBNAIL_PX = 320
 #: HTTP status of an upload the loader refused, by its reason (anything else: 400).
@@ -72,15 +72,24 @@ def create_app(
     threshold: float,
     max_upload_bytes: int = 10 * 2**20,
     limits: InputLimits | None = None,
+    mlflow_cfg: MlflowConfig | None = None,
+    follow_s: float | None = None,
 ) -> Flask:
     """The Flask app around a loaded classifier (tests and WSGI servers call this directly). `limits`: the
-    pixel limit and decodes at once (no paths: uploads only)."""
-    classifier.set_limits(limits or InputLimits(max_request_bytes=max_upload_bytes))
+    pixel limit and decodes at once (no paths: uploads only). With `mlflow_cfg` and `follow_s`, a page
+    serving a registry alias follows it (see LiveModel): a promote or rollback reaches it without a restart."""
+    limits = limits or InputLimits(max_request_bytes=max_upload_bytes)
+    live = LiveModel(
+        classifier,
+        ref,
+        mlflow_cfg,
+        follow_s=follow_s,
+        prepare=lambda c: c.set_limits(limits),
+    )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     limit_mb = max_upload_bytes / 2**20
     page = {
-        "model": ref,
         "classes": classifier.classes,
         "threshold": threshold,
         "limit_mb": f"{limit_mb:g}",
@@ -89,7 +98,7 @@ def create_app(
         "accepted": ACCEPTED.removeprefix("accepted: "),
     }
 
-    def upload(*, thumbnail: bool) -> tuple[dict[str, Any], int, str | None, str]:
+    def upload(classifier: GalaxyClassifier, *, thumbnail: bool) -> tuple[dict[str, Any], int, str | None, str]:
         file = request.files.get("image")
         if file is None or not file.filename:
             return {"error": "choose an image file first (JPEG, PNG, TIFF, WEBP, BMP or GIF)"}, 400, None, ""
@@ -102,29 +111,35 @@ def create_app(
 
     @app.get("/")
     def index() -> str:
-        return render_template("index.html", **page, result=None)
+        _, current = live.current()
+        return render_template("index.html", **page, model=current, result=None)
 
     @app.post("/")
     def predict_page() -> tuple[str, int]:
-        result, status, thumbnail, filename = upload(thumbnail=True)
-        return render_template("index.html", **page, result=result, thumbnail=thumbnail, filename=filename), status
+        classifier, current = live.current()
+        result, status, thumbnail, filename = upload(classifier, thumbnail=True)
+        html = render_template(
+            "index.html", **page, model=current, result=result, thumbnail=thumbnail, filename=filename
+        )
+        return html, status
 
     @app.post("/api/predict")
     def predict_api() -> Any:
-        result, status, _, filename = upload(thumbnail=False)  # the API has no use for a thumbnail
-        body = {"file": filename, **result, "model": ref.display, "threshold": threshold}
+        classifier, current = live.current()
+        result, status, _, filename = upload(classifier, thumbnail=False)  # the API has no use for a thumbnail
+        body = {"file": filename, **result, "model": current.display, "threshold": threshold}
         return jsonify(body), status
 
     @app.get("/healthz")
     def healthz() -> Any:
-        return jsonify({"status": "ok", "model": ref.display})
+        return jsonify({"status": "ok", "model": live.current()[1].display})
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_exc: RequestEntityTooLarge) -> Any:
         message = f"the file is larger than the {limit_mb:g} MB limit; send a smaller cut-out"
         if request.path.startswith("/api/"):
             return jsonify({"error": message}), 413
-        return render_template("index.html", **page, result={"error": message}), 413
+        return render_template("index.html", **page, model=live.current()[1], result={"error": message}), 413
 
     app.jinja_env.globals["pct"] = lambda p: f"{100 * p:.1f}" if math.isfinite(p) else "—"
     return app
@@ -137,7 +152,10 @@ def build(
     threshold: float,
     max_upload_mb: float = 10.0,
     serve: ServeConfig | None = None,
+    follow_s: float | None = 30.0,
 ) -> tuple[Flask, ModelRef]:
+    """The app for `model` (default @champion). `follow_s`: how often a page serving an alias checks whether it
+    moved (None: never); serve.follow_s when `serve` is given."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: expected a probability between 0 and 1")
     if not max_upload_mb > 0:
@@ -148,12 +166,21 @@ def build(
         for key in ("max_pixels", "max_decodes"):
             if getattr(serve, key) < 1:
                 raise UserError(f"params: serve.{key}: expected a positive whole number, got {getattr(serve, key)}")
+        if serve.follow_s is not None and not serve.follow_s >= 0:
+            raise UserError(f"params: serve.follow_s: expected seconds >= 0 or null, got {serve.follow_s}")
         limits = InputLimits(
             max_pixels=serve.max_pixels, max_decodes=serve.max_decodes, max_request_bytes=max_upload_bytes
         )
+        follow_s = serve.follow_s
     ref = resolve_model(model, mlflow_cfg)
     app = create_app(
-        load_model(ref, mlflow_cfg), ref, threshold=threshold, max_upload_bytes=max_upload_bytes, limits=limits
+        load_model(ref, mlflow_cfg),
+        ref,
+        threshold=threshold,
+        max_upload_bytes=max_upload_bytes,
+        limits=limits,
+        mlflow_cfg=mlflow_cfg,
+        follow_s=follow_s,
     )
     return app, ref
 
