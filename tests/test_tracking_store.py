@@ -81,3 +81,17 @@ def test_processes_starting_on_a_new_store_at_once_all_succeed(spawn, tmp_path):
         assert proc.returncode == 0, err[-2000:]
         answers.append(out.strip())
     assert len(set(answers)) == 1 and answers[0]  # one experiment, created once
+
+
+def test_the_experiment_is_marked_as_model_training(mlflow_uri):
+    """MLflow 3's UI opens an experiment without a kind on its GenAI traces view; ours is model training,
+    whether galmorph created it or found it made by older code."""
+    import mlflow
+
+    cfg = _cfg(mlflow_uri)
+    exp_id = store.experiment_id(cfg)
+    assert mlflow.MlflowClient().get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = mlflow.MlflowClient().create_experiment("made-elsewhere")
+    assert "mlflow.experimentKind" not in mlflow.MlflowClient().get_experiment(older).tags
+    assert store.experiment_id(_cfg(mlflow_uri, experiment="made-elsewhere")) == older
+    assert mlflow.MlflowClient().get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -17,6 +17,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         print(f"runs are on the tracking server {uri}: open it in a browser", file=sys.stderr)
         return
     check_port(args.host, args.port)
+    store.experiment_id(params.mlflow)  # the experiment exists and is marked as model training: runs come first
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     stopped_by = ui.serve(params.mlflow, args.host, args.port)
     if stopped_by is not None:

@@ -22,6 +22,8 @@ from galmorph.paths import repo_root
 
 STORE_DIR = "mlruns"
 """The local store's folder under the repo root: mlflow.db plus artifacts/."""
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""Marks the experiment as model training, so the MLflow 3 UI opens on runs and models, not GenAI traces."""
 INIT_LOCK_TIMEOUT_S = 300.0
 """How long a process waits for another that is creating a new SQLite store's tables."""
 
@@ -120,15 +122,23 @@ def experiment_id(cfg: MlflowConfig) -> str:
                 f"mlflow.experiment {cfg.experiment!r} is deleted in {uri}; restore it in the UI "
                 "(or `mlflow experiments restore`) or choose another name"
             )
+        _mark_kind(mlflow_client, exp.experiment_id, exp.tags)
         return exp.experiment_id
     root = artifact_root(uri)
     folder = re.sub(r"[^\w.-]", "_", cfg.experiment)
     location = f"{root}/{folder}" if root else None
     try:
-        return mlflow_client.create_experiment(cfg.experiment, artifact_location=location)
+        return mlflow_client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:
         # another process (a queued `dvc exp`, a parallel tuning worker) created it first
         exp = mlflow_client.get_experiment_by_name(cfg.experiment)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def _mark_kind(mlflow_client: mlflow.MlflowClient, exp_id: str, tags: dict[str, str]) -> None:
+    """Tag an experiment made before galmorph marked its kind (or by someone else's code)."""
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in tags:
+            mlflow_client.set_experiment_tag(exp_id, key, value)
