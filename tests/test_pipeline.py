@@ -115,3 +115,16 @@ def test_data_pipeline_repro_is_incremental_and_versioned(tmp_path):
     assert (proj / "data/processed/splits.parquet").read_bytes() == before
     status = _run(["dvc", "status", *DATA_STAGES], proj)
     assert "up to date" in status.stdout.lower()
+
+
+def test_each_plot_is_drawn_once(tmp_path):
+    """`dvc plots show/diff` drew every plot twice when its data file was declared both as a stage's plot and
+    in the top-level `plots:`: the stages declare plot data as plain outputs, the top level draws it."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert not [name for name, stage in dvc_yaml["stages"].items() if "plots" in stage]
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    out = subprocess.run([dvc, "plots", "show", "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    drawn = list(json.loads(out.stdout)["data"])
+    titles = [next(iter(entry)) for entry in dvc_yaml["plots"]]
+    assert drawn == titles, drawn
