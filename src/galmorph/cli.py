@@ -65,6 +65,23 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 = network)")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., a pyfunc folder or models/model.pt "
+        "(default: models:/<mlflow.registered_model>@champion)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; 0.0.0.0 = network)")
+    p.add_argument("--port", type=int, default=5001, help="port to listen on (default: 5001)")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default: 1)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_file", help="a models/model.pt (trained here or elsewhere)")
+    p.add_argument("out", help="the MLflow model folder to write")
+    p.add_argument("--force", action="store_true", help="replace OUT when it is a previously exported model")
+
+
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="registered model name (default: mlflow.registered_model)")
 
@@ -191,6 +208,12 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
     ),
     "rollback": ("galmorph.commands.models", "move @champion back to the previous champion", _registry_args),
     "predict": ("galmorph.commands.predict", "classify image files, folders or globs; write CSV/JSON", _predict_args),
+    "serve": (
+        "galmorph.commands.serve",
+        "the REST endpoint: mlflow models serve on the project's store (a model file is exported first)",
+        _serve_args,
+    ),
+    "export": ("galmorph.commands.serve", "write a models/model.pt as an MLflow model folder", _export_args),
     "web": ("galmorph.commands.web", "a web page to upload a galaxy image and see the model's verdict", _web_args),
     "batch": ("galmorph.commands.batch", "survey-scale batch classification with Apache Spark (pyspark)", _batch_args),
 }
@@ -218,11 +241,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "rollback": ("mlflow",),
     "predict": ("mlflow", "evaluate.abstain_threshold"),
     "web": ("mlflow", "serve", "evaluate.abstain_threshold"),
+    "serve": ("mlflow",),
+    "export": (),
     "batch": ("mlflow", "evaluate.abstain_threshold"),
 }
-#: Commands that run without a params.yaml when given --model (the model file carries its preprocessing):
+#: Commands that run without a params.yaml when given this argument, a model file (it carries its preprocessing):
 #: they use config.DEFAULTS_WITHOUT_PARAMS_FILE.
-RUN_WITHOUT_PARAMS_FILE = ("predict",)
+RUN_WITHOUT_PARAMS_FILE = {"predict": "model", "export": "model_file"}
 DEFAULT_PARAMS = "params.yaml"
 
 
@@ -324,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.params,
             args.set,
             SECTIONS.get(args.command),
-            missing_ok=args.command in RUN_WITHOUT_PARAMS_FILE and bool(getattr(args, "model", None)),
+            missing_ok=bool(getattr(args, RUN_WITHOUT_PARAMS_FILE.get(args.command, ""), None)),
         )
         importlib.import_module(COMMANDS[args.command][0]).main(params, args)
     except UserError as exc:

@@ -168,36 +168,68 @@ def log_classifier(
     `tta_views` (default: all eight, as evaluate.tta_views) are what predict(params={"tta": True}) averages.
     """
     # torch loads only where a model is logged, not with every importer of galmorph.tracking
-    from galmorph.data.transforms import check_views
-    from galmorph.models.inference import DEFAULT_TTA_VIEWS, save_artifacts
+    from galmorph.models.inference import save_artifacts
 
     runs.active_run()
-    views = check_views(tta_views or DEFAULT_TTA_VIEWS, "tta_views")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
+    with tempfile.TemporaryDirectory(prefix="galmorph-pyfunc-") as tmp:
+        artifacts = save_artifacts(model, model_cfg, preprocess, temperature, Path(tmp) / "artifacts")
+        parts = _pyfunc_parts(Path(tmp), temperature, tta_views, batch_size, input_example)
+        info = mlflow.pyfunc.log_model(name=name, artifacts=artifacts, **parts)
+    return info.model_uri
+
+
+def export_classifier(
+    model_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    tta_views: Sequence[str] | None = None,
+    batch_size: int = 64,
+) -> Path:
+    """Write a models/model.pt (trained here or elsewhere) as an MLflow model folder, the same pyfunc that
+    training logs, without a run or a store: `mlflow models serve -m OUT`, `galmorph batch --model OUT` and
+    mlflow.pyfunc.load_model(OUT) take it. `out_dir` must not exist."""
+    from galmorph.models.resnet import load_model
+
+    loaded = load_model(model_file)  # a UserError naming the file when it is not a galmorph model
+    with tempfile.TemporaryDirectory(prefix="galmorph-pyfunc-") as tmp:
+        parts = _pyfunc_parts(Path(tmp), loaded.temperature, tta_views, batch_size, None)
+        mlflow.pyfunc.save_model(path=str(out_dir), artifacts={"model": str(model_file)}, **parts)
+    return Path(out_dir)
+
+
+def _pyfunc_parts(
+    tmp: Path,
+    temperature: float,
+    tta_views: Sequence[str] | None,
+    batch_size: int,
+    input_example: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """What a logged and an exported galmorph pyfunc share: the model code, the galmorph package in code/,
+    pinned requirements, the signature, the serving config and the metadata (files written under `tmp`)."""
+    from galmorph.data.transforms import check_views
+    from galmorph.models.inference import DEFAULT_TTA_VIEWS
+
+    views = check_views(tta_views or DEFAULT_TTA_VIEWS, "tta_views")
     example = None
     if input_example is not None:
         example = {"image": [base64.b64encode(Path(input_example).read_bytes()).decode("ascii")]}
-    with tempfile.TemporaryDirectory(prefix="galmorph-pyfunc-") as tmp:
-        artifacts = save_artifacts(model, model_cfg, preprocess, temperature, Path(tmp) / "artifacts")
-        code = Path(tmp) / "code" / "galmorph"
-        shutil.copytree(Path(galmorph.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        # a model from code, not a pickle: loading runs this file, nothing is unpickled
-        model_code = Path(tmp) / "galmorph_model.py"
-        model_code.write_text(_MODEL_CODE)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(model_code),
-            artifacts=artifacts,
-            code_paths=[str(code)],
-            pip_requirements=_pip_requirements(),
-            signature=classifier_signature(),
-            input_example=pd.DataFrame(example) if example else None,
-            # the SERVE_ENV keys are logged unset (None): the environment or load-time model_config sets them
-            model_config={"tta_views": views, "batch_size": batch_size, **dict.fromkeys(SERVE_ENV)},
-            metadata={"classes": list(CLASSES), "temperature": temperature, "galmorph_version": galmorph.__version__},
-        )
-    return info.model_uri
+    code = tmp / "code" / "galmorph"
+    shutil.copytree(Path(galmorph.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # a model from code, not a pickle: loading runs this file, nothing is unpickled
+    model_code = tmp / "galmorph_model.py"
+    model_code.write_text(_MODEL_CODE)
+    return {
+        "python_model": str(model_code),
+        "code_paths": [str(code)],
+        "pip_requirements": _pip_requirements(),
+        "signature": classifier_signature(),
+        "input_example": pd.DataFrame(example) if example else None,
+        # the SERVE_ENV keys are logged unset (None): the environment or load-time model_config sets them
+        "model_config": {"tta_views": views, "batch_size": batch_size, **dict.fromkeys(SERVE_ENV)},
+        "metadata": {"classes": list(CLASSES), "temperature": temperature, "galmorph_version": galmorph.__version__},
+    }
 
 
 def load_classifier(uri: str, *, cfg: MlflowConfig | None = None) -> Any:

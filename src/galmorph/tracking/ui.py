@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from urllib.parse import urlparse
 
@@ -95,7 +95,9 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = GRACE_S, signum:
                 time.sleep(0.1)
 
 
-def run_foreground(cmd: Sequence[str], grace_s: float = GRACE_S) -> tuple[int, int | None]:
+def run_foreground(
+    cmd: Sequence[str], grace_s: float = GRACE_S, env: Mapping[str, str] | None = None
+) -> tuple[int, int | None]:
     """Run a server until it exits or galmorph is asked to stop; returns (its exit status, the stop signal
     galmorph received or None).
 
@@ -120,7 +122,7 @@ def run_foreground(cmd: Sequence[str], grace_s: float = GRACE_S) -> tuple[int, i
     try:
         if received:  # asked to stop before the server started
             return 0, received[0]
-        proc = subprocess.Popen(list(cmd), process_group=0, preexec_fn=_parent_death_signal())
+        proc = subprocess.Popen(list(cmd), process_group=0, preexec_fn=_parent_death_signal(), env=env)
         deadline: float | None = None
         while True:
             try:
