@@ -88,8 +88,9 @@ def test_data_pipeline_repro_is_incremental_and_versioned(tmp_path):
     third = _run(["dvc", "repro", *DATA_STAGES], proj)
     assert ran_stages(third.stdout) == {"split"}, third.stdout
 
-    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], proj).stdout)
-    assert "reports/data/select.json" in json.dumps(metrics)
+    # the data stages' counts stay in their reports (the DVC metric is the headline, written by register)
+    select_report = json.loads((proj / "reports" / "data" / "select.json").read_text())
+    assert select_report["dropped_by_reason"]["missing"] >= 0
 
     # generated data is DVC-tracked, never committed to git
     _run(["git", "add", "-A"], proj)

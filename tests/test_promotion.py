@@ -204,13 +204,19 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
         ),
         evaluate=dataclasses.replace(params.evaluate, metrics=str(eval_metrics)),
         split=dataclasses.replace(params.split, out=str(splits)),
-        register=dataclasses.replace(params.register, report=str(report)),
+        register=dataclasses.replace(params.register, report=str(report), headline=str(tmp_path / "headline.json")),
+        tune=dataclasses.replace(params.tune, out=str(tmp_path / "no-tuning.yaml")),  # not tuned: no trial count
         mlflow=cfg,
     )
     register_stage.main(p, None)
     result = json.loads(report.read_text())
     assert result["promoted"] and result["version"] == 1 and result["champion_version"] == 1
     assert result["test_macro_f1"] == 0.9
+    headline = json.loads((tmp_path / "headline.json").read_text())
+    assert headline == {
+        "test_accuracy": 0.91, "test_macro_f1": 0.9, "test_ece_calibrated": 0.04,
+        "registered_version": 1, "promoted": True, "champion_version": 1,
+    }  # fmt: skip
     version = mlflow_registry.model_version(cfg.registered_model, "1", cfg=cfg)
     assert set(version.aliases) == {"champion", "challenger"}
     assert version.tags["training_run_id"] == run_id and "git.commit" in version.tags
@@ -290,7 +296,10 @@ def stage_params(params, cfg, folder, *, model_uri, f1=0.9, run_id=None, tempera
         train=dataclasses.replace(params.train, metrics=str(folder / "train.json"), out=str(model_file)),
         evaluate=dataclasses.replace(params.evaluate, metrics=str(folder / "eval.json")),
         split=dataclasses.replace(params.split, out=str(splits)),
-        register=dataclasses.replace(params.register, report=str(folder / "register.json")),
+        register=dataclasses.replace(
+            params.register, report=str(folder / "register.json"), headline=str(folder / "headline.json")
+        ),
+        tune=dataclasses.replace(params.tune, out=str(folder / "best_params.yaml")),
         mlflow=cfg,
     )
 

@@ -233,7 +233,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("model", "preprocess", "train", "augment", "embed", "mlflow", "split", "tune"),
     "evaluate": ("evaluate", "preprocess", "model", "train", "augment", "embed", "mlflow", "split", "join"),
     "evaluate-folder": ("evaluate", "train", "preprocess", "mlflow"),
-    "register": ("register", "mlflow", "evaluate", "split", "train", "data.source"),
+    "register": ("register", "mlflow", "evaluate", "split", "train", "data.source", "tune.out"),
     "synth": ("data",),
     "ui": ("mlflow",),
     "promote": ("mlflow", "register"),

@@ -212,6 +212,7 @@ class RegisterConfig:
     promote_margin: float
     max_ece: float
     report: str
+    headline: str = "reports/metrics.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from galmorph.config import Params
 from galmorph.errors import UserError
+from galmorph.evaluation.headline import headline_metrics
 from galmorph.io import write_json
 from galmorph.models import resnet
 from galmorph.serving import promotion
@@ -54,6 +56,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     result = promotion.promote(name, params.register, params.mlflow, version=version.version)
     report = {**promotion.promotion_report(result), "new_version": registered.new}
     write_json(params.register.report, report)
+    tuning = yaml.safe_load(Path(params.tune.out).read_text()) if Path(params.tune.out).is_file() else None
+    write_json(params.register.headline, headline_metrics(trained, metrics, tuning, report))
     if run_id:
         # the training run says which registry version it became
         with runs.start_run(params.mlflow, "register", params.register, run_id=run_id):
