@@ -8,6 +8,7 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -557,3 +558,55 @@ def test_promote_runs_the_paired_test_on_both_versions_predictions(tiny_model, c
     result = promotion.promote(cfg.registered_model, GATE, cfg)
     assert result.promoted and result.decision.paired.low >= 0, result.decision.paired  # never worse
     assert promotion.version_by_alias(cfg.registered_model, "champion", cfg).version == v3.version
+
+
+# ------------------------------------------------------------------- models, not just runs, in MLflow
+
+
+def test_evaluation_metrics_rank_logged_models(mlflow_uri, params, tmp_path):
+    """evaluate logs its metrics on the LoggedModel as well as the run: search_logged_models ranks models."""
+    import mlflow
+
+    from galmorph.evaluation.evaluate import log_to_mlflow
+    from tests.serving_utils import galaxy_image, log_tiny_model
+
+    cfg = store_cfg(mlflow_uri)
+    example = tmp_path / "g.jpg"
+    galaxy_image(0).save(example)
+    ids = []
+    for seed, f1 in ((0, 0.71), (1, 0.93)):
+        model_uri = log_tiny_model(cfg, example, seed=seed)
+        metrics_file = tmp_path / f"train{seed}.json"
+        metrics_file.write_text(json.dumps({"model_uri": model_uri}))
+        p = dataclasses.replace(params, mlflow=cfg, train=dataclasses.replace(params.train, metrics=str(metrics_file)))
+        (tmp_path / f"eval{seed}").mkdir()
+        log_to_mlflow(p, {"test_macro_f1": f1, "test_accuracy": f1}, tmp_path / f"eval{seed}")
+        ids.append(model_uri.removeprefix("models:/"))
+    from galmorph.tracking import store
+
+    ranked = mlflow.search_logged_models(
+        experiment_ids=[store.experiment_id(cfg)],
+        order_by=[{"field_name": "metrics.test_macro_f1", "ascending": False}],
+        output_format="list",
+    )
+    assert [m.model_id for m in ranked] == [ids[1], ids[0]]
+    assert {m.key: m.value for m in ranked[0].metrics}["test_macro_f1"] == 0.93
+
+
+def test_a_registered_version_carries_a_model_card_and_a_handful_of_tags(tiny_model, cfg, params, tmp_path):
+    p = stage_params(params, cfg, tmp_path / "exp", model_uri=tiny_model.source)
+    evaluation = {f"test_{k}": 0.9 for k in ("accuracy", "macro_f1", "brier", "f1_spiral", "f1_elliptical", "auc")}
+    evaluation |= {"test_ece_calibrated": 0.04, "test_macro_f1_ci_low": 0.8, "test_macro_f1_ci_high": 0.97}
+    evaluation |= {f"tta_test_{k}": 0.9 for k in range(40)}  # the ~130 keys evaluate writes
+    Path(p.evaluate.metrics).write_text(json.dumps(evaluation))
+    register_stage.main(p, None)
+    version = mlflow_registry.model_version(cfg.registered_model, "1", cfg=cfg)
+    metric_tags = [k for k in version.tags if k.startswith(("test_", "tta_"))]
+    assert sorted(metric_tags) == sorted(
+        ["test_accuracy", "test_macro_f1", "test_macro_f1_ci_low", "test_macro_f1_ci_high", "test_ece_calibrated"]
+        + ["test_split_digest"]
+    )
+    card = mlflow.MlflowClient().get_model_version(cfg.registered_model, "1").description
+    assert card.startswith("# galmorph v1: spiral vs elliptical")
+    assert "macro F1:** 0.900 (95% CI 0.800–0.970)" in card and "Known limitations" in card
+    assert f"`{params.data.source}` source" in card and "arch resnet" in card

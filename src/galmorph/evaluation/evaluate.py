@@ -44,15 +44,23 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def mlflow_run_id(train_metrics: str | Path) -> str | None:
-    """The training run's id from train.metrics (evaluate logs into that run), or None."""
+def mlflow_run_id(train_metrics: str | Path, key: str = "mlflow_run_id") -> str | None:
+    """The training run's id from train.metrics (evaluate logs into that run), or `key`'s value; None when
+    absent."""
     p = Path(train_metrics)
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text()).get("mlflow_run_id") or None
+        return json.loads(p.read_text()).get(key) or None
     except (json.JSONDecodeError, AttributeError):
         raise UserError(f"{p}: not a JSON object (expected the train stage's metrics)") from None
+
+
+def logged_model_id(train_metrics: str | Path) -> str | None:
+    """The LoggedModel the train stage logged (model_uri models:/m-...), or None."""
+    uri = mlflow_run_id(train_metrics, "model_uri") or ""
+    model_id = uri.removeprefix("models:/")
+    return model_id if model_id.startswith("m-") and "/" not in model_id else None
 
 
 def resolve_temperature(loaded: Any, splits: pd.DataFrame, params: Params) -> tuple[float, str]:
@@ -231,7 +239,11 @@ def log_to_mlflow(params: Params, metrics: dict[str, float], out_dir: str | Path
             "evaluate: MLflow run %s (from %s) is not in the store; logging to a new run", run_id, params.train.metrics
         )
         run_id = None
+    model_id = logged_model_id(params.train.metrics)
+    if model_id is not None and not runs.logged_model_exists(model_id, cfg=params.mlflow):
+        model_id = None
     with runs.start_run(params.mlflow, "evaluate", [params.evaluate, params.preprocess], run_id=run_id) as run:
-        runs.log_metrics(finite)
+        # on the LoggedModel too: the Models view ranks models (not only runs) by test macro F1
+        runs.log_metrics(finite, model_id=model_id)
         runs.log_artifact(out_dir, "evaluation")
         return run.info.run_id

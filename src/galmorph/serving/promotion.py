@@ -30,6 +30,7 @@ import pandas as pd
 
 from galmorph.config import CLASSES, MlflowConfig, RegisterConfig
 from galmorph.errors import UserError
+from galmorph.evaluation.headline import EVALUATION_KEYS
 from galmorph.evaluation.metrics import PairedDifference, paired_f1_difference
 from galmorph.tracking import provenance, runs, store
 from galmorph.tracking import registry as mlflow_registry
@@ -267,18 +268,14 @@ def version_tags(
     model_uri: str,
     data_source: str | None = None,
 ) -> dict[str, str]:
-    """The tags a new version carries: every numeric evaluate metric (flat keys, e.g. test_macro_f1), the
-    test split's digest, the training run, and git + DVC provenance (the inputs' md5 as in dvc.lock)."""
+    """The tags a new version carries: a handful of test metrics (the headline's and what the gate and
+    `galmorph models` read), the test split's digest, the data source, the training run, and git + DVC
+    provenance (the inputs' md5 as in dvc.lock). Every metric lives on the LoggedModel and the training run."""
     tags: dict[str, str] = {}
-
-    def walk(obj: Mapping[str, Any], prefix: str) -> None:
-        for key, value in obj.items():
-            if isinstance(value, Mapping):
-                walk(value, f"{prefix}{key}.")
-            elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                tags[f"{prefix}{key}"] = repr(float(value))
-
-    walk(eval_metrics, "")
+    for key in dict.fromkeys((*EVALUATION_KEYS, *SHOWN_METRICS)):
+        value = eval_metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            tags[key] = repr(float(value))
     tags[SPLIT_KEY] = test_split_digest(splits)
     tags["training_run_id"] = run_id or "unknown"
     tags["model_uri"] = model_uri
@@ -539,3 +536,46 @@ def promotion_report(promotion: Promotion) -> dict[str, Any]:
         "paired_n": promotion.decision.paired.n if promotion.decision.paired else None,
         **{k: number_tag(promotion.challenger.tags, k) for k in SHOWN_METRICS},
     }
+
+
+def model_card(
+    version: VersionInfo, headline: Mapping[str, Any], recipe: Mapping[str, Any], tuned: Mapping[str, Any]
+) -> str:
+    """A version's description in the registry (Markdown): what it was trained on, how, how good it is with
+    intervals, off-survey accuracy, and what it is not good for."""
+
+    def kpi(key: str) -> str:
+        value, low, high = (headline.get(k) for k in (key, f"{key}_ci_low", f"{key}_ci_high"))
+        if not isinstance(value, int | float):
+            return "—"
+        interval = (
+            f" (95% CI {low:.3f}–{high:.3f})" if isinstance(low, int | float) and isinstance(high, int | float) else ""
+        )
+        return f"{value:.3f}{interval}"
+
+    source = version.tags.get(DATA_SOURCE, "unknown")
+    lines = [
+        f"# galmorph v{version.version}: spiral vs elliptical",
+        "",
+        f"- **Data:** `{source}` source"
+        + (" — a synthetic set for offline runs, **not a model for real images**" if source == "synthetic" else "")
+        + f"; test split digest `{version.tags.get(SPLIT_KEY, '?')[:16]}`.",
+        "- **Recipe:** "
+        + ", ".join(f"{k} {v}" for k, v in recipe.items())
+        + (f"; tuned: {', '.join(f'{k}={v}' for k, v in tuned.items())}" if tuned else "")
+        + ".",
+        f"- **Test accuracy:** {kpi('test_accuracy')}; **macro F1:** {kpi('test_macro_f1')}; "
+        f"**calibrated ECE:** {kpi('test_ece_calibrated')}.",
+        "- **Other telescopes:** "
+        + (
+            f"accuracy {kpi('ood_accuracy')} on evaluate.ood_manifest."
+            if "ood_accuracy" in headline
+            else "not measured (set evaluate.ood_manifest)."
+        ),
+        f"- **Training run:** `{version.tags.get('training_run_id', '?')}`; git `{version.tags.get('git.commit', '?')[:12]}`.",
+        "",
+        "Known limitations: two classes only (no mergers, edge-on or irregular classes); trained on SDSS-like "
+        "cut-outs, so other telescopes' framing, colours and depth lower accuracy (see the evaluation report); "
+        "labels below the Galaxy Zoo vote threshold were left out, so uncertain galaxies are outside its range.",
+    ]
+    return "\n".join(lines)

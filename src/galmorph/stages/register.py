@@ -12,12 +12,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from galmorph.config import Params
+from galmorph.config import Params, with_tuned
 from galmorph.errors import UserError
 from galmorph.evaluation.headline import headline_metrics
 from galmorph.io import write_json
 from galmorph.models import resnet
 from galmorph.serving import promotion
+from galmorph.tracking import registry as mlflow_registry
 from galmorph.tracking import runs
 
 
@@ -57,7 +58,19 @@ def main(params: Params, args: argparse.Namespace) -> None:
     report = {**promotion.promotion_report(result), "new_version": registered.new}
     write_json(params.register.report, report)
     tuning = yaml.safe_load(Path(params.tune.out).read_text()) if Path(params.tune.out).is_file() else None
-    write_json(params.register.headline, headline_metrics(trained, metrics, tuning, report))
+    headline = headline_metrics(trained, metrics, tuning, report)
+    write_json(params.register.headline, headline)
+    if registered.new:  # the version's model card, in the registry UI
+        effective, tuned = with_tuned(params)
+        recipe = {
+            "arch": effective.model.arch,
+            "head": effective.model.head,
+            "mode": effective.train.mode,
+            "image px": effective.preprocess.image_size,
+            "epochs run": trained.get("epochs_run", "?"),
+        }
+        card = promotion.model_card(version, headline, recipe, tuned)
+        mlflow_registry.set_version_description(name, version.version, card, cfg=params.mlflow)
     if run_id:
         # the training run says which registry version it became
         with runs.start_run(params.mlflow, "register", params.register, run_id=run_id):

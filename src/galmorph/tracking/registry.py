@@ -150,6 +150,11 @@ def set_version_tags(
         mlflow_client.set_model_version_tag(name, str(version), key, str(value))
 
 
+def set_version_description(name: str, version: str | int, text: str, *, cfg: MlflowConfig | None = None) -> None:
+    """A version's description (Markdown in the UI): its model card."""
+    store.client(cfg).update_model_version(name, str(version), description=text)
+
+
 def registered_model_tags(name: str, *, cfg: MlflowConfig | None = None) -> dict[str, str]:
     """Tags of the registered model itself (where the champion history lives); {} when it does not exist."""
     try:

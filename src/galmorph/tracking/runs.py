@@ -80,8 +80,10 @@ def active_run() -> mlflow.ActiveRun:
     return run
 
 
-def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
-    """Numbers of the active run; the trainer passes step=epoch so the UI draws curves per epoch."""
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None, *, model_id: str | None = None) -> None:
+    """Numbers of the active run; the trainer passes step=epoch so the UI draws curves per epoch. With
+    `model_id` (a LoggedModel, m-...) they are also the model's own, so the UI's Models view and
+    search_logged_models(order_by=...) rank models by them."""
     active_run()
     values = {}
     for key, value in metrics.items():
@@ -91,7 +93,7 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
             values[key] = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"metric {key!r}: expected a number, got {value!r}") from None
-    mlflow.log_metrics(values, step=step)
+    mlflow.log_metrics(values, step=step, model_id=model_id)
 
 
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
@@ -225,3 +227,13 @@ def log_file_to_run(
 ) -> None:
     """Attach a file to an existing, finished run (e.g. a registered version's training run)."""
     store.client(cfg).log_artifact(run_id, str(path), artifact_path)
+
+
+def logged_model_exists(model_id: str, *, cfg: MlflowConfig | None = None) -> bool:
+    """Whether the store has this LoggedModel (a model logged in another store is not)."""
+    store.client(cfg)
+    try:
+        mlflow.get_logged_model(model_id)
+    except MlflowException:
+        return False
+    return True
