@@ -246,11 +246,9 @@ def save_model(
         torch.save(bundle, tmp)
 
 
-def model_digest(path: str | Path) -> str:
-    """The md5 of what a model file computes: its weights (names, dtypes, shapes, values), configuration,
-    preprocessing, classes and temperature. Unlike the file's own md5 it does not change with the container
-    (torch's zip records the temporary file name an atomic write used), so a retrained-identical or
-    re-registered model is recognised."""
+def _read_bundle(path: str | Path) -> dict[str, Any]:
+    """The dict save_model wrote (tensors and plain values only: weights_only=True), or a UserError naming
+    the file."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: model file not found (run `galmorph train` first)")
@@ -260,11 +258,21 @@ def model_digest(path: str | Path) -> str:
         raise UserError(f"{p}: not a galmorph model file ({type(exc).__name__})") from None
     if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
         raise UserError(f"{p}: not a galmorph model file (expected format {MODEL_FORMAT})")
+    return bundle
+
+
+def model_digest(path: str | Path) -> str:
+    """The md5 of what a model file computes: its weights (names, dtypes, shapes, values), configuration,
+    preprocessing, classes and temperature. Unlike the file's own md5 it does not change with the container
+    (torch's zip records the temporary file name an atomic write used), so a retrained-identical or
+    re-registered model is recognised."""
+    bundle = _read_bundle(path)
     digest = hashlib.md5(usedforsecurity=False)
     for key in sorted(bundle["model"]):
-        tensor = bundle["model"][key].contiguous().reshape(-1)
-        digest.update(f"{key}|{bundle['model'][key].dtype}|{tuple(bundle['model'][key].shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        tensor = bundle["model"][key]
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.contiguous().reshape(-1)  # 0-d tensors (BN's num_batches_tracked) cannot view as bytes
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     described = {k: bundle.get(k) for k in ("model_cfg", "preprocess", "classes", "temperature")}
     digest.update(json.dumps(described, sort_keys=True).encode())
     return digest.hexdigest()
@@ -284,15 +292,7 @@ class LoadedModel:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Read a models/model.pt written by save_model (eval mode, on `device`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: model file not found (run `galmorph train` first)")
-    try:
-        bundle = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{p}: not a galmorph model file ({type(exc).__name__})") from None
-    if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
-        raise UserError(f"{p}: not a galmorph model file (expected format {MODEL_FORMAT})")
+    bundle = _read_bundle(path)
     model_cfg = from_dict(ModelConfig, {**bundle["model_cfg"], "weights": "none"}, "model")
     model = GalaxyNet(model_cfg.arch, build_head(model_cfg, FEATURE_DIMS[model_cfg.arch]))
     model.load_state_dict(bundle["model"])
