@@ -210,14 +210,23 @@ def run_metrics(run_id: str, *, cfg: MlflowConfig | None = None) -> dict[str, fl
 def download_run_file(
     run_id: str, artifact_path: str, dest: str | os.PathLike, *, cfg: MlflowConfig | None = None
 ) -> Path | None:
-    """A file logged to a run, downloaded into `dest`; None when the run or the file is not there."""
+    """A file logged to a run, downloaded into `dest`; None when the run or the file is not there. Quietly:
+    MLflow's progress bar for a file of a few kB (the promotion gate fetches four) is noise in a command's
+    output."""
     import mlflow.artifacts
 
     store.client(cfg)
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest))
     except (MlflowException, OSError):
         return None
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
     path = Path(local)
     return path if path.is_file() else None
 
