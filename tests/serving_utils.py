@@ -10,12 +10,15 @@ import contextlib
 import dataclasses
 import math
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image, ImageDraw
 
@@ -116,3 +119,19 @@ def champion_store(root: Path, tiny: TinyModel, empty_db: Path) -> Iterator[Mlfl
         register_tiny(tiny, cfg)
         promotion.promote(cfg.registered_model, RegisterConfig(0.01, 0.1, "unused.json"), cfg)
         yield cfg
+
+
+def wait_until_answers(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
+    """Wait until GET `url` answers 200: fail with the server's log when it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[2:4]} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no answer on {url} after {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(1)

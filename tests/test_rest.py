@@ -14,13 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.serving_utils import champion_store
+from tests.serving_utils import champion_store, wait_until_answers
 
 pytestmark = pytest.mark.slow
 STARTUP_S = 240
@@ -47,18 +46,7 @@ def server(tiny_model, tmp_path_factory, _mlflow_empty_db):
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + STARTUP_S
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{(root / 'server.log').read_text()}")
-                try:
-                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no answer on {url}/ping after {STARTUP_S} s:\n{(root / 'server.log').read_text()}")
-                time.sleep(1)
+            wait_until_answers(proc, f"{url}/ping", root / "server.log", STARTUP_S)
             yield url
         finally:
             os.killpg(proc.pid, signal.SIGTERM)

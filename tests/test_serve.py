@@ -7,7 +7,6 @@ import base64
 import socket
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
@@ -19,7 +18,7 @@ from galmorph import cli
 from galmorph.models import resnet
 from galmorph.models.inference import GalaxyClassifier
 from tests.conftest import REPO
-from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, galaxy_image, tiny_network
+from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, galaxy_image, tiny_network, wait_until_answers
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +80,7 @@ def test_serve_a_model_file_on_the_projects_store_and_stop_it(spawn, model_file,
     with log.open("w") as out:
         proc = spawn(argv, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(1)
+    wait_until_answers(proc, f"{url}/ping", log)
     body = {"dataframe_records": [{"image": base64.b64encode(image_bytes).decode()}, {"image": "/etc/passwd"}]}
     answer = requests.post(f"{url}/invocations", json=body, timeout=60).json()["predictions"]
     assert answer[0]["p_spiral"] + answer[0]["p_elliptical"] == pytest.approx(1.0)

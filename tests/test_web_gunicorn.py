@@ -10,12 +10,13 @@ import io
 import os
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from PIL import Image
+
+from tests.serving_utils import wait_until_answers
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -51,18 +52,7 @@ def web(tiny_model, tmp_path_factory):
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, process_group=0)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + STARTUP_S
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"gunicorn exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-                try:
-                    if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no answer on {url}/healthz after {STARTUP_S} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(1)
+            wait_until_answers(proc, f"{url}/healthz", log_path, STARTUP_S)
             yield url
         finally:
             stop_process_group(proc, grace_s=20.0)

@@ -28,6 +28,7 @@ import mlflow
 import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from PIL import Image
 
 import galmorph
 from galmorph.config import CLASSES, MlflowConfig, ModelConfig, PreprocessConfig
@@ -194,8 +195,11 @@ def export_classifier(
 
     loaded = load_model(model_file)  # a UserError naming the file when it is not a galmorph model
     with tempfile.TemporaryDirectory(prefix="galmorph-pyfunc-") as tmp:
-        parts = _pyfunc_parts(Path(tmp), loaded.temperature, tta_views, batch_size, None)
-        mlflow.pyfunc.save_model(path=str(out_dir), artifacts={"model": str(model_file)}, **parts)
+        example = Path(tmp) / "example.jpg"  # a dark sky: the input example MLflow validates the signature with
+        Image.new("RGB", (64, 64), (10, 10, 20)).save(example)
+        parts = _pyfunc_parts(Path(tmp), loaded.temperature, tta_views, batch_size, example)
+        with runs.quiet_artifact_copies():
+            mlflow.pyfunc.save_model(path=str(out_dir), artifacts={"model": str(model_file)}, **parts)
     return Path(out_dir)
 
 

@@ -207,6 +207,22 @@ def run_metrics(run_id: str, *, cfg: MlflowConfig | None = None) -> dict[str, fl
     return dict(store.client(cfg).get_run(run_id).data.metrics)
 
 
+@contextlib.contextmanager
+def quiet_artifact_copies() -> Iterator[None]:
+    """No MLflow progress bar meanwhile (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR): for copies of small local
+    files, where a bar per file is noise in a command's output. For CLI commands, not threaded servers."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
 def download_run_file(
     run_id: str, artifact_path: str, dest: str | os.PathLike, *, cfg: MlflowConfig | None = None
 ) -> Path | None:
@@ -216,17 +232,11 @@ def download_run_file(
     import mlflow.artifacts
 
     store.client(cfg)
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest))
+        with quiet_artifact_copies():
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest))
     except (MlflowException, OSError):
         return None
-    finally:
-        if previous is None:
-            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
     path = Path(local)
     return path if path.is_file() else None
 
