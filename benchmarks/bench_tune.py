@@ -93,7 +93,7 @@ def bench_params(base: Params, work: Path, **tune: object) -> Params:
         train=replace(base.train, device="cpu", num_workers=0),
         embed=replace(base.embed, out=str(work / "features")),
         split=replace(base.split, out=str(work / "splits.parquet")),
-        tune=replace(base.tune, out=str(work / "best_params.yaml"), **tune),
+        tune=replace(base.tune, out=str(work / "best_params.yaml"), plots_dir=str(work / "tune"), **tune),
         mlflow=replace(base.mlflow, experiment="bench-tune"),
     )
 

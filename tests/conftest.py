@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -197,3 +198,28 @@ def tiny_model(tmp_path_factory, _mlflow_empty_db):
     (root / "mlruns").mkdir()
     shutil.copyfile(_mlflow_empty_db, root / "mlruns" / "mlflow.db")
     return log_tiny_model_once(root)
+
+
+#: Debian's chromium, driven headless by Playwright (which never downloads a browser): the browser tests' one setup.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which("chromium") and not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (.ci/system-deps installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

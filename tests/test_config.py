@@ -1,4 +1,5 @@
 import dataclasses
+import shutil
 
 import pytest
 import yaml
@@ -96,7 +97,10 @@ def test_every_stage_validates_what_dvc_yaml_lists_for_it():
     for name, stage in stages.items():
         command = stage["cmd"].split()[1]
         for entry in stage.get("params", []):
-            section = entry.split(".")[0] if isinstance(entry, str) else None
+            if isinstance(entry, dict):  # another file's values (train: the tuned ones in tune.out), not params.yaml
+                assert list(entry) == ["${tune.out}"], entry
+                continue
+            section = entry.split(".")[0]
             assert section in cli.SECTIONS[command], f"dvc.yaml {name}: {entry} not in cli.SECTIONS[{command!r}]"
     assert set(cli.SECTIONS) == set(cli.COMMANDS)
 
@@ -116,3 +120,25 @@ def test_set_typo_gets_a_did_you_mean():
         resolve_params(str(REPO / "params.yaml"), ["trian.lr=0.1"])
     with pytest.raises(UserError, match=r"--set train.zzzz: no such parameter in params.yaml$"):
         resolve_params(str(REPO / "params.yaml"), ["train.zzzz=1"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["train.lr=0.003", "data.source=manifest", "evaluate.ood_manifest=../shared/ood-dev", "tune.n_trials=0"],
+)
+def test_dvc_exp_run_set_changes_only_the_line_it_sets(override, tmp_path):
+    """`dvc exp run -S` writes params.yaml back through ruamel (dvc.utils.hydra.apply_overrides): a file in another
+    layout came back with a 67-line diff and every `null` blanked. params.yaml is kept in the layout DVC writes."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", copy)
+    apply_overrides(str(copy), [override])
+    before = (REPO / "params.yaml").read_text().splitlines()
+    after = copy.read_text().splitlines()
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    key, value = override.split("=", 1)
+    assert len(changed) == 1, [(before[i], after[i]) for i in changed]
+    line = after[changed[0]]
+    assert line.strip().startswith(f"{key.rsplit('.', 1)[1]}: {value}"), line
+    assert load_params(copy) is not None

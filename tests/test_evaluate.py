@@ -335,3 +335,39 @@ def test_evaluate_folder_takes_the_same_default_model_as_predict(tiny_model, _ml
     assert champion == json.loads((tmp_path / "file" / "metrics.json").read_text())
     summary = json.loads((tmp_path / "champion" / "summary.json").read_text())
     assert summary["model"]["file"] == "galmorph v1 (@champion)"
+
+
+def test_evaluate_folder_reports_per_source_by_confidence_and_every_mistake(trained, tmp_path, capsys):
+    """A CSV like ../shared/ood-dev's: KPIs per `dataset`, accuracy by the volunteers' confidence where votes
+    exist, the CSV's own columns kept in the predictions, the left-out rows counted by label, and every mistake
+    listed with its full name beside a thumbnail."""
+    rng = np.random.default_rng(9)
+    (tmp_path / "img").mkdir()
+    lines = ["filename,label,dataset,label_detail,p_spiral,p_elliptical"]
+    for i in range(12):
+        cls = "spiral" if i % 2 == 0 else "elliptical"
+        Image.fromarray(_galaxy(cls, 32, rng)).save(tmp_path / "img" / f"{i}.jpg")
+        votes = ("0.92,0.08" if cls == "spiral" else "0.1,0.9") if i < 6 else ("0.65,0.35" if cls == "spiral" else ",")
+        lines.append(f"img/{i}.jpg,{cls},{'decals' if i < 6 else 'hsc'},detail {i},{votes}")
+    lines += ["img/0.jpg,other,decals,merger,,", "img/1.jpg,other,hsc,merger,,"]
+    (tmp_path / "ood.csv").write_text("\n".join(lines) + "\n")
+    params_file = _write_params(trained.params, tmp_path / "params.yaml")
+    out = tmp_path / "report"
+    rc = cli.main(["--params", str(params_file), "evaluate-folder", str(tmp_path / "ood.csv"), "--out", str(out),
+                   "--model", trained.params.train.out])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_by_decals"] == 6 and metrics["n_by_hsc"] == 6
+    assert 0 <= metrics["accuracy_by_hsc"] <= 1 and "accuracy_by_decals_ci_low" in metrics
+    assert metrics["n_with_votes"] == 9 and metrics["confident_n"] == 6  # the hsc ellipticals have no votes
+    wrong = metrics["mistakes_confident"] + metrics["mistakes_split"] + metrics["mistakes_without_votes"]
+    preds = pd.read_csv(out / "predictions.csv")
+    assert wrong == int((~preds["correct"]).sum())
+    assert {"dataset", "label_detail", "votes_own_class"} <= set(preds.columns)
+    assert preds.loc[preds["image_path"].str.endswith("img/3.jpg"), "label_detail"].item() == "detail 3"
+    html = (out / "report.html").read_text()
+    assert "By dataset" in html and "By the volunteers" in html and "&#x27;other&#x27; (2)" in html
+    if wrong:
+        assert f"Every mistake: {wrong}" in html and html.count("data:image/jpeg;base64,") == wrong
+        first_wrong = preds.loc[~preds["correct"], "image_path"].iloc[0]
+        assert first_wrong in html  # the full name, not only a caption

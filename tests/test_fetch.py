@@ -10,10 +10,12 @@ import io
 import json
 import shutil
 import stat
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from galmorph.cli import main
@@ -248,7 +250,7 @@ def test_local_points_at_the_files_and_copies_nothing(params, tmp_path, table2_n
     folder = official_files(tmp_path / "gz", table2_name)
     raw = tmp_path / "raw"
     source, _ = fetch_data(local_config(params, folder, raw), progress=False)
-    assert sorted(p.name for p in raw.iterdir()) == [".owned.json", "source.json"]
+    assert sorted(p.name for p in raw.iterdir()) == [".owned.json", "images.md5", "source.json"]
     assert source["table2"] == str(folder / table2_name)
     assert source["images_dir"] == str(folder / "images_gz2" / "images")
     assert source["md5"]["mapping"] == md5((folder / "gz2_filename_mapping.csv").read_bytes())
@@ -321,10 +323,44 @@ def test_manifest_relative_to_the_project_root(params, tmp_path, monkeypatch):
         "vote_columns": {"spiral": "p_sp", "elliptical": "p_el"},
         "vote_threshold": 0.8,
         "md5": {"manifest": md5(csv.read_bytes())},
+        "image_hashes": {
+            "images_hashed": 2,
+            "images_not_found": 0,
+            "images_md5": md5(Path("data/raw/images.md5").read_bytes()),
+        },
     }
     assert json.loads(Path("data/raw/source.json").read_text()) == source
     joined = build_catalogue(source, params.join).joined
     assert joined["image_path"].tolist() == ["imgs/a.jpg", "imgs/b.jpg"]
+
+
+def test_the_pixels_of_images_outside_raw_dir_are_pinned(params, tmp_path):
+    """local and manifest images stay where they are: their md5s in raw_dir (DVC's output) pin them in dvc.lock,
+    so a replaced image changes what the commit records; a listed file that is missing is counted."""
+    csv = tiny_manifest(tmp_path)
+    with csv.open("a") as f:
+        f.write("imgs/gone.jpg,spiral,0.9,0.1\n")
+    raw = tmp_path / "raw"
+    cfg = manifest_config(params, raw, path=str(csv))
+    source, _ = fetch_data(cfg, progress=False)
+    listed = (raw / "images.md5").read_text().splitlines()
+    assert listed == [f"{md5((tmp_path / 'imgs' / n).read_bytes())}  imgs/{n}" for n in ("a.jpg", "b.jpg")]
+    assert source["image_hashes"]["images_hashed"] == 2 and source["image_hashes"]["images_not_found"] == 1
+    check = subprocess.run(["md5sum", "-c", "--quiet", str(raw / "images.md5")], cwd=tmp_path, capture_output=True)
+    assert check.returncode == 0, check.stdout
+    (tmp_path / "imgs" / "b.jpg").write_bytes(jpeg(2))  # the same name, other pixels
+    again, _ = fetch_data(cfg, progress=False)
+    assert again["image_hashes"]["images_md5"] != source["image_hashes"]["images_md5"]
+    assert (raw / "images.md5").read_text().splitlines()[0] == listed[0]
+
+
+def test_fetch_watches_data_external_so_a_replaced_image_reruns_it():
+    """Images under data/external/ (data.local.dir's default, or a manifest's folder put there) are a DVC
+    dependency of fetch: replacing one reruns fetch, whose images.md5 then reruns join and what follows."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert "data/external" in stages["fetch"]["deps"]
+    tracked = subprocess.run(["git", "ls-files", "data/external"], cwd=REPO, capture_output=True, text=True).stdout
+    assert tracked.split(), "data/external/ must exist in a fresh clone, or DVC refuses the missing dependency"
 
 
 @pytest.mark.parametrize(
@@ -355,9 +391,9 @@ def test_switching_source_removes_the_other_sources_files_only(params, tmp_path,
     _, removed = fetch_data(manifest_config(params, raw, path=str(csv)), progress=False)
     zip_part = ["images_gz2.zip.part"] if previous == "galaxyzoo" else []
     assert removed == ["GalaxyZoo1_DR_table2.csv", "gz2_filename_mapping.csv", "images_gz2", *zip_part]
-    kept = [".owned.json", *({"images_gz2.zip.part"} - set(zip_part)), "notes.txt", "source.json"]
+    kept = [".owned.json", "images.md5", *({"images_gz2.zip.part"} - set(zip_part)), "notes.txt", "source.json"]
     assert sorted(p.name for p in official.iterdir()) == kept
-    assert json.loads((raw / ".owned.json").read_text())["names"] == ["source.json"]
+    assert json.loads((raw / ".owned.json").read_text())["names"] == ["images.md5", "source.json"]
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -384,8 +420,8 @@ def test_fetch_never_replaces_files_it_did_not_write(params, tmp_path):
     # a source that writes none of those names leaves them alone, and does not claim them
     csv = tiny_manifest(tmp_path / "m")
     fetch_data(manifest_config(params, raw, path=str(csv)), progress=False)
-    assert {k: v for k, v in tree(raw).items() if k not in ("source.json", ".owned.json")} == before
-    assert json.loads((raw / ".owned.json").read_text())["names"] == ["source.json"]
+    assert {k: v for k, v in tree(raw).items() if k not in ("source.json", ".owned.json", "images.md5")} == before
+    assert json.loads((raw / ".owned.json").read_text())["names"] == ["images.md5", "source.json"]
     with pytest.raises(UserError, match="holds GalaxyZoo1_DR_table2.csv"):
         fetch_data(synthetic_config(params, raw), progress=False)
 
@@ -393,6 +429,7 @@ def test_fetch_never_replaces_files_it_did_not_write(params, tmp_path):
     assert source["source"] == "synthetic" and removed == [
         "GalaxyZoo1_DR_table2.csv",
         "gz2_filename_mapping.csv",
+        "images.md5",  # the manifest's, which fetch wrote
         "images_gz2",
     ]
     assert (raw / "images_gz2.zip.part").read_bytes() == b"the user's browser download"  # not synthetic's name

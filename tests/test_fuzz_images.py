@@ -1,7 +1,7 @@
 """Property-based fuzzing (Hypothesis) of the one image loader and of the served model's input decoding.
 
-Random bytes, truncated and bit-flipped images of every accepted format, other formats' headers and headers
-that declare huge or absurd dimensions: every input either decodes (within the pixel limit) or raises the
+Random bytes, truncated and bit-flipped images of every accepted format (FITS too: one band, a cube, RICE
+tiles), other formats' headers and headers that declare huge or absurd dimensions: every input either decodes (within the pixel limit) or raises the
 loader's ImageError; through the classifier, every row either scores or gets a per-row error, never an
 exception, and the process's peak memory stays bounded.
 """
@@ -28,6 +28,7 @@ from galmorph.config import CLASSES, PreprocessConfig
 from galmorph.data.images import REASONS, ImageError, InputLimits, load_rgb
 from galmorph.models.inference import ERROR_PREFIX, UNCERTAIN, GalaxyClassifier
 from galmorph.tracking.logged_model import nulls_for_failed_rows
+from tests.test_fits import fits_bytes, fits_header_only
 
 LIMIT = 2**20  # a small pixel limit keeps each example fast; the code path is the default's
 FUZZ = settings(
@@ -57,6 +58,9 @@ VALID = {
     "WEBP": _image("WEBP"),
     "BMP": _image("BMP"),
     "GIF": _image("GIF", mode="P"),
+    "FITS": fits_bytes(np.arange(576, dtype=np.float32).reshape(24, 24)),
+    "FITS_CUBE": fits_bytes(None, np.arange(3 * 576, dtype=np.int16).reshape(3, 24, 24), names=("SCI",)),
+    "FITS_RICE": fits_bytes(None, np.arange(576, dtype=np.int32).reshape(24, 24), names=("SCI",), compress="RICE_1"),
 }
 FOREIGN_HEADERS = [
     b"%PDF-1.7\n",
@@ -111,6 +115,7 @@ huge = st.one_of(
     st.builds(_jpeg_with_size, st.integers(0, 65535), st.integers(0, 65535)),
     st.builds(_gif_with_size, st.integers(0, 65535), st.integers(0, 65535)),
     st.builds(_bmp_with_size, st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1)),
+    st.builds(fits_header_only, dims, dims, st.sampled_from([1, 3, 5]), st.sampled_from([8, 16, -32, -64])),
 )
 
 

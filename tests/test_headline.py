@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from galmorph.evaluation.headline import headline_metrics
+from galmorph.evaluation.headline import COLUMNS, dvc_metrics, headline_metrics
 
 from .conftest import REPO
 
@@ -31,6 +31,15 @@ def test_headline_picks_the_dozen_and_skips_what_is_absent():
     assert "tune_trials" not in headline_metrics(training, evaluation, None, registry)
 
 
+def test_the_dvc_metric_has_short_names_and_rounded_values():
+    """`dvc exp show` prints one column per key: short names and 4 decimals keep a dozen of them in a terminal."""
+    headline = {"test_accuracy": 0.903478, "train_time_s": 1734.2, "images_per_s": 133.37, "promoted": True}
+    headline |= {"registered_version": 3, "test_macro_f1_ci_low": 0.88912345}
+    got = dvc_metrics(headline)
+    assert got == {"acc": 0.9035, "train_min": 28.9, "img_s": 133, "promoted": True, "version": 3, "f1_lo": 0.8891}
+    assert max(len(c) for c in COLUMNS.values()) <= 9 and len(set(COLUMNS.values())) == len(COLUMNS)
+
+
 def test_dvc_metrics_show_prints_the_headline_only():
     """Declared as DVC metrics, every stage's report made `dvc metrics show` one row per file and ~300 columns."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -42,4 +51,4 @@ def test_dvc_metrics_show_prints_the_headline_only():
     files = next(iter(json.loads(out.stdout).values()))["data"]  # the workspace
     assert list(files) == ["reports/metrics.json"], list(files)
     shown = files["reports/metrics.json"]["data"]
-    assert 8 <= len(shown) <= 15 and "test_macro_f1" in shown, shown
+    assert 8 <= len(shown) <= 15 and "f1" in shown and "acc_lo" in shown, shown

@@ -66,7 +66,19 @@ def png_bomb(width: int, height: int, bit_depth: int = 16) -> bytes:
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-FITS = b"SIMPLE  =                    T / conforms to FITS standard".ljust(2880, b" ")
+
+
+def _fits_bytes(arr: np.ndarray) -> bytes:
+    from astropy.io import fits
+
+    buf = io.BytesIO()
+    fits.PrimaryHDU(arr).writeto(buf)
+    return buf.getvalue()
+
+
+FITS = _fits_bytes(_noise(channels=1).astype(np.float32))
+"""A real one-band FITS image (FITS is read by data.fits: tests/test_fits.py)."""
+FITS_GARBAGE = b"SIMPLE  =                    T / conforms to FITS standard" + bytes(range(256)) * 12
 
 
 def write_image_zoo(root: Path) -> dict[str, tuple[str | None, str | None]]:
@@ -92,7 +104,9 @@ def write_image_zoo(root: Path) -> dict[str, tuple[str | None, str | None]]:
         "missing.jpg": (None, "missing", None),
         "paper.jpg": (PDF, "not_an_image", None),
         "figure.eps": (EPS, "unsupported_format", None),
-        "sky.fits": (FITS, "unsupported_format", None),
+        "sky.fits": (FITS, None, "1 band, BITPIX -32"),
+        "cut.fits": (FITS[: len(FITS) - 2880], "truncated", None),
+        "garbage.fits": (FITS_GARBAGE, "corrupt", None),
         "float.tif": (_tiff_bytes(_noise(channels=1).astype(np.float32) / 7), None, "F"),
         "nan.tif": (
             _tiff_bytes(np.where(_noise(channels=1) > 200, np.nan, 1.0).astype(np.float32)),
@@ -243,14 +257,14 @@ def test_only_accepted_formats_are_opened(monkeypatch):
         raise AssertionError("Ghostscript was started")
 
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
-    accepted = "accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF"
+    accepted = "accepted: JPEG, PNG, TIFF, WEBP, BMP, GIF or FITS"
     ico, ppm = io.BytesIO(), io.BytesIO()
     Image.fromarray(_noise()).save(ico, "ICO")
     Image.fromarray(_noise()).save(ppm, "PPM")
     cases = {
         EPS: ("unsupported_format", "a PostScript/EPS file, not an accepted image format; " + accepted),
         PDF: ("not_an_image", "a PDF document, not an image; " + accepted),
-        FITS: ("unsupported_format", "a FITS file; FITS is not supported yet"),
+        FITS_GARBAGE: ("corrupt", "starts like a FITS file but its header is not FITS header text"),
         ico.getvalue(): ("unsupported_format", "an ICO icon"),
         ppm.getvalue(): ("not_an_image", "not an image in an accepted format (starts with b'P6"),
         b"<!DOCTYPE html><title>404</title>": ("not_an_image", "an HTML page"),

@@ -65,7 +65,7 @@ def test_expand_inputs_files_folders_globs(images):
 
 def test_expand_inputs_mistakes_are_user_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="folder has no JPEG or PNG"):
+    with pytest.raises(UserError, match="folder has no JPEG, PNG or FITS"):
         predict.expand_inputs([str(tmp_path / "empty")])
     with pytest.raises(UserError, match="no such file or folder"):
         predict.expand_inputs([str(tmp_path / "missing.jpg")])
@@ -174,7 +174,7 @@ def test_cli_bad_input_is_one_line(store, images, capsys, args, message):
 def test_cli_empty_folder(store, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert run_cli(str(tmp_path / "empty")) == 1
-    assert "folder has no JPEG or PNG images" in capsys.readouterr().err
+    assert "folder has no JPEG, PNG or FITS images" in capsys.readouterr().err
 
 
 def test_cli_exits_non_zero_when_nothing_could_be_scored(store, tmp_path, capsys):

@@ -4,6 +4,7 @@ the register stage."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 from pathlib import Path
@@ -205,7 +206,12 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
         ),
         evaluate=dataclasses.replace(params.evaluate, metrics=str(eval_metrics)),
         split=dataclasses.replace(params.split, out=str(splits)),
-        register=dataclasses.replace(params.register, report=str(report), headline=str(tmp_path / "headline.json")),
+        register=dataclasses.replace(
+            params.register,
+            report=str(report),
+            headline=str(tmp_path / "headline.json"),
+            links=str(tmp_path / "mlflow.json"),
+        ),
         tune=dataclasses.replace(params.tune, out=str(tmp_path / "no-tuning.yaml")),  # not tuned: no trial count
         mlflow=cfg,
     )
@@ -214,10 +220,8 @@ def test_register_stage_registers_tags_and_promotes(tiny_model, cfg, params, tmp
     assert result["promoted"] and result["version"] == 1 and result["champion_version"] == 1
     assert result["test_macro_f1"] == 0.9
     headline = json.loads((tmp_path / "headline.json").read_text())
-    assert headline == {
-        "test_accuracy": 0.91, "test_macro_f1": 0.9, "test_ece_calibrated": 0.04,
-        "registered_version": 1, "promoted": True, "champion_version": 1,
-    }  # fmt: skip
+    assert headline == {"acc": 0.91, "f1": 0.9, "ece": 0.04, "version": 1, "promoted": True, "champion": 1}
+    assert json.loads((tmp_path / "mlflow.json").read_text()) == {"mlflow_run_id": run_id}
     version = mlflow_registry.model_version(cfg.registered_model, "1", cfg=cfg)
     assert set(version.aliases) == {"champion", "challenger"}
     assert version.tags["training_run_id"] == run_id and "git.commit" in version.tags
@@ -298,7 +302,10 @@ def stage_params(params, cfg, folder, *, model_uri, f1=0.9, run_id=None, tempera
         evaluate=dataclasses.replace(params.evaluate, metrics=str(folder / "eval.json")),
         split=dataclasses.replace(params.split, out=str(splits)),
         register=dataclasses.replace(
-            params.register, report=str(folder / "register.json"), headline=str(folder / "headline.json")
+            params.register,
+            report=str(folder / "register.json"),
+            headline=str(folder / "headline.json"),
+            links=str(folder / "mlflow.json"),
         ),
         tune=dataclasses.replace(params.tune, out=str(folder / "best_params.yaml")),
         mlflow=cfg,
@@ -573,14 +580,22 @@ def test_evaluation_metrics_rank_logged_models(mlflow_uri, params, tmp_path):
     cfg = store_cfg(mlflow_uri)
     example = tmp_path / "g.jpg"
     galaxy_image(0).save(example)
+    splits = tmp_path / "splits.parquet"
+    rows = {"galaxy_id": ["a", "b", "c"], "image_path": ["g.jpg"] * 3, "label_id": [0, 1, 0]}
+    pd.DataFrame(rows | {"split": ["train", "test", "test"]}).to_parquet(splits)
     ids = []
     for seed, f1 in ((0, 0.71), (1, 0.93)):
         model_uri = log_tiny_model(cfg, example, seed=seed)
         metrics_file = tmp_path / f"train{seed}.json"
         metrics_file.write_text(json.dumps({"model_uri": model_uri}))
-        p = dataclasses.replace(params, mlflow=cfg, train=dataclasses.replace(params.train, metrics=str(metrics_file)))
+        p = dataclasses.replace(
+            params,
+            mlflow=cfg,
+            train=dataclasses.replace(params.train, metrics=str(metrics_file)),
+            split=dataclasses.replace(params.split, out=str(splits)),
+        )
         (tmp_path / f"eval{seed}").mkdir()
-        log_to_mlflow(p, {"test_macro_f1": f1, "test_accuracy": f1}, tmp_path / f"eval{seed}")
+        eval_run = log_to_mlflow(p, {"test_macro_f1": f1, "test_accuracy": f1}, tmp_path / f"eval{seed}")
         ids.append(model_uri.removeprefix("models:/"))
     from galmorph.tracking import store
 
@@ -591,6 +606,11 @@ def test_evaluation_metrics_rank_logged_models(mlflow_uri, params, tmp_path):
     )
     assert [m.model_id for m in ranked] == [ids[1], ids[0]]
     assert {m.key: m.value for m in ranked[0].metrics}["test_macro_f1"] == 0.93
+    # measured on the test split: the metric names the dataset (its digest is splits.parquet's md5, as in dvc.lock)
+    f1 = next(m for m in ranked[0].metrics if m.key == "test_macro_f1")
+    assert (f1.dataset_name, f1.dataset_digest) == ("test", hashlib.md5(splits.read_bytes()).hexdigest())
+    inputs = mlflow.get_run(eval_run).inputs.dataset_inputs
+    assert [(i.dataset.name, [t.value for t in i.tags]) for i in inputs] == [("test", ["testing"])]
 
 
 def test_a_registered_version_carries_a_model_card_and_a_handful_of_tags(tiny_model, cfg, params, tmp_path):

@@ -137,7 +137,7 @@ def test_loads_and_predicts_in_a_fresh_process_without_the_repo(logged, tmp_path
     np.testing.assert_allclose(np.array(got["probs"][:3]), expected, atol=1e-5)  # path, bytes, base64
     assert got["labels"][:3] == [("spiral", "elliptical")[int(k)] for k in expected.argmax(1)]
     assert got["probs"][3:] == [[None, None], [None, None]]  # null in JSON, not NaN
-    assert got["labels"][3] == "error: plain text, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF"
+    assert got["labels"][3] == "error: plain text, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP, GIF or FITS"
     assert got["labels"][4] == "error: no readable image file at that path under the server's image root"
     assert got["uncertain"] == ["uncertain"]
 
@@ -416,14 +416,14 @@ def test_decodes_in_flight_are_bounded(logged, monkeypatch):
     busy, peak, lock = 0, 0, threading.Lock()
     real_decode = inference.decode_image
 
-    def slow_decode(item, limits=None):
+    def slow_decode(item, limits=None, fits=None):
         nonlocal busy, peak
         with lock:
             busy += 1
             peak = max(peak, busy)
         time.sleep(0.05)
         try:
-            return real_decode(item, limits)
+            return real_decode(item, limits, fits)
         finally:
             with lock:
                 busy -= 1

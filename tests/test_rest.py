@@ -133,3 +133,22 @@ def test_malformed_bodies_get_4xx_and_the_server_stays_up(server, tiny_model, bo
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
     ok = invoke(server, {"dataframe_records": [{"image": f"file:{tiny_model.images[1].name}"}]})
     assert ok.status_code == 200
+
+
+def test_a_base64_fits_row_is_scored_as_the_png_it_decodes_to(server):
+    """A FITS file (a 3-band cube: Lupton colour) sent as base64 through the real server, beside the PNG the
+    loader makes of it: the same probabilities; a FITS header declaring 9000x9000 pixels gets its reason."""
+    import io
+
+    from galmorph.data.images import load_rgb
+    from tests.test_fits import fits_bytes, fits_header_only, galaxy_bands
+
+    data = fits_bytes(galaxy_bands(3, 64, seed=3, spiral=True))
+    png = io.BytesIO()
+    load_rgb(data).save(png, "PNG")
+    rows = [[base64.b64encode(b).decode("ascii")] for b in (data, png.getvalue(), fits_header_only(9000, 9000))]
+    response = invoke(server, {"dataframe_split": {"columns": ["image"], "data": rows}})
+    assert response.status_code == 200, response.text
+    fits_row, png_row, bomb = response.json()["predictions"]
+    assert abs(fits_row["p_spiral"] - png_row["p_spiral"]) < 1e-6 and fits_row["label"] == png_row["label"]
+    assert bomb["label"] == "error: 9000x9000 pixels (81.0 Mpx), over the 25 Mpx limit: send a smaller cut-out"

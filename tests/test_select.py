@@ -61,16 +61,16 @@ def test_select_catalogue_keeps_decodable_rows_and_reports(tmp_path):
     kept_rels = [rel for rel, (reason, _) in expected.items() if reason is None]
     assert len(result.manifest) == len(kept_rels)
     assert list(result.manifest.columns) == [*catalogue.columns, "width", "height", "mode"]
-    assert set(result.manifest["mode"]) == {"RGB", "RGBA", "L", "I;16", "P", "CMYK", "F"}
+    assert set(result.manifest["mode"]) == {"RGB", "RGBA", "L", "I;16", "P", "CMYK", "F", "1 band, BITPIX -32"}
     assert result.manifest["galaxy_id"].is_unique and result.manifest.index.equals(pd.RangeIndex(len(kept_rels)))
     r = result.report
     assert r["rows_in"] == len(expected) and r["kept"] == len(kept_rels) and r["dropped"] == len(result.dropped)
-    assert r["dropped_by_reason"]["missing"] == 3 and r["dropped_by_reason"]["corrupt"] == 3
-    assert r["dropped_by_reason"]["truncated"] == 2 and r["dropped_by_reason"]["not_an_image"] == 2
-    assert r["dropped_by_reason"]["unsupported_format"] == 2 and r["dropped_by_reason"]["non_finite"] == 2
+    assert r["dropped_by_reason"]["missing"] == 3 and r["dropped_by_reason"]["corrupt"] == 4
+    assert r["dropped_by_reason"]["truncated"] == 3 and r["dropped_by_reason"]["not_an_image"] == 2
+    assert r["dropped_by_reason"]["unsupported_format"] == 1 and r["dropped_by_reason"]["non_finite"] == 2
     assert r["dropped_by_reason"]["zero_bytes"] == 1 and r["dropped_by_reason"]["unreadable"] == 1
-    assert r["converted_by_mode"] == {"CMYK": 1, "F": 1, "I;16": 1, "L": 1, "P": 1, "RGBA": 1}
-    assert r["converted"] == 6
+    assert r["converted_by_mode"] == {"1 band, BITPIX -32": 1, "CMYK": 1, "F": 1, "I;16": 1, "L": 1, "P": 1, "RGBA": 1}
+    assert r["converted"] == 7
     assert sum(r["classes"].values()) == r["kept"] and sum(r["dropped_by_class"].values()) == r["dropped"]
     assert list(result.dropped.columns) == ["galaxy_id", "image_path", "reason", "detail"]
 

@@ -173,3 +173,32 @@ def test_overwrite_replaces_only_a_previous_output(spark, store, survey, tmp_pat
     assert run_batch(str(survey), str(out), None, store, master="local[2]", overwrite=True).counts
     assert len(pd.read_parquet(out)) == N_IMAGES + 1  # the new output, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "notes.parquet", "one.parquet", "scores.parquet"]
+
+
+def test_fits_files_are_read_with_the_hdu_and_the_stretch_of_params(spark, store, tmp_path, capsys):
+    """`batch --hdu SCI` on a folder of FITS files (one band, cubes, RICE tiles): the numbers `galmorph predict`
+    gives with the same HDU; the model reads them with model_config fits from params.yaml."""
+    from galmorph.config import FitsConfig
+    from tests.test_fits import fits_bytes, galaxy_bands
+
+    folder = tmp_path / "fits"
+    folder.mkdir()
+    decoy = np.eye(40, dtype=np.float32)  # the primary HDU: what is read without --hdu
+    for i in range(4):
+        sci = galaxy_bands(3 if i % 2 else 1, 40, seed=i, spiral=i > 1)
+        (folder / f"g{i}.fits").write_bytes(fits_bytes(decoy, sci, names=("SCI",)))
+    rice = (galaxy_bands(1, 40, seed=9) * 1000).astype(np.int32)
+    (folder / "g4.FITS.fz").write_bytes(fits_bytes(decoy, rice, names=("SCI",), compress="RICE_1"))
+    (folder / "broken.fits").write_bytes(b"SIMPLE  =                    T" + bytes(3000))
+    out = tmp_path / "scores.parquet"
+    argv = ["--params", str(REPO / "params.yaml"), "-S", "mlflow.tracking_uri=null", "batch", str(folder), str(out)]
+    assert cli.main([*argv, "--master", "local[2]", "--hdu", "SCI"]) == 0, capsys.readouterr().err
+    got = pd.read_parquet(out).set_index("path").sort_index()
+    assert len(got) == 6 and "not FITS header text" in got.loc[str(folder / "broken.fits"), "error"]
+    classifier = load_model(resolve_model(None, store), store)
+    paths = [p for p in predict.expand_inputs([str(folder)]) if not p.endswith("broken.fits")]
+    want = predict.score_files(classifier, paths, workers=0, progress=False, fits=FitsConfig(hdu="SCI"))
+    want = want.set_index("path").loc[got.index.drop(str(folder / "broken.fits"))]
+    np.testing.assert_allclose(got.loc[want.index, "p_spiral"], want["p_spiral"], atol=1e-5)
+    decoys = predict.score_files(classifier, paths, workers=0, progress=False).set_index("path").loc[want.index]
+    assert not np.allclose(decoys["p_spiral"], want["p_spiral"], atol=1e-6)  # --hdu reached the executors

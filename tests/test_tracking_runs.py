@@ -92,6 +92,44 @@ def test_child_runs_for_tuning_trials(mlflow_uri, tmp_path, monkeypatch):
     assert list(status.values()) == ["FINISHED", "KILLED", "FAILED"]
 
 
+def test_run_names_say_what_ran_and_in_which_dvc_experiment(mlflow_uri, tmp_path, monkeypatch):
+    """`train`, `tune`, `trial-7` as they are, and `train@<exp>` under `dvc exp run`, whose name the run also
+    carries as a tag: the runs list and a DVC experiment point at each other."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with runs.start_run(_cfg(), "train") as plain:
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "bally-tans")
+    with runs.start_run(_cfg(), "tune") as tune, runs.start_child_run("trial-7") as trial:
+        pass
+    client = mlflow.MlflowClient(mlflow_uri)
+    assert client.get_run(plain.info.run_id).info.run_name == "train"
+    assert client.get_run(tune.info.run_id).info.run_name == "tune@bally-tans"
+    assert client.get_run(trial.info.run_id).info.run_name == "trial-7@bally-tans"
+    assert client.get_run(tune.info.run_id).data.tags["dvc.exp_name"] == "bally-tans"
+    found = client.search_runs([plain.info.experiment_id], "tags.`dvc.exp_name` = 'bally-tans'")
+    assert {r.info.run_id for r in found} == {tune.info.run_id}
+
+
+def test_training_and_tuning_runs_record_system_metrics(mlflow_uri, tmp_path, monkeypatch):
+    """CPU and memory over the run (MLflow's system metrics, sampled every mlflow.system_metrics_s seconds);
+    null switches them off."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    cfg = MlflowConfig(experiment="galmorph-test", tracking_uri=None, registered_model="m", system_metrics_s=0.2)
+    with runs.start_run(cfg, "train", system_metrics=True) as sampled:
+        time.sleep(1.5)
+    off = MlflowConfig(experiment="galmorph-test", tracking_uri=None, registered_model="m", system_metrics_s=None)
+    with runs.start_run(off, "train", system_metrics=True) as quiet:
+        time.sleep(0.5)
+    client = mlflow.MlflowClient(mlflow_uri)
+    metrics = client.get_run(sampled.info.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics), metrics
+    assert len(client.get_metric_history(sampled.info.run_id, "system/cpu_utilization_percentage")) >= 2
+    assert not [k for k in client.get_run(quiet.info.run_id).data.metrics if k.startswith("system/")]
+
+
 def test_run_exists_and_run_metrics(mlflow_uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with runs.start_run(_cfg(), "train", None) as run:

@@ -48,6 +48,7 @@ def params_file(params, tmp_path: Path) -> Path:
             startup_trials=1,
             pruner_warmup_epochs=1,
             out=str(tmp_path / "best_params.yaml"),
+            plots_dir=str(tmp_path / "tune"),
         ),
         mlflow=replace(p.mlflow, experiment="tune-postgres"),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import itertools
 import math
@@ -56,6 +57,7 @@ def tune_params(params: Params, tmp_path: Path) -> Params:
         pruner_warmup_epochs=0,
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
         out=str(tmp_path / "best_params.yaml"),
+        plots_dir=str(tmp_path / "tune"),
     )
     split = replace(p.split, out=str(tmp_path / "splits.parquet"))
     return dataclasses.replace(p, tune=tune, split=split, mlflow=replace(p.mlflow, experiment="tune-test"))
@@ -421,3 +423,88 @@ def test_zero_trials_skips_the_study_and_train_keeps_params_yaml(tune_params, ti
     assert yaml.safe_load(Path(off.tune.out).read_text())["params"] == {}
     assert not Path(off.tune.storage.removeprefix("sqlite:///")).exists()
     assert with_tuned(off) == (off, {})
+    # every file DVC expects of the stage is there all the same, saying why it holds no plot
+    for name in results.COMPARISON:
+        assert _png_size(Path(off.tune.plots_dir) / f"{name}.png")[1] < 200
+    page = (Path(off.tune.plots_dir) / "study.html").read_text()
+    assert page.count("not drawn: tune.n_trials is 0: no study was run") == len(results.COMPARISON)
+
+
+# ------------------------------------------------------------------------------- the study's comparison
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()  # the whole image decodes, not just its header
+        return im.size
+
+
+def test_stage_writes_the_study_comparison_and_logs_the_same_files(
+    tune_params, tiny_data, mlflow_uri, monkeypatch, tmp_path, quick_runs
+):
+    """tune.plots_dir: Optuna's parallel coordinates, importances and history as PNGs (DVC image plots) and
+    study.html holding them with a row per trial; the parent MLflow run has the very same files."""
+    catalogue, features = tiny_data
+    write_parquet(tune_params.split.out, catalogue)
+    save_feature_cache(features, tune_params.embed.out)
+    monkeypatch.setattr(worker, "fit", FakeFit({0: 0.7, 1: 0.9, 2: 0.8}))
+    tune_stage.main(tune_params, argparse.Namespace(show=False, storage=None, n_trials=None))
+
+    folder = Path(tune_params.tune.plots_dir)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{n}.png" for n in results.COMPARISON] + ["study.html"])
+    page = (folder / "study.html").read_text()
+    for name in results.COMPARISON:
+        width, height = _png_size(folder / f"{name}.png")
+        assert width >= 800 and height >= 400, (name, width, height)  # Optuna's plot, not a note saying why not
+        embedded = base64.b64encode((folder / f"{name}.png").read_bytes()).decode()
+        assert f'id="{name}" alt="{name}" src="data:image/png;base64,{embedded}"' in page
+    assert "not drawn" not in page
+    table = page.split('<table id="trials">', 1)[1]
+    rows = table.split("<tr>")[2:]
+    assert [row.split("<td>")[1].split("<")[0] for row in rows] == ["1", "2", "0"]  # best first
+    assert "<th>train.lr</th>" in table and "COMPLETE" in table
+
+    parent, children = _runs(mlflow_uri)
+    assert children[1].info.run_id in rows[0]  # each row names its trial's MLflow run
+    client = mlflow.MlflowClient(mlflow_uri)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {f"optuna/{p.name}" for p in folder.iterdir()} <= logged
+    assert {"optuna/slice.png", "optuna/timeline.png", "optuna/trials.csv"} <= logged  # the other plots as before
+    copy = Path(client.download_artifacts(parent.info.run_id, "optuna/study.html", str(tmp_path / "dl")))
+    assert copy.read_bytes() == (folder / "study.html").read_bytes()
+
+
+def test_a_comparison_that_cannot_be_drawn_still_writes_every_file(tmp_path):
+    """One complete trial: no parallel coordinates or importances (they need two); DVC still finds every
+    declared file, each a small image with the reason, and the page says it too."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"train.lr": 0.01},
+            distributions={"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)},
+            value=0.5,
+        )
+    )
+    figures, skipped = results.study_figures(study)
+    assert set(skipped) >= {"parallel_coordinate", "param_importances"}
+    written = results.write_comparison(tmp_path / "tune", study, figures, skipped)
+    results._close(figures)
+    assert [p.name for p in written] == [f"{n}.png" for n in results.COMPARISON] + ["study.html"]
+    assert _png_size(tmp_path / "tune" / "param_importances.png")[1] < 200  # the note
+    assert _png_size(tmp_path / "tune" / "optimization_history.png")[1] >= 400  # drawn from one trial
+    page = (tmp_path / "tune" / "study.html").read_text()
+    assert "not drawn: needs 2 complete trial(s), the study has 1" in page
+    assert "1 complete" in page and "<td>0.5000</td>" in page
+
+
+def test_the_comparison_is_a_dvc_output_and_its_images_dvc_plots(params):
+    """Declared once: the folder as the tune stage's (git-kept) output, each image in the top-level plots."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    outs = dvc_yaml["stages"]["tune"]["outs"]
+    assert {"${tune.plots_dir}": {"cache": False}} in outs
+    images = [p for p in dvc_yaml["plots"] if isinstance(p, str) and p.startswith("${tune.plots_dir}/")]
+    assert images == [f"${{tune.plots_dir}}/{name}.png" for name in results.COMPARISON]
+    assert params.tune.plots_dir == "reports/tune"

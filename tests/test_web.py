@@ -7,7 +7,6 @@ import dataclasses
 import html
 import io
 import os
-import shutil
 import socket
 import threading
 from pathlib import Path
@@ -19,23 +18,14 @@ from werkzeug.serving import make_server
 
 from galmorph.commands import web as web_command
 from galmorph.config import ServeConfig
+from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
 from galmorph.serving import web
 from tests.conftest import REPO
 from tests.serving_utils import champion_store, galaxy_image
-from tests.test_images import EPS, FITS, PDF, png_bomb
+from tests.test_fits import fits_bytes, fits_header_only, galaxy_bands
+from tests.test_images import EPS, FITS_GARBAGE, PDF, png_bomb
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LIMIT_MB = 0.25
 
 
@@ -94,7 +84,7 @@ def test_bad_uploads_get_a_message_and_the_server_carries_on(client):
     response = upload(client, b"this is not an image", name="notes.txt")
     page = response.get_data(as_text=True)
     assert response.status_code == 415
-    assert "notes.txt: plain text, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF" in page
+    assert "notes.txt: plain text, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP, GIF or FITS" in page
     response = upload(client, b"", name="empty.jpg")
     assert response.status_code == 400 and "the file is empty" in response.get_data(as_text=True)
     response = client.post("/", data={}, content_type="multipart/form-data")
@@ -123,9 +113,10 @@ def _nan_tiff() -> bytes:
 @pytest.mark.parametrize(
     ("name", "data", "status", "message"),
     [
-        ("paper.pdf", PDF, 415, "paper.pdf: a PDF document, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF"),
+        ("paper.pdf", PDF, 415, "paper.pdf: a PDF document, not an image; accepted: JPEG, PNG, TIFF, WEBP, BMP, GIF"),
         ("figure.eps", EPS, 415, "figure.eps: a PostScript/EPS file, not an accepted image format; accepted: JPEG"),
-        ("sky.fits", FITS, 415, "sky.fits: a FITS file; FITS is not supported yet"),
+        ("fake.fits", FITS_GARBAGE, 400, "fake.fits: starts like a FITS file but its header is not FITS header text"),
+        ("bomb.fits", fits_header_only(6000, 6000), 413, "bomb.fits: 6000x6000 pixels (36.0 Mpx), over the 25 Mpx"),
         ("bomb.png", png_bomb(6000, 6000, 8), 413, "bomb.png: 6000x6000 pixels (36.0 Mpx), over the 25 Mpx limit"),
         ("cut.jpg", _jpeg_zero_tail(), 400, "cut.jpg: the image data stops early"),
         ("nan.tif", _nan_tiff(), 400, "nan.tif: 1 of 1024 pixels are NaN or infinite"),
@@ -147,6 +138,21 @@ def test_hostile_and_broken_uploads_get_a_4xx_with_a_reason(client, monkeypatch,
 def test_every_accepted_format_is_scored(client, fmt):
     response = upload(client, jpeg_bytes(fmt=fmt), name=f"g.{fmt.lower()}", url="/api/predict")
     assert response.status_code == 200 and response.get_json()["verdict"] in ("spiral", "elliptical", "uncertain")
+
+
+def test_a_fits_upload_is_scored_as_the_png_it_decodes_to(client):
+    """One band (grey) and a 3-band cube (colour): scored, with a thumbnail, and the same numbers as the PNG
+    of what the loader made of them."""
+    for data in (fits_bytes(galaxy_bands(1)), fits_bytes(galaxy_bands(3))):
+        body = upload(client, data, name="cut.fits", url="/api/predict").get_json()
+        assert body["verdict"] in ("spiral", "elliptical", "uncertain"), body
+        png = io.BytesIO()
+        load_rgb(data).save(png, "PNG")
+        as_png = upload(client, png.getvalue(), name="cut.png", url="/api/predict").get_json()
+        assert body["probabilities"] == pytest.approx(as_png["probabilities"], abs=1e-6)
+        page = upload(client, data, name="cut.fits")
+        assert page.status_code == 200 and "data:image/jpeg;base64," in page.get_data(as_text=True)
+    assert ".fits" in client.get("/").get_data(as_text=True)  # the file chooser offers FITS files
 
 
 def test_each_upload_is_decoded_once(client, monkeypatch):
@@ -212,17 +218,6 @@ def server(app):
     yield f"http://127.0.0.1:{srv.server_port}"
     srv.shutdown()
     thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which("chromium") and not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (.ci/system-deps installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.mark.browser

@@ -82,6 +82,23 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace OUT when it is a previously exported model")
 
 
+def _plots_template_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a file there that plots-template did not write, and a plots.html_template set to another",
+    )
+
+
+def _register_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="FILE",
+        help="register this models/model.pt (trained elsewhere) instead of the train stage's model: a new version "
+        "with @challenger, not promoted (then: galmorph promote --version N --rescore)",
+    )
+
+
 def _registry_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="registered model name (default: mlflow.registered_model)")
 
@@ -94,7 +111,8 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rescore",
         action="store_true",
-        help="first score champion and challenger on the current test split (split.out), e.g. after new data",
+        help="first score @champion and the version to promote (--version, else @challenger) on the current test "
+        "split (split.out): after new data, or for a model registered from a file",
     )
 
 
@@ -112,12 +130,60 @@ def _model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG), folders or glob patterns")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="image files (JPEG, PNG), folders or glob patterns (or --catalogue)"
+    )
     _model_arg(p)
-    p.add_argument("--out", help="write .csv, .json or .parquet (default: CSV on stdout)")
+    p.add_argument(
+        "--out",
+        help="write .csv, .json or .parquet (default: CSV on stdout); with --catalogue .csv, .ecsv, .parquet, "
+        ".fits or .vot",
+    )
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations and flips (8 views, 8x slower)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2; 0 = none)")
+    _catalogue_args(p)
+    _fits_args(p, bands=True)
+
+
+def _fits_args(p: argparse.ArgumentParser, *, bands: bool = False) -> None:
+    g = p.add_argument_group("FITS images (README: FITS images; stretch: params.yaml fits)")
+    g.add_argument(
+        "--hdu",
+        help="the HDU holding the image: a number (0 = primary) or an EXTNAME (default: fits.hdu, else the first "
+        "HDU with a 2-D image or a 3-plane cube)",
+    )
+    if bands:
+        g.add_argument(
+            "--bands",
+            nargs=3,
+            action="append",
+            default=[],
+            metavar=("BLUE", "GREEN", "RED"),
+            help="one galaxy from three single-band FITS files, bluest first (e.g. g r i), in colour; or three "
+            "patterns with one * each ('cut/*_g.fits' 'cut/*_r.fits' 'cut/*_i.fits'), paired by what * stands for "
+            "(repeatable)",
+        )
+
+
+def _catalogue_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("catalogues (README: From a catalogue of positions)")
+    g.add_argument(
+        "--catalogue",
+        metavar="TABLE",
+        help="score the rows of a .csv, .ecsv, .parquet, .fits or .vot table: its image paths, or cut-outs fetched "
+        "at its RA/Dec (params.yaml cutouts); the output keeps every column",
+    )
+    g.add_argument("--path-column", help="image paths (default: image_path, filename, path, file or image)")
+    g.add_argument("--ra-column", help="RA in degrees or hh:mm:ss (default: ra, raj2000, ra_icrs or ra_deg)")
+    g.add_argument("--dec-column", help="Dec in degrees or dd:mm:ss (default: dec, dej2000, de_icrs or dec_deg)")
+    g.add_argument(
+        "--size-column",
+        help="a size in arcsec (e.g. petroR90_r): scale = cutouts.scale_per_arcsec * size (default: cutouts.size_column)",
+    )
+    g.add_argument("--id-column", help="names rows in messages (default: objid, object_id, dr7objid or id)")
+    g.add_argument("--service", help="the cut-out service, a key of cutouts.services (default: cutouts.service)")
+    g.add_argument("--force", action="store_true", help="replace --out when it exists")
 
 
 def _web_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +197,8 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "input",
         help="folder or glob of images (read as Spark binaryFile), or a .parquet/.csv table "
-        "with a column of image paths (relative ones start at the table's folder)",
+        "with a column of image paths (relative ones start at the table's folder), or a catalogue "
+        "(.csv, .parquet, .fits, .vot, .ecsv) with RA/Dec: cut-outs fetched on the driver (params.yaml cutouts)",
     )
     p.add_argument(
         "out",
@@ -139,15 +206,41 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
         "(pred_ in front of a name the table already has)",
     )
     _model_arg(p)
-    p.add_argument("--path-column", default="image_path", help="column of image paths in a table (default: image_path)")
+    p.add_argument(
+        "--path-column", help="column of image paths in a table (default: image_path, filename, path, file or image)"
+    )
+    p.add_argument("--ra-column", help="a catalogue's RA, degrees or hh:mm:ss (default: ra, raj2000, ra_icrs, ra_deg)")
+    p.add_argument("--dec-column", help="a catalogue's Dec, degrees or dd:mm:ss (default: dec, dej2000, de_icrs, ...)")
+    p.add_argument("--size-column", help="a size in arcsec setting the cut-out scale (default: cutouts.size_column)")
+    p.add_argument("--service", help="the cut-out service, a key of cutouts.services (default: cutouts.service)")
     p.add_argument("--tta", action="store_true", help="average over rotations and flips")
     p.add_argument("--master", help="Spark master when not under spark-submit, e.g. local[4] (default: local[*])")
     p.add_argument("--partitions", type=int, help="repartition the input to this many tasks")
+    _fits_args(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace OUT when it is a previous batch output (only Spark's _SUCCESS/part-* files in it)",
     )
+
+
+def _crossmatch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("positions", help="your table with RA/Dec (.csv, .parquet, .fits, .vot; degrees or sexagesimal)")
+    p.add_argument("reference", help="the catalogue whose columns (labels, votes) are attached, same formats")
+    p.add_argument("--out", required=True, help="the labelled table to write (.csv, .parquet, .fits or .vot)")
+    p.add_argument("--radius", type=float, default=1.0, help="match radius in arcsec (default: 1.0)")
+    p.add_argument("--ra-column", default="ra", help="RA column of POSITIONS (default: ra; RA also found)")
+    p.add_argument("--dec-column", default="dec", help="Dec column of POSITIONS (default: dec)")
+    p.add_argument("--ref-ra-column", help="RA column of REFERENCE (default: as --ra-column)")
+    p.add_argument("--ref-dec-column", help="Dec column of REFERENCE (default: as --dec-column)")
+    p.add_argument("--columns", help="comma-separated REFERENCE columns to attach (default: all)")
+    p.add_argument(
+        "--ambiguous",
+        choices=("drop", "nearest"),
+        default="drop",
+        help="two or more reference objects within the radius: attach no label (drop, default) or the nearest's",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
 def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
@@ -163,6 +256,7 @@ def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label-column", default="label", help="CSV: the label column (default: label)")
     p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation pass")
+    _fits_args(p)
 
 
 #: name -> (module with main(params, args), one-line help, argument adder). The pipeline's stages live in
@@ -170,7 +264,7 @@ def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
     "fetch": (
         "galmorph.stages.fetch",
-        "get the catalogues and images (synthetic, galaxyzoo download, local, manifest)",
+        "get the catalogues and images (synthetic, galaxyzoo download, local, manifest, coords: cut-outs)",
         _fetch_args,
     ),
     "join": (
@@ -193,7 +287,7 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
         "KPIs and a report for labelled images from anywhere (spirals/ + ellipticals/ folders, or a CSV)",
         _evaluate_folder_args,
     ),
-    "register": ("galmorph.stages.register", "register the trained model and set @challenger", _no_args),
+    "register": ("galmorph.stages.register", "register the trained model and set @challenger", _register_args),
     "synth": ("galmorph.commands.synth", "write a synthetic Galaxy Zoo data set to a folder", _synth_args),
     "ui": ("galmorph.commands.ui", "open the MLflow UI on the project's tracking store", _ui_args),
     "promote": (
@@ -207,15 +301,29 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
         _registry_args,
     ),
     "rollback": ("galmorph.commands.models", "move @champion back to the previous champion", _registry_args),
-    "predict": ("galmorph.commands.predict", "classify image files, folders or globs; write CSV/JSON", _predict_args),
+    "predict": (
+        "galmorph.commands.predict",
+        "classify image files, folders, globs or a catalogue (paths or RA/Dec); write CSV/JSON/FITS/...",
+        _predict_args,
+    ),
     "serve": (
         "galmorph.commands.serve",
         "the REST endpoint: mlflow models serve on the project's store (a model file is exported first)",
         _serve_args,
     ),
     "export": ("galmorph.commands.serve", "write a models/model.pt as an MLflow model folder", _export_args),
+    "plots-template": (
+        "galmorph.commands.plots_template",
+        "make `dvc plots show/diff` pages draw offline (Vega inline, no CDN; `make venv` runs it)",
+        _plots_template_args,
+    ),
     "web": ("galmorph.commands.web", "a web page to upload a galaxy image and see the model's verdict", _web_args),
     "batch": ("galmorph.commands.batch", "survey-scale batch classification with Apache Spark (pyspark)", _batch_args),
+    "crossmatch": (
+        "galmorph.commands.crossmatch",
+        "attach a reference catalogue's labels to your RA/Dec positions (nearest within a radius)",
+        _crossmatch_args,
+    ),
 }
 
 
@@ -224,7 +332,7 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
 #: Any other section is validated only when, and as far as, the command reads it (config.UnvalidatedSection):
 #: a broken train.lr does not stop `galmorph predict`.
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "fetch": ("data",),
+    "fetch": ("data", "cutouts"),
     "join": ("data", "join"),
     "select": ("join", "select"),
     "split": ("select", "split"),
@@ -232,22 +340,24 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tune": ("tune", "model", "train", "embed", "preprocess", "augment", "mlflow", "split"),
     "train": ("model", "preprocess", "train", "augment", "embed", "mlflow", "split", "tune"),
     "evaluate": ("evaluate", "preprocess", "model", "train", "augment", "embed", "mlflow", "split", "join"),
-    "evaluate-folder": ("evaluate", "train", "preprocess", "mlflow"),
+    "evaluate-folder": ("evaluate", "train", "preprocess", "mlflow", "fits"),
     "register": ("register", "mlflow", "evaluate", "split", "train", "data.source", "tune.out"),
     "synth": ("data",),
     "ui": ("mlflow",),
     "promote": ("mlflow", "register"),
     "models": ("mlflow",),
     "rollback": ("mlflow",),
-    "predict": ("mlflow", "evaluate.abstain_threshold"),
-    "web": ("mlflow", "serve", "evaluate.abstain_threshold"),
+    "predict": ("mlflow", "evaluate.abstain_threshold", "fits"),
+    "web": ("mlflow", "serve", "evaluate.abstain_threshold", "fits"),
     "serve": ("mlflow",),
     "export": (),
-    "batch": ("mlflow", "evaluate.abstain_threshold"),
+    "plots-template": (),
+    "batch": ("mlflow", "evaluate.abstain_threshold", "fits"),
+    "crossmatch": (),
 }
 #: Commands that run without a params.yaml when given this argument, a model file (it carries its preprocessing):
 #: they use config.DEFAULTS_WITHOUT_PARAMS_FILE.
-RUN_WITHOUT_PARAMS_FILE = {"predict": "model", "export": "model_file"}
+RUN_WITHOUT_PARAMS_FILE = {"predict": "model", "export": "model_file", "crossmatch": "reference"}  # reads no params
 DEFAULT_PARAMS = "params.yaml"
 
 

@@ -60,16 +60,38 @@ class ManifestConfig:
     label_map: dict[str, str]
     vote_columns: dict[str, str] | None
     vote_threshold: float
+    count_columns: dict[str, str] | None = None  # {spiral: col, elliptical: col}: vote counts (train.loss dirichlet)
+    total_votes_column: str | None = None  # or counts = vote_columns' fractions x this column's total votes
+
+
+@dataclasses.dataclass(frozen=True)
+class CoordsConfig:
+    """A catalogue of positions with labels or votes; its images are cut-outs fetched into raw_dir (sources/coords)."""
+
+    path: str
+    ra_column: str
+    dec_column: str
+    id_column: str | None
+    size_column: str | None
+    service: str | None
+    max_rows: int | None
+    label_column: str | None
+    label_map: dict[str, str]
+    vote_columns: dict[str, str] | None
+    vote_threshold: float
+    count_columns: dict[str, str] | None
+    total_votes_column: str | None
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "galaxyzoo", "local", "manifest"]
+    source: Literal["synthetic", "galaxyzoo", "local", "manifest", "coords"]
     raw_dir: str
     synthetic: SyntheticConfig
     galaxyzoo: GalaxyZooConfig
     local: LocalConfig
     manifest: ManifestConfig
+    coords: CoordsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +128,24 @@ class PreprocessConfig:
     resize: int
     crop: int
     image_size: int
+    # fixed: the centre `crop`; adaptive: a square of frame_scale x the central source's Petrosian radius
+    # (data/framing.py), at least frame_min px, at most the frame, `crop` when no central source is found.
+    # The defaults are the fixed crop, what a model file written before framing existed means (stored_preprocess).
+    framing: Literal["fixed", "adaptive"] = "fixed"
+    frame_scale: float = 2.5
+    frame_min: int = 48
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.frame_scale < float("inf"):
+            raise UserError(f"params: preprocess.frame_scale: expected a number > 0, got {self.frame_scale!r}")
+        if self.frame_min < 1:  # above `resize` it is the whole frame (the crop never exceeds the frame)
+            raise UserError(f"params: preprocess.frame_min: expected an integer >= 1, got {self.frame_min!r}")
+
+
+def stored_preprocess(raw: Any, where: str = "preprocess") -> PreprocessConfig:
+    """A model file's preprocess; one written before adaptive framing lacks the framing keys: the fixed crop."""
+    defaults = {f.name: f.default for f in dataclasses.fields(PreprocessConfig) if f.default is not dataclasses.MISSING}
+    return from_dict(PreprocessConfig, {**defaults, **raw} if isinstance(raw, dict) else raw, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +187,7 @@ class TrainConfig:
     weight_decay: float
     warmup_epochs: int
     schedule: Literal["cosine", "constant"]
-    loss: Literal["ce", "soft"]
+    loss: Literal["ce", "soft", "dirichlet"]
     class_weights: Literal["balanced", "none"]
     label_smoothing: float
     early_stopping_patience: int
@@ -162,6 +202,7 @@ class TrainConfig:
     out: str
     metrics: str
     curves: str
+    label_votes: float = 1.0  # dirichlet: the votes a galaxy with a label but no vote counts stands for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +210,7 @@ class MlflowConfig:
     experiment: str
     tracking_uri: str | None
     registered_model: str
+    system_metrics_s: float | None = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +227,7 @@ class TuneConfig:
     storage: str | None
     space: dict[str, dict[str, Any]]
     out: str
+    plots_dir: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +248,9 @@ class EvaluateConfig:
     batch_size: int
     num_workers: int
     device: str
+    subset_column: str | None = "dataset"
+    vote_bins: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    confident_fraction: float = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +259,7 @@ class RegisterConfig:
     max_ece: float
     report: str
     headline: str = "reports/metrics.json"
+    links: str = "reports/mlflow.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +269,80 @@ class ServeConfig:
     max_pixels: int
     max_decodes: int
     follow_s: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class FitsConfig:
+    """How a FITS image becomes the RGB the model sees (data.fits; README "FITS images"): which HDU, and the
+    Lupton asinh stretch (make_lupton_rgb) of one band (grey) or three (colour). The defaults are params.yaml's
+    (a test checks it): the REST model, which has no params.yaml, uses them unless its model_config says so."""
+
+    hdu: int | str | None = None  # None: the first HDU with a 2-D image or a 3-plane cube; an index or EXTNAME
+    level_percentile: float = 99.5
+    q: float = 8.0
+    stretch: float = 0.2
+    minimum: float = 0.0
+    band_scales: list[float] = dataclasses.field(default_factory=lambda: [1.0, 1.0, 1.0])
+    relative: bool = True
+
+    def __post_init__(self) -> None:
+        problems = {
+            "hdu": self.hdu is not None
+            and not (isinstance(self.hdu, int) and not isinstance(self.hdu, bool) and self.hdu >= 0)
+            and not (isinstance(self.hdu, str) and self.hdu.strip()),
+            "level_percentile": not 0.0 < self.level_percentile <= 100.0,
+            "q": not 0.0 <= self.q < 1e6,
+            "stretch": not 0.0 < self.stretch < float("inf"),
+            "minimum": not abs(self.minimum) < float("inf"),
+            "band_scales": len(self.band_scales) != 3 or not all(0.0 < s < float("inf") for s in self.band_scales),
+        }
+        expected = {
+            "hdu": "an HDU number >= 0, an EXTNAME or blank",
+            "level_percentile": "a percentile in (0, 100]",
+            "q": "a number >= 0",
+            "stretch": "a number > 0",
+            "minimum": "a finite number",
+            "band_scales": "three numbers > 0 (blue, green, red band)",
+        }
+        for key, bad in problems.items():
+            if bad:
+                raise UserError(f"params: fits.{key}: expected {expected[key]}, got {getattr(self, key)!r}")
+
+    def with_hdu(self, hdu: str | int | None) -> FitsConfig:
+        """This config with the HDU a command line chose (`--hdu 1`, `--hdu SCI`); None keeps the configured one."""
+        if hdu is None:
+            return self
+        text = str(hdu).strip()
+        if not text or (text.lstrip("+-").isdigit() and int(text) < 0):
+            raise UserError(f"--hdu {hdu!r}: expected an HDU number (0 = the primary HDU) or an EXTNAME")
+        return dataclasses.replace(self, hdu=int(text) if text.lstrip("+").isdigit() else text)
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoutServiceConfig:
+    """One cut-out service: a URL template with {ra} {dec} (degrees), {scale} (arcsec/px) and {size} (px)."""
+
+    url: str
+    pixscale: float
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CutoutsConfig:
+    """Images fetched by sky position (galmorph.data.cutouts): which service, how fast, where they are kept."""
+
+    service: str
+    services: dict[str, CutoutServiceConfig]
+    size_column: str | None
+    scale_per_arcsec: float
+    cache_dir: str
+    workers: int
+    rate_per_s: float | None
+    retries: int
+    timeout_s: float
+    backoff_s: float
+    max_bytes: int
+    blank_std: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +361,8 @@ class Params:
     evaluate: EvaluateConfig
     register: RegisterConfig
     serve: ServeConfig
+    fits: FitsConfig
+    cutouts: CutoutsConfig
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -416,6 +539,7 @@ def params_from_raw(raw: Any, required: Iterable[str] | None = None, where: str 
 DEFAULTS_WITHOUT_PARAMS_FILE: dict[str, dict[str, Any]] = {
     "mlflow": {"experiment": "galmorph", "tracking_uri": None, "registered_model": "galmorph"},
     "evaluate": {"abstain_threshold": 0.7},
+    "fits": dataclasses.asdict(FitsConfig()),
 }
 
 

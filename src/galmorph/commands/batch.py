@@ -1,4 +1,4 @@
-"""`galmorph batch`: score a folder, glob or table of images with Spark and write Parquet.
+"""`galmorph batch`: score a folder, glob, table of images or catalogue of positions with Spark; Parquet out.
 
 On a cluster, spark-submit galmorph's own entry point with `batch` as the first argument (README).
 """
@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from galmorph.config import Params
+from galmorph.serving.catalogue import CatalogueRequest
 from galmorph.serving.spark import run_batch
 
 
@@ -25,6 +26,15 @@ def main(params: Params, args: argparse.Namespace) -> None:
         threshold=threshold,
         partitions=args.partitions,
         overwrite=args.overwrite,
+        fits=params.fits.with_hdu(args.hdu),
+        catalogue=CatalogueRequest(
+            params.cutouts,
+            path_column=args.path_column,
+            ra_column=args.ra_column,
+            dec_column=args.dec_column,
+            size_column=args.size_column,
+            service=args.service,
+        ),
     )
     if result.renamed:
         shown = ", ".join(f"{k} -> {v}" for k, v in result.renamed.items())

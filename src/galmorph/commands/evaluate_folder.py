@@ -17,6 +17,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.evaluate if not args.no_tta else replace(params.evaluate, tta=False)
     src = Path(args.path)
     out = Path(args.out or Path(cfg.out_dir) / f"folder-{src.stem or 'images'}")
+    fits = params.fits.with_hdu(args.hdu)  # FITS images: params.yaml's stretch, the HDU --hdu names
     ref = resolve_model(args.model, params.mlflow)  # the same default and forms as predict and web
     with tempfile.TemporaryDirectory(prefix="galmorph-model-") as tmp:
         model_file = local_checkpoint(ref, params.mlflow, tmp)
@@ -28,6 +29,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             path_column=args.path_column,
             label_column=args.label_column,
             model_name=ref.display,
+            fits=fits,
         )
     k = section["kpis"]
     Console().print(

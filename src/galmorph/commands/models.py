@@ -29,7 +29,7 @@ from galmorph.serving.promotion import (
     version_by_alias,
 )
 from galmorph.serving.rescore import rescore
-from galmorph.tracking.registry import VersionInfo
+from galmorph.tracking.registry import VersionInfo, model_version
 
 
 def decision_table(promotion: Promotion) -> Table:
@@ -76,11 +76,19 @@ def versions_table(name: str, versions: list[VersionInfo]) -> Table:
     return table
 
 
-def _rescore_pair(name: str, params: Params) -> None:
+def _rescore_pair(name: str, params: Params, version: str | None) -> None:
+    """Score @champion and the version to promote (`--version`, else @challenger) on the current test split."""
     split_path = Path(params.split.out)
     if not split_path.is_file():
         raise UserError(f"{split_path}: splits table not found; --rescore scores both versions on its test rows")
-    pair = [v for v in (version_by_alias(name, a, params.mlflow) for a in (CHAMPION, CHALLENGER)) if v is not None]
+    champion = version_by_alias(name, CHAMPION, params.mlflow)
+    if version is None:
+        candidate = version_by_alias(name, CHALLENGER, params.mlflow)
+    elif (candidate := model_version(name, version, cfg=params.mlflow)) is None:
+        raise UserError(f"registered model {name!r} has no version {version!r} (`galmorph models` lists them)")
+    pair = [v for v in (champion, candidate) if v is not None]
+    if len(pair) == 2 and pair[0].version == pair[1].version:
+        pair = pair[:1]
     rescore(name, pair, pd.read_parquet(split_path), params.mlflow, n_bins=params.evaluate.ece_bins)
 
 
@@ -96,7 +104,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         console.print(f"{name}: @{CHAMPION} moved back {source} to version {after.version}", markup=False)
     elif args.command == "promote":
         if args.rescore:
-            _rescore_pair(name, params)
+            _rescore_pair(name, params, args.version)
         result = promote(
             name, params.register, params.mlflow, version=args.version, force=args.force, reason=args.reason
         )

@@ -2,7 +2,8 @@
 
 The row index comes back with every sample so predictions can be put back in catalogue order however
 the loader shuffled or sharded them. Soft targets are the vote fractions (p_spiral, p_elliptical),
-renormalised; rows without votes fall back to their hard label, unlabelled rows get label -1.
+renormalised; rows without votes fall back to their hard label, unlabelled rows get label -1. Under the
+Dirichlet-multinomial loss the same slot carries vote counts instead (vote_counts).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from galmorph.config import CLASSES
+from galmorph.config import CLASSES, FitsConfig
 from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
 from galmorph.io import read_stage_table
@@ -44,6 +45,35 @@ def soft_targets(catalogue: pd.DataFrame) -> np.ndarray:
     return out.astype(np.float32)
 
 
+COUNT_COLUMNS: tuple[str, ...] = tuple(f"count_{c}" for c in CLASSES)
+"""Vote counts per class in the catalogue (join: GZ1 NVOTE x fractions; manifest: count_columns), NaN if unknown."""
+
+
+def has_vote_counts(catalogue: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: the row has usable vote counts (finite, >= 0, at least one vote)."""
+    if not all(c in catalogue.columns for c in COUNT_COLUMNS):
+        return np.zeros(len(catalogue), dtype=bool)
+    counts = catalogue[list(COUNT_COLUMNS)].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.isfinite(counts).all(axis=1) & (counts >= 0).all(axis=1) & (counts.sum(axis=1) > 0)
+
+
+def vote_counts(catalogue: pd.DataFrame, label_votes: float = 1.0) -> np.ndarray:
+    """(N, 2) vote counts in CLASSES order for the Dirichlet-multinomial loss.
+
+    A labelled row without counts stands for `label_votes` votes all for its label: with 1 its loss is exactly
+    the cross-entropy of the predicted vote fraction, so such rows weigh like a one-vote galaxy. Unlabelled rows
+    without counts are NaN (never trained on)."""
+    n = len(catalogue)
+    labels = label_ids(catalogue)
+    out = np.full((n, len(CLASSES)), np.nan)
+    ok = has_vote_counts(catalogue)
+    if ok.any():
+        out[ok] = catalogue.loc[ok, list(COUNT_COLUMNS)].to_numpy(dtype=np.float64)
+    hard = ~ok & (labels >= 0)
+    out[hard] = np.eye(len(CLASSES))[labels[hard]] * float(label_votes)
+    return out.astype(np.float32)
+
+
 def label_ids(catalogue: pd.DataFrame) -> np.ndarray:
     """label_id as int64, -1 where the catalogue has no label (prediction on new images)."""
     if "label_id" not in catalogue.columns:
@@ -65,19 +95,24 @@ class ImageDataset(Dataset):
         transform: Callable,
         *,
         root: str | os.PathLike | None = None,
+        targets: np.ndarray | None = None,
+        fits: FitsConfig | None = None,
     ) -> None:
+        """`targets` replaces the soft targets of a catalogue (the vote counts of the dirichlet loss); `fits`
+        says how FITS images are read (default: FitsConfig())."""
         root = Path(root) if root is not None else repo_root()
         if isinstance(catalogue, pd.DataFrame):
             if "image_path" not in catalogue.columns:
                 raise UserError("catalogue: missing column image_path")
             self.sources: list[ImageSource] = [resolve_path(str(p), root) for p in catalogue["image_path"]]
             self.labels = label_ids(catalogue)
-            self.soft = soft_targets(catalogue)
+            self.soft = soft_targets(catalogue) if targets is None else np.asarray(targets, dtype=np.float32)
         else:
             self.sources = [s if isinstance(s, bytes | bytearray) else resolve_path(str(s), root) for s in catalogue]
             self.labels = np.full(len(self.sources), -1, dtype=np.int64)
             self.soft = np.full((len(self.sources), len(CLASSES)), np.nan, dtype=np.float32)
         self.transform = transform
+        self.fits = fits
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -85,7 +120,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor, int]:
         src = self.sources[index]
         try:
-            img = load_rgb(src)
+            img = load_rgb(src, fits=self.fits)
         except (OSError, ValueError) as exc:
             where = "image bytes" if isinstance(src, bytes | bytearray) else str(src)
             raise UserError(f"{where}: cannot read image (row {index}): {exc}") from None

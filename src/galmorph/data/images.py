@@ -2,7 +2,9 @@
 
 This is the one loader. Every image goes through `read_image`, which
 - opens only the accepted formats (ACCEPTED_FORMATS: JPEG, PNG, TIFF, WEBP, BMP, GIF) — PIL's other
-  plugins never see the bytes, so an EPS upload cannot make PIL start Ghostscript; FITS is not supported yet;
+  plugins never see the bytes, so an EPS upload cannot make PIL start Ghostscript — and FITS, which goes to
+  data.fits (astropy) instead: one band as grey, a 3-plane cube or three files (BandFiles) in colour, under
+  the same pixel limit, with a FitsConfig saying which HDU and which stretch;
 - refuses an image whose header declares more than `max_pixels` before any pixel is decoded (a 157 KB
   PNG can declare 9000x9000 16-bit pixels, ~2 GB once decoded), and never more than PIL's own
   decompression-bomb limit, so what PIL would only warn about is an error here;
@@ -34,44 +36,24 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from galmorph.config import FitsConfig
+from galmorph.data.fits import MAGIC as FITS_MAGIC
+from galmorph.data.fits import BandFiles, bands_rgb, read_band, read_fits
+from galmorph.data.image_errors import REASONS, ImageError  # noqa: F401  (REASONS: the loader's public names)
+
 # PIL only warns about an image between MAX_IMAGE_PIXELS and twice that: an error here, raised while the file
 # is opened (pixel_limit caps every limit at MAX_IMAGE_PIXELS too, so such an image is refused either way).
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF")
 """The formats the loader opens (PIL format names); everything else is refused before PIL parses it."""
-ACCEPTED = "accepted: JPEG, PNG, TIFF, WEBP, BMP or GIF"
+ACCEPTED = "accepted: JPEG, PNG, TIFF, WEBP, BMP, GIF or FITS"
 DEFAULT_MAX_PIXELS = 25_000_000
 """25 Mpx: a 5000x5000 mosaic; SDSS cut-outs are 424x424. Decoded, about 75 MB of RGB."""
 MAX_ASPECT = 16
 """Longest side over shortest at most: the eval framing scales the short side up to preprocess.resize, so a
 1x100000 strip (a 200-byte PNG) would become a 424x42,400,000 image, 50 GB."""
 FILE_PREFIX = "file:"
-
-#: Why an image cannot be used. The first eight are select's reasons (data.verify.DROP_REASONS).
-REASONS: tuple[str, ...] = (
-    "missing",  # no file at that path
-    "unreadable",  # a directory, permission denied, an I/O error
-    "zero_bytes",
-    "not_an_image",  # a PDF, an HTML error page, text, an archive... saved as .jpg
-    "unsupported_format",  # an image format outside ACCEPTED_FORMATS (EPS, PSD, ICO, FITS, JPEG 2000...)
-    "truncated",  # the data stops early: an interrupted download, or a zero-filled tail
-    "corrupt",  # a decode error inside the data, or an accepted format's signature with an unreadable header
-    "too_large",  # more pixels than the limit
-    "elongated",  # longer than MAX_ASPECT times its width (or the other way round): not a cut-out
-    "non_finite",  # a float image with NaN or infinite pixels
-    "unsupported_mode",  # decodes, but its pixel mode cannot be converted to RGB
-    "refused",  # a served model's input rule: a path where none is allowed, over the request limits
-    "no_image",  # an empty row, or something that is not bytes or text
-)
-
-
-class ImageError(ValueError):
-    """An image that cannot be used: `reason` (one of REASONS) and a message a person can act on."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +84,6 @@ _FOREIGN: tuple[tuple[bytes, str, str], ...] = (
     (b"%PDF", "a PDF document, not an image", "not_an_image"),
     (b"%!PS", "a PostScript/EPS file, not an accepted image format", "unsupported_format"),
     (b"\xc5\xd0\xd3\xc6", "an EPS file, not an accepted image format", "unsupported_format"),
-    (b"SIMPLE  =", "a FITS file; FITS is not supported yet (convert it to PNG or TIFF)", "unsupported_format"),
     (b"8BPS", "a Photoshop (PSD) file, not an accepted image format", "unsupported_format"),
     (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 file, not an accepted image format", "unsupported_format"),
     (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream, not an accepted image format", "unsupported_format"),
@@ -175,8 +156,11 @@ def _decode_error(exc: BaseException) -> ImageError:
     return ImageError("corrupt", f"the image data is corrupt ({text[:160]})")
 
 
-def read_image(fh: BinaryIO, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Loaded:
+def read_image(
+    fh: BinaryIO, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, fits: FitsConfig | None = None
+) -> Loaded:
     """Decode an open, seekable binary file of `size` bytes completely to 8-bit RGB, or raise ImageError.
+    A FITS file is read by data.fits with `fits` (default: FitsConfig(), params.yaml's defaults).
 
     OSErrors of the file itself (errno set: EIO, EISDIR...) propagate; PIL's ImageFile.LOAD_TRUNCATED_IMAGES
     must stay False for truncation to be caught.
@@ -185,6 +169,8 @@ def read_image(fh: BinaryIO, size: int, *, max_pixels: int | None = DEFAULT_MAX_
         raise ImageError("zero_bytes", "an empty file")
     head = fh.read(16)
     fh.seek(0)
+    if head.startswith(FITS_MAGIC):
+        return _read_fits(fh, size, pixel_limit(max_pixels), fits or FitsConfig())
     try:
         im = Image.open(fh, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
@@ -231,6 +217,41 @@ def read_image(fh: BinaryIO, size: int, *, max_pixels: int | None = DEFAULT_MAX_
     return Loaded(rgb, width, height, mode, fmt)
 
 
+def _read_fits(fh: BinaryIO, size: int, limit: int, cfg: FitsConfig) -> Loaded:
+    rgb, hdu = read_fits(fh, size, cfg, max_pixels=limit, max_aspect=MAX_ASPECT)
+    bands = "1 band" if hdu.planes == 1 else f"{hdu.planes} bands"
+    return Loaded(Image.fromarray(rgb, "RGB"), rgb.shape[1], rgb.shape[0], f"{bands}, BITPIX {hdu.bitpix}", "FITS")
+
+
+def load_bands(
+    files: BandFiles, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, fits: FitsConfig | None = None
+) -> Image.Image:
+    """Three single-band FITS files (blue, green, red) -> one colour image (data.fits.to_rgb); ImageError
+    names the band whose file is missing or unusable, or says that their sizes differ."""
+    cfg, limit = fits or FitsConfig(), pixel_limit(max_pixels)
+    planes = []
+    for channel, path in zip(("blue", "green", "red"), files.paths, strict=True):
+        try:
+            fh, size = open_file(path)
+        except FileNotFoundError:
+            raise ImageError("missing", f"no {channel}-band file {path}") from None
+        with fh:
+            head = fh.read(len(FITS_MAGIC))
+            fh.seek(0)
+            if not head.startswith(FITS_MAGIC):
+                raise ImageError("unsupported_format", f"{channel} band {path}: not a FITS file")
+            try:
+                planes.append(read_band(fh, size, cfg, max_pixels=limit, max_aspect=MAX_ASPECT))
+            except ImageError as exc:
+                raise ImageError(exc.reason, f"{channel} band {path}: {exc}") from None
+    shapes = {p.shape for p in planes}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{p.shape[1]}x{p.shape[0]}" for p in planes)
+        raise ImageError("unsupported_mode", f"the three bands are {sizes} pixels: one galaxy's bands have one size")
+    rgb = bands_rgb(planes, cfg, [f"the {c} band" for c in ("blue", "green", "red")])
+    return Image.fromarray(rgb, "RGB")
+
+
 def open_file(path: str | os.PathLike, *, nofollow: bool = False) -> tuple[BinaryIO, int]:
     """(binary file, size) of a regular file; never blocks on a FIFO. OSError (FileNotFoundError...) when it
     cannot be opened, ImageError("unreadable") when it is a folder, a device or a FIFO."""
@@ -246,15 +267,22 @@ def open_file(path: str | os.PathLike, *, nofollow: bool = False) -> tuple[Binar
         raise
 
 
-def load_rgb(src: str | os.PathLike | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A local file (trusted: any path) or bytes -> 8-bit RGB; ImageError for what is not a usable image,
-    OSError (FileNotFoundError...) when a file cannot be opened."""
+def load_rgb(
+    src: str | os.PathLike | bytes | BandFiles,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    fits: FitsConfig | None = None,
+) -> Image.Image:
+    """A local file (trusted: any path), bytes or three FITS band files -> 8-bit RGB; ImageError for what is
+    not a usable image, OSError (FileNotFoundError...) when a file cannot be opened."""
+    if isinstance(src, BandFiles):
+        return load_bands(src, max_pixels=max_pixels, fits=fits)
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
-        return read_image(io.BytesIO(data), len(data), max_pixels=max_pixels).image
+        return read_image(io.BytesIO(data), len(data), max_pixels=max_pixels, fits=fits).image
     fh, size = open_file(src)
     with fh:
-        return read_image(fh, size, max_pixels=max_pixels).image
+        return read_image(fh, size, max_pixels=max_pixels, fits=fits).image
 
 
 _INTEGER_OR_FLOAT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -350,20 +378,20 @@ _PATHS_OFF = "paths are not accepted here: send the image itself (base64 or byte
 _NO_FILE = "no readable image file at that path under the server's image root"
 
 
-def decode_image(item: Any, limits: InputLimits | None = None) -> Image.Image:
+def decode_image(item: Any, limits: InputLimits | None = None, fits: FitsConfig | None = None) -> Image.Image:
     """One input row of a served model -> PIL RGB, or ImageError saying what was wrong.
 
     bytes: the image file's bytes. Text: base64 (optionally a data: URL), or `file:<path>` for a file under
     `limits.image_root` (refused when there is none). Base64 vs path is decided by the prefix, never by
-    whether a file exists, and no message names a server path or an OS error. A Path object is a local,
-    trusted file (galmorph predict) and is read wherever it is.
+    whether a file exists, and no message names a server path or an OS error. A Path object (or BandFiles)
+    is a local, trusted file (galmorph predict) and is read wherever it is. `fits`: how FITS files are read.
     """
     limits = limits or InputLimits()
     if isinstance(item, bytes | bytearray | memoryview):
         data = bytes(item)
-        return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels).image
-    if isinstance(item, os.PathLike):
-        return load_rgb(item, max_pixels=limits.max_pixels)
+        return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels, fits=fits).image
+    if isinstance(item, os.PathLike | BandFiles):
+        return load_rgb(item, max_pixels=limits.max_pixels, fits=fits)
     if not isinstance(item, str):
         if item is None or (isinstance(item, float) and math.isnan(item)):
             raise ImageError("no_image", "no image (empty value)")
@@ -374,7 +402,7 @@ def decode_image(item: Any, limits: InputLimits | None = None) -> Image.Image:
     if not text:
         raise ImageError("no_image", "no image (empty string)")
     if text.startswith(FILE_PREFIX):
-        return _read_under_root(text[len(FILE_PREFIX) :], limits)
+        return _read_under_root(text[len(FILE_PREFIX) :], limits, fits)
     if text.startswith("data:"):
         if _DATA_URL not in text[:200]:
             raise ImageError("not_an_image", "a data: URL without base64 data")
@@ -385,10 +413,10 @@ def decode_image(item: Any, limits: InputLimits | None = None) -> Image.Image:
         raise ImageError(
             "not_an_image", "not base64 image data (a file on the server is written file:<path>)"
         ) from None
-    return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels).image
+    return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels, fits=fits).image
 
 
-def _read_under_root(path: str, limits: InputLimits) -> Image.Image:
+def _read_under_root(path: str, limits: InputLimits, fits: FitsConfig | None = None) -> Image.Image:
     """A `file:` row: only a regular file whose real path is under the image root; every refusal reads the
     same, so a client learns nothing about the server's files."""
     if limits.image_root is None:
@@ -411,7 +439,7 @@ def _read_under_root(path: str, limits: InputLimits) -> Image.Image:
         if limits.max_request_bytes is not None and size > limits.max_request_bytes:
             raise ImageError("too_large", f"the file is over the {limits.max_request_bytes / 2**20:g} MB limit")
         try:
-            return read_image(fh, size, max_pixels=limits.max_pixels).image
+            return read_image(fh, size, max_pixels=limits.max_pixels, fits=fits).image
         except OSError:
             raise ImageError("unreadable", "the file could not be read") from None
 

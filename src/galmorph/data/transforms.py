@@ -3,6 +3,8 @@
 EvalPreset is the only preprocessing of evaluate, predict and serve, so training and serving cannot
 drift apart. Galaxies have no preferred orientation, hence any-angle rotation and flips in training and
 the eight exact symmetries of the square as free augmentations (embedding cache) and test-time views.
+The framing is the fixed centre crop or, with preprocess.framing: adaptive, a square scaled to the central
+source (data/framing.py); either way it comes from the preprocess stored in the model file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from galmorph.config import AugmentConfig, PreprocessConfig
+from galmorph.data.framing import frame_box
 from galmorph.errors import UserError
 
 # ImageNet statistics: right for imagenet weights, harmless for weights trained from scratch.
@@ -22,9 +25,27 @@ STD = (0.229, 0.224, 0.225)
 
 
 def _centre(cfg: PreprocessConfig) -> list:
-    # Resize to 424 (the SDSS cut-out size, so crop means the same pixels whatever the file's size), keep the
-    # central crop where the galaxy is, then scale to the network's input.
+    # fixed: resize to 424 (the SDSS cut-out size, so crop means the same pixels whatever the file's size), keep
+    # the central crop where the galaxy is, then scale to the network's input; adaptive: the galaxy's own frame
+    if cfg.framing == "adaptive":
+        return [AdaptiveFrame(cfg, cfg.image_size)]
     return [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop), T.Resize(cfg.image_size, antialias=True)]
+
+
+def framed_box(img: Image.Image, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
+    """The square of `img` (left, top, right, bottom) that preprocess.framing: adaptive shows the network."""
+    return frame_box(img, unit=cfg.resize, fallback=cfg.crop, scale=cfg.frame_scale, min_side=cfg.frame_min)
+
+
+class AdaptiveFrame:
+    """PIL image -> the square that frames its central source (data/framing.py), resized to `size` px in one
+    antialiased resample (the crop and the resize at once: no 424-px intermediate)."""
+
+    def __init__(self, cfg: PreprocessConfig, size: int) -> None:
+        self.cfg, self.size = cfg, size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img.resize((self.size, self.size), Image.BILINEAR, box=framed_box(img, self.cfg))
 
 
 def _to_tensor() -> list:
@@ -42,11 +63,13 @@ class EvalPreset:
 
 
 class TrainPreset:
-    """EvalPreset's framing plus rotation, flips, small scale/translation and a small colour jitter."""
+    """EvalPreset's framing (fixed or adaptive) plus rotation, flips, small scale/translation and a small colour jitter."""
 
     def __init__(self, cfg: PreprocessConfig, aug: AugmentConfig) -> None:
         ops: list = [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop)]
-        if cfg.crop > 2 * cfg.image_size:
+        if cfg.framing == "adaptive":  # the augmentation scales and translates around the framed crop
+            ops = [AdaptiveFrame(cfg, 2 * cfg.image_size)]
+        elif cfg.crop > 2 * cfg.image_size:
             # augment at twice the input size, not at the crop: after the final resize the difference is only
             # resampling order, and the affine/jitter cost ~30% less per image (the loader must keep up on 2 cores)
             ops.append(T.Resize(2 * cfg.image_size, antialias=True))

@@ -243,7 +243,10 @@ def log_to_mlflow(params: Params, metrics: dict[str, float], out_dir: str | Path
     if model_id is not None and not runs.logged_model_exists(model_id, cfg=params.mlflow):
         model_id = None
     with runs.start_run(params.mlflow, "evaluate", [params.evaluate, params.preprocess], run_id=run_id) as run:
-        # on the LoggedModel too: the Models view ranks models (not only runs) by test macro F1
-        runs.log_metrics(finite, model_id=model_id)
+        splits = read_splits(params.split.out)
+        test = runs.log_dataset(splits[splits["split"] == "test"], params.split.out, name="test", context="testing")
+        # on the LoggedModel too, against the test split: the Models view ranks models (not only runs) by test
+        # macro F1 and says what it was measured on
+        runs.log_metrics(finite, model_id=model_id, dataset=test)
         runs.log_artifact(out_dir, "evaluation")
         return run.info.run_id

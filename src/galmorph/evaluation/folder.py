@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galmorph.config import CLASSES, EvaluateConfig
+from galmorph.config import CLASSES, EvaluateConfig, FitsConfig
 from galmorph.data.gzcsv import read_header
 from galmorph.data.sources.manifest import read_manifest_catalogue
 from galmorph.errors import UserError
@@ -24,7 +24,7 @@ from galmorph.io import write_json
 from galmorph.models.resnet import load_model
 from galmorph.paths import repo_root
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".fits", ".fit", ".fts", ".fz")
 CLASS_FOLDERS = {"spiral": ("spirals", "spiral"), "elliptical": ("ellipticals", "elliptical")}
 PATH_COLUMNS = ("image_path", "filename", "path", "file", "image")
 LABEL_WORDS = {"spiral": ("spiral", "spirals", "s"), "elliptical": ("elliptical", "ellipticals", "e")}
@@ -96,6 +96,7 @@ def read_labelled_csv(
         "label_map": label_map,
         "vote_columns": votes,
         "vote_threshold": 0.5,
+        "keep_columns": "all",  # the CSV's own columns (dataset, label_detail, ...) stay in the predictions
     }
     # image paths as the catalogue contract has them: relative to the repo root when inside it, else absolute
     result = read_manifest_catalogue(source, root=repo_root())
@@ -116,15 +117,23 @@ def read_labelled(path: str | os.PathLike, path_column: str | None = None, label
 
 
 def evaluate_labelled(
-    catalogue: pd.DataFrame, loaded, cfg, out_dir: Path, *, name: str, root: Path | None = None
+    catalogue: pd.DataFrame,
+    loaded,
+    cfg,
+    out_dir: Path,
+    *,
+    name: str,
+    root: Path | None = None,
+    fits: FitsConfig | None = None,
 ) -> tuple[dict, dict[str, float]]:
-    """Check the images, score the readable ones and write the set's outputs; returns (section, flat KPIs)."""
-    ok, skipped = check_readable(catalogue, root=root, workers=max(1, cfg.num_workers * 2))
+    """Check the images, score the readable ones and write the set's outputs; returns (section, flat KPIs).
+    `fits`: how FITS images are read (default: FitsConfig())."""
+    ok, skipped = check_readable(catalogue, root=root, workers=max(1, cfg.num_workers * 2), fits=fits)
     if ok.empty:
         reasons = ", ".join(sorted(skipped["reason"].unique())[:3])
         raise UserError(f"{name}: none of the {len(catalogue)} images could be read ({reasons})")
     missing = [c for i, c in enumerate(CLASSES) if not (ok["label_id"] == i).any()]
-    scored = score(loaded.model, ok, loaded.preprocess, cfg, loaded.temperature, name=name)
+    scored = score(loaded.model, ok, loaded.preprocess, cfg, loaded.temperature, name=name, fits=fits)
     section = write_set(scored, loaded.model, loaded.preprocess, cfg, out_dir, root=root, plot_tables=False)
     section["skipped"] = skipped.to_dict(orient="records")
     section["missing_classes"] = missing
@@ -144,14 +153,15 @@ def evaluate_folder(
     path_column: str | None = None,
     label_column: str = "label",
     model_name: str | None = None,
+    fits: FitsConfig | None = None,
 ) -> tuple[dict, Path]:
     """Score a labelled folder or CSV and write metrics.json, summary.json and report.html under `out`;
     returns (the set's section, the report's path). `model_name` is what the report calls the model (e.g.
-    "galmorph v3 (@champion)"; default: the file)."""
+    "galmorph v3 (@champion)"; default: the file); `fits` how FITS images are read."""
     src = Path(path)
     catalogue = read_labelled(src, path_column, label_column)
     loaded = load_model(model_file)
-    section, flat = evaluate_labelled(catalogue, loaded, cfg, out, name=f"{src.name} ({src})")
+    section, flat = evaluate_labelled(catalogue, loaded, cfg, out, name=f"{src.name} ({src})", fits=fits)
     summary = {
         "title": f"galmorph evaluation of {src.name}",
         "subtitle": f"model {model_name or model_file}",

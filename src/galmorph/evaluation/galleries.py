@@ -19,8 +19,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from galmorph.config import CLASSES, PreprocessConfig
+from galmorph.config import CLASSES, FitsConfig, PreprocessConfig
 from galmorph.data.images import load_rgb
+from galmorph.data.transforms import framed_box
 from galmorph.evaluation.plots import CLASS_COLOURS, plt, save_figure
 
 COLOUR_NAMES = {CLASS_COLOURS["spiral"]: "blue", CLASS_COLOURS["elliptical"]: "red"}
@@ -63,9 +64,13 @@ def _others(classes: Sequence[str], k: int) -> str:
     return " or ".join(c for i, c in enumerate(classes) if i != k)
 
 
-def display_image(path: str | os.PathLike, preprocess: PreprocessConfig, size: int = DISPLAY_SIZE) -> Image.Image:
-    """The eval preset's framing (resize the short side, centre crop) at display resolution."""
-    img = load_rgb(path)
+def display_image(
+    path: str | os.PathLike, preprocess: PreprocessConfig, size: int = DISPLAY_SIZE, fits: FitsConfig | None = None
+) -> Image.Image:
+    """The eval preset's framing (resize the short side, centre crop; or the adaptive frame) at display resolution."""
+    img = load_rgb(path, fits=fits)
+    if preprocess.framing == "adaptive":
+        return img.resize((size, size), Image.BICUBIC, box=framed_box(img, preprocess))
     scale = preprocess.resize / min(img.size)
     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC)
     crop = min(preprocess.crop, img.width, img.height)
@@ -163,15 +168,17 @@ def render_gallery(
     root: str | os.PathLike = ".",
     overlays: Sequence[np.ndarray | None] | None = None,
     classes: Sequence[str] = CLASSES,
+    fits: FitsConfig | None = None,
 ) -> int:
-    """Write `spec`'s grid to `path` (PNG); returns the number of tiles (0 writes nothing)."""
+    """Write `spec`'s grid to `path` (PNG); returns the number of tiles (0 writes nothing). `fits`: how FITS
+    images are read, as they were scored."""
     if len(spec.indices) == 0:
         return 0
     images, captions, colours = [], [], []
     for i in spec.indices:
         row = catalogue.iloc[int(i)]
         try:
-            images.append(display_image(Path(root) / row["image_path"], preprocess))
+            images.append(display_image(Path(root) / row["image_path"], preprocess, fits=fits))
         except (OSError, ValueError):
             images.append(None)
         captions.append(caption(row, probs[int(i)], classes))

@@ -22,10 +22,32 @@ EVALUATION_KEYS = (
     "test_macro_f1_ci_low",
     "test_macro_f1_ci_high",
     "test_ece_calibrated",
+    "test_confident_accuracy",
     "ood_accuracy",
     "ood_macro_f1",
 )
 TRAINING_KEYS = ("train_time_s", "images_per_s")
+
+#: The headline's names in `reports/metrics.json`, short enough that `dvc exp show --only-changed` fits a 200-column
+#: terminal (the long names made ~240 columns of headers alone). README "Comparing runs" has the legend.
+COLUMNS = {
+    "test_accuracy": "acc",
+    "test_accuracy_ci_low": "acc_lo",
+    "test_accuracy_ci_high": "acc_hi",
+    "test_macro_f1": "f1",
+    "test_macro_f1_ci_low": "f1_lo",
+    "test_macro_f1_ci_high": "f1_hi",
+    "test_ece_calibrated": "ece",
+    "test_confident_accuracy": "acc_conf",
+    "ood_accuracy": "ood_acc",
+    "ood_macro_f1": "ood_f1",
+    "train_time_s": "train_min",
+    "images_per_s": "img_s",
+    "tune_trials": "trials",
+    "registered_version": "version",
+    "promoted": "promoted",
+    "champion_version": "champion",
+}
 
 
 def _number(value: Any) -> float | int | None:
@@ -54,4 +76,19 @@ def headline_metrics(
     out["registered_version"] = registry.get("version")
     out["promoted"] = bool(registry.get("promoted"))
     out["champion_version"] = registry.get("champion_version")
+    return out
+
+
+def dvc_metrics(headline: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline as `reports/metrics.json` holds it: short column names, minutes of training, images/s as an
+    integer and fractions to 4 decimals (what a terminal table needs; the reports keep every digit)."""
+    out: dict[str, Any] = {}
+    for key, value in headline.items():
+        if key == "train_time_s" and value is not None:
+            value = round(value / 60, 1)
+        elif key == "images_per_s" and value is not None:
+            value = round(value)
+        elif isinstance(value, float):
+            value = round(value, 4)
+        out[COLUMNS[key]] = value
     return out

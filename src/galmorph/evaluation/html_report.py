@@ -174,11 +174,80 @@ def set_html(section: Mapping[str, Any], level: int = 2) -> str:
             f"<p>Rank correlation of the model's P(spiral) with the volunteers' vote fraction: "
             f"Spearman &rho; = {section['vote_spearman']:.3f}.</p>"
         )
+    parts.append(subsets_html(section, h3))
+    parts.append(votes_html(section.get("votes"), h3))
     figs = "".join(_figure(section["figures"].get(k), c) for k, c in _FIGURE_CAPTIONS.items())
     parts.append(f"<div class='figs'>{figs}</div>")
     parts.append(galleries_html(section.get("galleries", []), h3))
+    parts.append(mistakes_html(section.get("mistakes"), h3))
     parts.append(skipped_html(section.get("skipped")))
     return "\n".join(parts)
+
+
+def subsets_html(section: Mapping[str, Any], tag: str = "h3") -> str:
+    """KPIs per value of the subset column (evaluate.subset_column, e.g. each image set of the manifest)."""
+    subsets = section.get("subsets")
+    if not subsets:
+        return ""
+    rows = [
+        [_e(name), f"{s['n']:,}", ", ".join(f"{n:,} {c}" for c, n in s["classes"].items()), _iv(s["accuracy"]),
+         _iv(s["macro_f1"])]
+        for name, s in subsets.items()
+    ]  # fmt: skip
+    header = [_e(section.get("subset_column") or "subset"), "galaxies", "classes", "accuracy", "macro F1"]
+    return f"<{tag}>By {_e(section.get('subset_column'))}</{tag}>" + _table(header, rows)
+
+
+def votes_html(votes: Mapping[str, Any] | None, tag: str = "h3") -> str:
+    """Accuracy against how sure the volunteers were: the confident-label figure the literature reports, and
+    the mistakes on confident labels apart from those on labels the volunteers split on."""
+    if not votes:
+        return ""
+    rows = []
+    for b in votes["bins"]:
+        rng = f"{b['low']:.2f} – {b['high']:.2f}"
+        rows.append([rng, f"{b['n']:,}", _iv(b["accuracy"]) if "accuracy" in b else "–"])
+    conf = votes.get("confident") or {}
+    sure = votes["confident_fraction"]
+    text = (
+        f"<p class='headline'>{votes['n_with_votes']:,} galaxies have vote fractions. On confident labels (the "
+        f"galaxy's own class has &ge; {sure:.2f} of the votes, {votes['n_confident']:,} galaxies): accuracy "
+        f"<b>{_iv(conf.get('accuracy'))}</b>, macro F1 {_iv(conf.get('macro_f1'))}. Mistakes: "
+        f"{votes['mistakes_confident']:,} on confident labels, {votes['mistakes_split']:,} on labels the volunteers "
+        f"split on, {votes['mistakes_without_votes']:,} without votes.</p>"
+    )
+    table = _table(["vote fraction of the galaxy's own class", "galaxies", "accuracy"], rows)
+    return f"<{tag}>By the volunteers' confidence</{tag}>" + text + table
+
+
+def _thumb(path: str | None, alt: str) -> str:
+    if not path or not Path(path).is_file():
+        return ""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"<img class='thumb' src='data:image/jpeg;base64,{data}' alt='{_e(alt)}'>"
+
+
+def mistakes_html(mistakes: Mapping[str, Any] | None, tag: str = "h3") -> str:
+    """Every mistake with its full id and path beside its thumbnail, most confident first."""
+    if not mistakes or not mistakes["rows"]:
+        return ""
+    rows = [
+        [_thumb(m["thumbnail"], m["galaxy_id"]), _e(m["galaxy_id"]), f"<code>{_e(m['image_path'])}</code>",
+         _e(m["label"]), f"{_e(m['predicted'])} ({m['p_predicted']:.2f})", _num(m["votes_own_class"], ".2f"),
+         _e(m["kind"])]
+        for m in mistakes["rows"]
+    ]  # fmt: skip
+    more = (
+        f" (the {mistakes['listed']:,} most confident of {mistakes['n']:,} are listed)"
+        if mistakes["listed"] < mistakes["n"]
+        else ""
+    )
+    header = ["", "galaxy", "image", "label", "called (probability)", "votes for its label", "kind"]
+    return (
+        f"<details><summary><{tag} style='display:inline'>Every mistake: {mistakes['n']:,}{more}</{tag}></summary>"
+        + _table(header, rows)
+        + "</details>"
+    )
 
 
 def galleries_html(entries: Sequence[Mapping[str, Any]], tag: str = "h3") -> str:

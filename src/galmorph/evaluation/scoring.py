@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from galmorph.config import CLASSES, EvaluateConfig, PreprocessConfig
+from galmorph.config import CLASSES, EvaluateConfig, FitsConfig, PreprocessConfig
 from galmorph.data.images import ImageError, load_rgb
 from galmorph.data.transforms import EvalPreset
 from galmorph.evaluation import plots
@@ -38,6 +39,7 @@ from galmorph.evaluation.metrics import (
     vote_correlation,
 )
 from galmorph.evaluation.saliency import cam_layer, grad_cam
+from galmorph.evaluation.subsets import check_vote_bins, flat_subsets, subset_kpis, vote_confidence, winning_fraction
 from galmorph.io import write_csv
 from galmorph.models.inference import predict_logits, softmax_t
 from galmorph.paths import repo_root, resolve_path
@@ -54,6 +56,7 @@ class ScoredSet:
     logits: np.ndarray
     logits_tta: np.ndarray | None
     temperature: float
+    fits: FitsConfig | None = None  # how its FITS images were read: galleries and thumbnails read them the same way
 
     @property
     def labels(self) -> np.ndarray:
@@ -75,7 +78,7 @@ class ScoredSet:
 
 
 def check_readable(
-    catalogue: pd.DataFrame, *, root: Path | None = None, workers: int = 4
+    catalogue: pd.DataFrame, *, root: Path | None = None, workers: int = 4, fits: FitsConfig | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a catalogue into the rows whose image decodes and a table of the others with the reason.
 
@@ -86,7 +89,7 @@ def check_readable(
 
     def reason(path: Path) -> str | None:
         try:
-            load_rgb(path)
+            load_rgb(path, fits=fits)
         except FileNotFoundError:
             return "file not found"
         except ImageError as exc:  # the one loader's reason: what the file is, what is accepted
@@ -118,6 +121,7 @@ def score(
     temperature: float,
     *,
     name: str,
+    fits: FitsConfig | None = None,
 ) -> ScoredSet:
     """Run the model on every row: one view, and the mean logits over cfg.tta_views when cfg.tta is on."""
 
@@ -126,13 +130,14 @@ def score(
         "num_workers": cfg.num_workers,
         "device": cfg.device,
         "progress": True,
+        "fits": fits,
     }
     catalogue = catalogue.reset_index(drop=True)
     logits = predict_logits(model, catalogue, preprocess, **kwargs).astype(np.float64)
     logits_tta = None
     if cfg.tta and len(cfg.tta_views) > 1:
         logits_tta = predict_logits(model, catalogue, preprocess, tta_views=cfg.tta_views, **kwargs).astype(np.float64)
-    return ScoredSet(name, catalogue, logits, logits_tta, float(temperature))
+    return ScoredSet(name, catalogue, logits, logits_tta, float(temperature), fits=fits)
 
 
 def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
@@ -144,7 +149,16 @@ def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
     tta = classification_metrics(scored.probs_tta, labels, **kw) if scored.probs_tta is not None else None
     counts = np.bincount(labels, minlength=len(CLASSES))
     p_votes = scored.catalogue["p_spiral"].to_numpy(dtype=np.float64) if "p_spiral" in scored.catalogue else None
+    column = cfg.subset_column if cfg.subset_column and cfg.subset_column in scored.catalogue else None
+    subset_kw = {"n_resamples": cfg.bootstrap, "seed": cfg.seed}
+    check_vote_bins(cfg.vote_bins, cfg.confident_fraction)
+    winning = winning_fraction(scored.catalogue, labels)
     return {
+        "subset_column": column,
+        "subsets": subset_kpis(scored.probs, labels, scored.catalogue[column], **subset_kw) if column else None,
+        "votes": vote_confidence(
+            scored.probs, labels, winning, edges=cfg.vote_bins, confident=cfg.confident_fraction, **subset_kw
+        ),
         "n": len(labels),
         "classes": {c: int(counts[i]) for i, c in enumerate(CLASSES)},
         "temperature": scored.temperature,
@@ -184,6 +198,7 @@ def flat_kpis(prefix: str, section: dict[str, Any]) -> dict[str, float]:
             f"{prefix}_vote_spearman": section["vote_spearman"],
         }
     )
+    flat.update(flat_subsets(prefix, section.get("subsets"), section.get("votes")))
     return flat
 
 
@@ -259,11 +274,56 @@ def write_galleries(
     entries = []
     for spec in select_galleries(probs, scored.labels, cfg.gallery_size):
         path = out / f"{spec.name}.png"
-        tiles = render_gallery(scored.catalogue, probs, spec, path, preprocess, root=root)
+        tiles = render_gallery(scored.catalogue, probs, spec, path, preprocess, root=root, fits=scored.fits)
         entries.append({"name": spec.name, "title": spec.title, "file": str(path) if tiles else None, "tiles": tiles})
         if cfg.saliency and spec.name.startswith("wrong_") and tiles:
             entries.append(_saliency_gallery(scored, spec, model, preprocess, out, root))
     return entries
+
+
+MAX_MISTAKES_LISTED = 2000
+THUMB_PX = 96
+
+
+def write_mistakes(scored: ScoredSet, out: Path, *, root: Path | None = None, confident: float = 0.8) -> dict[str, Any]:
+    """Every mistake (most confident first, up to MAX_MISTAKES_LISTED) with its full id and path and a 96-px
+    thumbnail under `out`: the galleries show a few per kind, a reader checking labels needs all of them. Each
+    is marked confident-label, split-label (the volunteers' own class fraction under `confident`) or no votes."""
+    root = root or repo_root()
+    probs = scored.probs
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != scored.labels)
+    order = wrong[np.argsort(-probs[wrong].max(axis=1), kind="stable")]
+    winning = winning_fraction(scored.catalogue, scored.labels)
+    if out.is_dir():
+        shutil.rmtree(out)  # this stage's own thumbnails of an earlier run
+    out.mkdir(parents=True, exist_ok=True)
+    names = np.asarray(CLASSES)
+    rows = []
+    for i in order[:MAX_MISTAKES_LISTED]:
+        row = scored.catalogue.iloc[i]
+        thumb: Path | None = out / f"{i:06d}.jpg"
+        try:
+            image = load_rgb(resolve_path(str(row["image_path"]), root), fits=scored.fits)
+            image.thumbnail((THUMB_PX, THUMB_PX))
+            image.save(thumb, quality=85)
+        except (OSError, ValueError):
+            thumb = None
+        vote = float(winning[i])
+        kind = "no votes" if not np.isfinite(vote) else ("confident label" if vote >= confident else "split label")
+        rows.append(
+            {
+                "galaxy_id": str(row["galaxy_id"]),
+                "image_path": str(row["image_path"]),
+                "label": str(names[scored.labels[i]]),
+                "predicted": str(names[predicted[i]]),
+                "p_predicted": float(probs[i].max()),
+                "votes_own_class": vote if np.isfinite(vote) else None,
+                "kind": kind,
+                "thumbnail": str(thumb) if thumb else None,
+            }
+        )
+    return {"n": int(len(wrong)), "listed": len(rows), "rows": rows}
 
 
 def _saliency_gallery(
@@ -274,7 +334,7 @@ def _saliency_gallery(
     tensors, keep = [], []
     for pos, p in enumerate(rows["image_path"]):
         try:
-            tensors.append(transform(load_rgb(resolve_path(str(p), root))))
+            tensors.append(transform(load_rgb(resolve_path(str(p), root), fits=scored.fits)))
             keep.append(pos)
         except (OSError, ValueError):
             continue
@@ -288,7 +348,9 @@ def _saliency_gallery(
         f"saliency_{spec.name}", f"Grad-CAM ({layer}) of the model's call: {spec.title.lower()}", spec.indices
     )
     path = out / f"{saliency.name}.png"
-    tiles = render_gallery(scored.catalogue, scored.probs, saliency, path, preprocess, root=root, overlays=overlays)
+    tiles = render_gallery(
+        scored.catalogue, scored.probs, saliency, path, preprocess, root=root, overlays=overlays, fits=scored.fits
+    )
     return {"name": saliency.name, "title": saliency.title, "file": str(path), "tiles": tiles}
 
 
@@ -309,6 +371,12 @@ def predictions_table(scored: ScoredSet, threshold: float) -> pd.DataFrame:
         for i, c in enumerate(CLASSES):
             table[f"p_{c}_tta"] = scored.probs_tta[:, i]
     table["correct"] = table["predicted"] == table["label"]
+    table["votes_own_class"] = winning_fraction(cat, scored.labels)
+    # the catalogue's own columns (the manifest's dataset/survey; evaluate-folder: every column of the CSV)
+    internal = {"label_id", "label_raw", "source_path", "split", *(f"p_{c}" for c in CLASSES)}
+    for col in cat.columns:
+        if col not in table.columns and col not in internal and not str(col).startswith(("count_", "split_")):
+            table[col] = cat[col].to_numpy()
     return table
 
 
@@ -330,6 +398,9 @@ def write_set(
     section["plot_tables"] = write_plot_tables(scored, cfg, out / "plots") if plot_tables else {}
     section["figures"] = write_figures(scored, section, cfg, out / "figures")
     section["galleries"] = write_galleries(scored, model, preprocess, cfg, out / "galleries", root=root)
+    section["mistakes"] = write_mistakes(
+        scored, out / "galleries" / "mistakes", root=root, confident=cfg.confident_fraction
+    )
     write_csv(out / "predictions.csv", predictions_table(scored, cfg.abstain_threshold))
     section["predictions"] = str(out / "predictions.csv")
     return section

@@ -25,18 +25,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from galmorph.config import CLASSES, ModelConfig, PreprocessConfig
+from galmorph.config import CLASSES, FitsConfig, ModelConfig, PreprocessConfig
 from galmorph.data.dataset import ImageDataset, ImageSource
 from galmorph.data.images import InputLimits, decode_image, image_items
 from galmorph.data.transforms import VIEWS, EvalPreset, apply_view, check_views
 from galmorph.errors import UserError
-from galmorph.models.resnet import GalaxyNet, build_model, fold_batchnorm, load_model, save_model
+from galmorph.models.resnet import DIRICHLET, LOGITS, GalaxyNet, build_model, fold_batchnorm, load_model, save_model
 
 UNCERTAIN = "uncertain"
 ERROR_PREFIX = "error: "
 MODEL_FILE = "model.pt"
 DEFAULT_TTA_VIEWS: tuple[str, ...] = tuple(VIEWS)
 """All eight symmetries of the square, as evaluate.tta_views has them by default."""
+VOTE_FRACTION_PREFIX = "vote_fraction_"
+"""Output columns vote_fraction_<class> of a model trained with the Dirichlet-multinomial loss."""
 
 
 # ------------------------------------------------------------------------------------ device and precision
@@ -153,13 +155,15 @@ def predict_logits(
     device: str | torch.device = "auto",
     precision: str = "auto",
     progress: bool = False,
+    fits: FitsConfig | None = None,
 ) -> np.ndarray:
-    """Logits (N, K) in input order for a catalogue whose images must all decode (evaluate, training)."""
+    """Logits (N, K) in input order for a catalogue whose images must all decode (evaluate, training);
+    `fits`: how FITS images are read (evaluate-folder's --hdu and params.yaml's fits section)."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if tta_views is not None:
         check_views(tta_views, "tta_views")
     fast = prepare_for_inference(model, dev)
-    dataset = ImageDataset(catalogue_or_paths, EvalPreset(preprocess))
+    dataset = ImageDataset(catalogue_or_paths, EvalPreset(preprocess), fits=fits)
     if len(dataset) == 0:
         return np.empty((0, len(CLASSES)), dtype=np.float32)
     loader = DataLoader(
@@ -182,6 +186,13 @@ def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def vote_fractions(logits: np.ndarray) -> np.ndarray:
+    """The expected vote fractions alpha / sum(alpha) of a Dirichlet model (outputs = log alpha): softmax at
+    T = 1. Temperature scaling calibrates the class probability against the labels; the vote fraction is what
+    the loss fitted to the volunteers' clicks, so it is not rescaled."""
+    return softmax_t(logits, 1.0)
 
 
 def labels_of(
@@ -250,15 +261,19 @@ class GalaxyClassifier:
         batch_size: int = 64,
         device: str | torch.device | None = None,
         limits: InputLimits | None = None,
+        outputs: str | None = None,
+        fits: FitsConfig | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = prepare_for_inference(net, self.device)  # an exact, faster copy: BN folded, channels_last
         self.transform = EvalPreset(preprocess)
         self.temperature = float(temperature)
         self.classes = tuple(classes)
+        self.outputs = outputs or getattr(net, "outputs", LOGITS)
         self.tta_views = check_views(tta_views, "tta_views")
         self.batch_size = batch_size
         self.set_limits(limits or InputLimits())
+        self.fits = fits or FitsConfig()  # how FITS inputs are read (HDU, stretch): params.yaml's defaults
 
     def set_limits(self, limits: InputLimits) -> None:
         """What requests may carry from now on (call before serving: the semaphore is replaced)."""
@@ -271,7 +286,7 @@ class GalaxyClassifier:
         by at most limits.max_decodes callers at a time: use the image (transform it, make a thumbnail) inside
         the block, so a full-size decoded image never outlives its slot. ImageError says why not."""
         with self._decode_slots:
-            yield decode_image(item, self.limits)
+            yield decode_image(item, self.limits, self.fits)
 
     def tensor(self, item: Any) -> torch.Tensor:
         """One input through the loader and the eval preset (the small tensor leaves the decoding slot)."""
@@ -283,20 +298,49 @@ class GalaxyClassifier:
         """Rebuild from a model file: models/model.pt or the logged artifact (kwargs: tta_views, batch_size,
         device)."""
         loaded = load_model(model_file)
-        return cls(loaded.model, loaded.preprocess, temperature=loaded.temperature, classes=loaded.classes, **kwargs)
+        return cls(
+            loaded.model,
+            loaded.preprocess,
+            temperature=loaded.temperature,
+            classes=loaded.classes,
+            outputs=loaded.outputs,
+            **kwargs,
+        )
+
+    @property
+    def output_columns(self) -> list[str]:
+        """The numbers scored per image: p_<class>..., then vote_fraction_<class>... for a Dirichlet model."""
+        names = [f"p_{c}" for c in self.classes]
+        if self.outputs == DIRICHLET:
+            names += [f"{VOTE_FRACTION_PREFIX}{c}" for c in self.classes]
+        return names
+
+    def logits(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
+        """Mean network outputs over the views of a batch already through self.transform."""
+        return batch_logits(self.net, batch, self.device, views=self.tta_views if tta else None)
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """(B, len(output_columns)): the calibrated probabilities, and the expected vote fractions when the
+        model has them."""
+        probs = softmax_t(logits, self.temperature)
+        return np.hstack([probs, vote_fractions(logits)]) if self.outputs == DIRICHLET else probs
 
     def probabilities(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
         """softmax(mean logits over the views / T) of a batch already through self.transform."""
-        logits = batch_logits(self.net, batch, self.device, views=self.tta_views if tta else None)
-        return softmax_t(logits, self.temperature)
+        return softmax_t(self.logits(batch, tta=tta), self.temperature)
 
     def predict_proba(self, items: Sequence[Any], *, tta: bool = False) -> tuple[np.ndarray, list[str | None]]:
         """(N, n_classes) probabilities (NaN rows for unreadable images) and each row's error or None.
 
         A request over limits.max_rows or limits.max_request_bytes is refused as a whole (every row gets the
         reason) before anything is decoded."""
+        scores, errors = self.predict_scores(items, tta=tta)
+        return scores[:, : len(self.classes)], errors
+
+    def predict_scores(self, items: Sequence[Any], *, tta: bool = False) -> tuple[np.ndarray, list[str | None]]:
+        """As predict_proba, with every column of output_columns."""
         items = list(items)
-        probs = np.full((len(items), len(self.classes)), np.nan)
+        probs = np.full((len(items), len(self.output_columns)), np.nan)
         refused = self.limits.check_request(items)
         if refused is not None:
             return probs, [str(refused)] * len(items)
@@ -310,16 +354,19 @@ class GalaxyClassifier:
                 except Exception as exc:  # one bad upload must not fail the batch
                     errors[i] = _reason(exc)
             if tensors:
-                probs[rows] = self.probabilities(torch.stack(tensors), tta=tta)
+                probs[rows] = self.scores(self.logits(torch.stack(tensors), tta=tta))
         return probs, errors
 
     def predict(self, model_input: Any, *, tta: bool = False, threshold: float = 0.0) -> pd.DataFrame:
         """A DataFrame with p_<class> columns and `label`: the top class, "uncertain" when its probability
-        is under `threshold`, or "error: <reason>"."""
+        is under `threshold`, or "error: <reason>"; then vote_fraction_<class> for a Dirichlet model."""
         items = image_items(model_input)
-        probs, errors = self.predict_proba(items, tta=tta)
-        labels = labels_of(probs, errors, self.classes, threshold)
+        scores, errors = self.predict_scores(items, tta=tta)
+        labels = labels_of(scores[:, : len(self.classes)], errors, self.classes, threshold)
         labels = [ERROR_PREFIX + e if e else label for label, e in zip(labels, errors, strict=True)]
-        out = pd.DataFrame({f"p_{c}": probs[:, k] for k, c in enumerate(self.classes)})
+        columns = self.output_columns
+        out = pd.DataFrame({name: scores[:, k] for k, name in enumerate(columns[: len(self.classes)])})
         out["label"] = labels
+        for k, name in enumerate(columns[len(self.classes) :], start=len(self.classes)):
+            out[name] = scores[:, k]
         return out

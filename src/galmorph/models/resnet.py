@@ -21,13 +21,26 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from galmorph.config import CLASSES, ModelConfig, PreprocessConfig, from_dict
+from galmorph.config import CLASSES, ModelConfig, PreprocessConfig, from_dict, stored_preprocess
 from galmorph.errors import UserError
 from galmorph.io import atomic_path
+from galmorph.models.pretrained import adapt_stem, hub_state, is_hub_weights
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 MODEL_FORMAT = "galmorph.model/1"
+LOGITS = "logits"
+DIRICHLET = "dirichlet"
+OUTPUTS = (LOGITS, DIRICHLET)
+"""What the two outputs mean. logits: class logits. dirichlet (trained with train.loss: dirichlet): log
+concentrations log alpha of a Dirichlet over the vote fractions, so softmax(outputs) = alpha / sum(alpha) is
+the expected vote fraction. Either way softmax(outputs / T) is the class probability every caller uses; a
+model file without the key (written before it existed) holds logits."""
+
+
+def outputs_for_loss(loss: str) -> str:
+    """The meaning of a network's outputs once trained with `loss` (train.loss)."""
+    return DIRICHLET if loss == DIRICHLET else LOGITS
 
 
 def build_head(cfg: ModelConfig, in_features: int) -> nn.Sequential:
@@ -55,6 +68,7 @@ class GalaxyNet(nn.Module):
         self.head = head
         # Stages whose BatchNorm statistics must not move while the rest trains (see freeze()).
         self.frozen_stages: tuple[str, ...] = ()
+        self.outputs = LOGITS  # see OUTPUTS; set by fit() from train.loss, stored in the model file
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -87,13 +101,16 @@ class GalaxyNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> GalaxyNet:
-    """The network of `cfg` with its initial weights (imagenet, a state-dict path, or none)."""
+    """The network of `cfg` with its initial weights (imagenet, timm / Hugging Face hub, a state-dict path, or
+    none)."""
     if cfg.arch not in FEATURE_DIMS:
         raise UserError(f"params: model.arch: expected one of {', '.join(FEATURE_DIMS)}, got {cfg.arch!r}")
     model = GalaxyNet(cfg.arch, build_head(cfg, FEATURE_DIMS[cfg.arch]))
     weights = cfg.weights.strip()
     if weights.lower() == "imagenet":
         model.backbone.load_state_dict(_imagenet_state(cfg.arch), strict=False)
+    elif is_hub_weights(weights):
+        _load_backbone(model, hub_state(cfg.arch, weights), weights)
     elif weights.lower() not in ("none", ""):
         load_weights(model, weights)
     return model
@@ -121,17 +138,42 @@ def _imagenet_state(arch: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("fc.")}
 
 
+def _load_backbone(model: GalaxyNet, backbone: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Load a backbone state dict strictly: a wrong arch is a user error, not a silent partial load."""
+    try:
+        model.backbone.load_state_dict(backbone, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise UserError(f"model.weights: {source}: does not fit a {model.arch} backbone ({first})") from None
+
+
+def _read_state(p: Path) -> Any:
+    """A state dict file: safetensors (what the hub serves) or a torch file, weights only either way."""
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p), device="cpu")
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
 def load_weights(model: GalaxyNet, path: str | Path) -> None:
-    """Initialise from a state dict file: a galmorph model/checkpoint, a GalaxyNet or a torchvision ResNet.
+    """Initialise from a state dict file: a galmorph model/checkpoint, a GalaxyNet or a torchvision ResNet
+    (timm's ResNets too: same key names; .safetensors or a torch file).
 
     The backbone must match exactly (a wrong arch is a user error, not a silent partial load); the head is
     taken when its shapes match and left freshly initialised otherwise (a new head on a trained backbone).
     """
     p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file():  # a downloaded hub repo: timm reads its config
+        _load_backbone(model, hub_state(model.arch, f"local-dir:{p}"), p)
+        return
     if not p.is_file():
-        raise UserError(f"model.weights: {p}: no such file (expected imagenet, none or a state-dict path)")
+        raise UserError(
+            f"model.weights: {p}: no such file (expected imagenet, none, a state-dict path, a folder with a timm "
+            "config.json, or hf_hub:<owner>/<repo>, timm:<name>, local-dir:<folder>)"
+        )
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = _read_state(p)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a state dict we can read"
         raise UserError(f"model.weights: {p}: not a readable torch state dict ({type(exc).__name__})") from None
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
@@ -142,11 +184,7 @@ def load_weights(model: GalaxyNet, path: str | Path) -> None:
     if not any(k.startswith("backbone.") for k in state):  # a plain torchvision ResNet
         state = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    try:
-        model.backbone.load_state_dict(backbone, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise UserError(f"model.weights: {p}: does not fit a {model.arch} backbone ({first})") from None
+    _load_backbone(model, adapt_stem(backbone), p)
     head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     own = model.head.state_dict()
     if head and head.keys() == own.keys() and all(head[k].shape == own[k].shape for k in own):
@@ -241,6 +279,7 @@ def save_model(
         "classes": list(CLASSES),
         "temperature": float(temperature),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "outputs": getattr(model, "outputs", LOGITS),
     }
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
@@ -258,6 +297,8 @@ def _read_bundle(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}: not a galmorph model file ({type(exc).__name__})") from None
     if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
         raise UserError(f"{p}: not a galmorph model file (expected format {MODEL_FORMAT})")
+    if bundle.setdefault("outputs", LOGITS) not in OUTPUTS:
+        raise UserError(f"{p}: outputs {bundle['outputs']!r} is not one of {', '.join(OUTPUTS)} (a newer galmorph?)")
     return bundle
 
 
@@ -274,6 +315,8 @@ def model_digest(path: str | Path) -> str:
         flat = tensor.contiguous().reshape(-1)  # 0-d tensors (BN's num_batches_tracked) cannot view as bytes
         digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     described = {k: bundle.get(k) for k in ("model_cfg", "preprocess", "classes", "temperature")}
+    if bundle["outputs"] != LOGITS:  # only when not the default, so older models keep their digest
+        described["outputs"] = bundle["outputs"]
     digest.update(json.dumps(described, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -288,6 +331,7 @@ class LoadedModel:
     temperature: float
     classes: tuple[str, ...]
     metrics: dict[str, float]
+    outputs: str = LOGITS
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -296,11 +340,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     model_cfg = from_dict(ModelConfig, {**bundle["model_cfg"], "weights": "none"}, "model")
     model = GalaxyNet(model_cfg.arch, build_head(model_cfg, FEATURE_DIMS[model_cfg.arch]))
     model.load_state_dict(bundle["model"])
+    model.outputs = bundle["outputs"]
     return LoadedModel(
         model=model.to(device).eval(),
         model_cfg=from_dict(ModelConfig, bundle["model_cfg"], "model"),
-        preprocess=from_dict(PreprocessConfig, bundle["preprocess"], "preprocess"),
+        preprocess=stored_preprocess(bundle["preprocess"]),  # no framing keys (older file): the fixed crop
         temperature=float(bundle["temperature"]),
         classes=tuple(bundle["classes"]),
         metrics=dict(bundle.get("metrics", {})),
+        outputs=bundle["outputs"],
     )

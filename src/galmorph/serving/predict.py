@@ -20,12 +20,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from galmorph.config import FitsConfig
+from galmorph.data.fits import SUFFIXES as FITS_SUFFIXES
+from galmorph.data.fits import BandFiles
 from galmorph.data.images import decode_image
 from galmorph.errors import UserError
 from galmorph.io import write_csv, write_json, write_parquet
 from galmorph.models.inference import GalaxyClassifier, labels_of
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", *FITS_SUFFIXES)
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
 
 
@@ -40,7 +43,7 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
     no images or a pattern that matches nothing is a mistake on the command line.
     """
     if not items:
-        raise UserError("no input: give image files, folders or glob patterns")
+        raise UserError("no input: give image files, folders or glob patterns, or --catalogue TABLE")
     found: list[str] = []
     for item in items:
         path = Path(item)
@@ -49,7 +52,7 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
         elif path.is_dir():
             images = sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_image(p))
             if not images:
-                raise UserError(f"{item}: folder has no JPEG or PNG images")
+                raise UserError(f"{item}: folder has no JPEG, PNG or FITS images")
             found.extend(images)
         elif glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
@@ -66,18 +69,21 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
 
 
 class ImageFiles(Dataset):
-    """Decodes and preprocesses one file in a worker; a failure becomes (None, reason)."""
+    """Decodes and preprocesses one file (or three FITS bands) in a worker; a failure becomes (None, reason)."""
 
-    def __init__(self, paths: Sequence[str], transform: Any) -> None:
+    def __init__(self, paths: Sequence[str | BandFiles], transform: Any, fits: FitsConfig | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.fits = fits
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, str]:
         try:
-            return self.transform(decode_image(Path(self.paths[i]))), ""
+            item = self.paths[i]
+            source = item if isinstance(item, BandFiles) else Path(item)
+            return self.transform(decode_image(source, fits=self.fits)), ""
         except Exception as exc:  # corrupt, truncated, not an image, unreadable: reported per file
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return None, text[:200]
@@ -90,11 +96,15 @@ def collate(items: list[tuple[torch.Tensor | None, str]]) -> tuple[torch.Tensor 
 
 
 def _batches(
-    classifier: GalaxyClassifier, paths: Sequence[str], batch_size: int, workers: int
+    classifier: GalaxyClassifier,
+    paths: Sequence[str | BandFiles],
+    batch_size: int,
+    workers: int,
+    fits: FitsConfig | None = None,
 ) -> Iterator[tuple[torch.Tensor | None, list[str]]]:
     workers = min(workers, math.ceil(len(paths) / batch_size))  # no idle processes for a handful of files
     loader = DataLoader(
-        ImageFiles(paths, classifier.transform),
+        ImageFiles(paths, classifier.transform, fits),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate,
@@ -105,34 +115,41 @@ def _batches(
 
 def score_files(
     classifier: GalaxyClassifier,
-    paths: Sequence[str],
+    paths: Sequence[str | BandFiles],
     *,
     batch_size: int = 64,
     workers: int = 2,
     tta: bool = False,
     threshold: float = 0.0,
     progress: bool = True,
+    fits: FitsConfig | None = None,
 ) -> pd.DataFrame:
-    """One row per file: path, p_<class>..., label, error (empty when the file was scored)."""
+    """One row per file: path, p_<class>..., label, error (empty when the file was scored), then
+    vote_fraction_<class>... when the model was trained on vote counts (classifier.output_columns). A
+    BandFiles item (three FITS bands) is one row, its path written cut/obj_{g,r,i}.fits; `fits`: how FITS files
+    are read (default: FitsConfig())."""
     if batch_size < 1 or workers < 0:
         raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
     n_classes = len(classifier.classes)
-    probs = np.full((len(paths), n_classes), np.nan)
+    columns = classifier.output_columns
+    probs = np.full((len(paths), len(columns)), np.nan)
     errors: list[str] = []
     start = 0
     with tqdm(total=len(paths), unit="img", desc="predict", disable=not progress, file=sys.stderr) as bar:
-        for batch, batch_errors in _batches(classifier, paths, batch_size, workers):
+        for batch, batch_errors in _batches(classifier, paths, batch_size, workers, fits):
             if batch is not None:
                 rows = [start + i for i, e in enumerate(batch_errors) if not e]
-                probs[rows] = classifier.probabilities(batch, tta=tta)
+                probs[rows] = classifier.scores(classifier.logits(batch, tta=tta))
             errors.extend(batch_errors)
             start += len(batch_errors)
             bar.update(len(batch_errors))
-    out = pd.DataFrame({"path": list(paths)})
-    for k, name in enumerate(classifier.classes):
-        out[f"p_{name}"] = probs[:, k]
-    out["label"] = labels_of(probs, errors, classifier.classes, threshold)
+    out = pd.DataFrame({"path": [str(p) for p in paths]})
+    for k, name in enumerate(columns[:n_classes]):
+        out[name] = probs[:, k]
+    out["label"] = labels_of(probs[:, :n_classes], errors, classifier.classes, threshold)
     out["error"] = errors
+    for k, name in enumerate(columns[n_classes:], start=n_classes):
+        out[name] = probs[:, k]
     return out
 
 
@@ -150,11 +167,11 @@ def write_predictions(df: pd.DataFrame, out: str | Path) -> None:
         raise UserError(f"--out {out}: expected a .csv, .json or .parquet file")
 
 
-def summary(df: pd.DataFrame, seconds: float) -> str:
+def summary(df: pd.DataFrame, seconds: float, *, what: str = "files", failed: str = "unreadable") -> str:
     counts = df.loc[df["error"] == "", "label"].value_counts()
     parts = [f"{n} {label}" for label, n in counts.items()]
     n_err = int((df["error"] != "").sum())
     if n_err:
-        parts.append(f"{n_err} unreadable")
+        parts.append(f"{n_err} {failed}")
     rate = len(df) / seconds if seconds > 0 else float("inf")
-    return f"scored {len(df)} files in {seconds:.1f} s ({rate:.1f} img/s): " + ", ".join(parts)
+    return f"scored {len(df)} {what} in {seconds:.1f} s ({rate:.1f} img/s): " + ", ".join(parts)

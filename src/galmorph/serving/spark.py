@@ -20,18 +20,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from galmorph.config import CLASSES, MlflowConfig
+from galmorph.config import CLASSES, FitsConfig, MlflowConfig
+from galmorph.data.catalogue import PATH_COLUMNS
 from galmorph.errors import UserError
 from galmorph.models.inference import ERROR_PREFIX
+from galmorph.serving.catalogue import CatalogueRequest, catalogue_images, open_catalogue
+from galmorph.serving.catalogue import output_names as prefixed_names
 from galmorph.serving.resolve import ModelRef, resolve_model
 from galmorph.tracking import logged_model
 
-IMAGE_GLOB = "*.{jpg,jpeg,png,JPG,JPEG,PNG}"
+IMAGE_GLOB = "*.{jpg,jpeg,png,fits,fit,fts,fz,JPG,JPEG,PNG,FITS,FIT,FTS,FZ}"
 OUTPUT_COLUMNS = ("path", *(f"p_{c}" for c in CLASSES), "label", "error")
-OUTPUT_PREFIX = "pred_"
-"""Put in front of an output column's name that an input table already has (label -> pred_label)."""
 IMAGE_PATH, IMAGE, RESULT = "__galmorph_path", "__galmorph_image", "__galmorph_result"
 """Working columns, named so that no catalogue has them."""
+ROW_ERROR = "__galmorph_row_error"
+"""Working column of a catalogue read on the driver: why a row has no image (no path, a failed cut-out)."""
+DRIVER_TABLE_SUFFIXES = (".fits", ".fit", ".fts", ".vot", ".votable", ".xml", ".ecsv")
+"""Catalogues Spark cannot read itself: read on the driver through astropy.table (a FITS file only when it
+holds a table; a FITS image is an image)."""
 SPARK_OUTPUT_FILE = re.compile(r"^(_SUCCESS|part-.*|\..*\.crc|_committed_.*|_started_.*|_temporary)$")
 """What Spark's Parquet writer leaves in an output folder: all that `--overwrite` agrees to replace."""
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -75,15 +81,7 @@ def _col(name: str) -> Any:
 def output_names(input_columns: Sequence[str]) -> dict[str, str]:
     """The name of each output column (path, p_<class>..., label, error): as it is, or with `pred_` in front
     as long as an input column has that name (Spark compares names without case)."""
-    taken = {c.lower() for c in input_columns}
-    names: dict[str, str] = {}
-    for column in OUTPUT_COLUMNS:
-        name = column
-        while name.lower() in taken:
-            name = OUTPUT_PREFIX + name
-        names[column] = name
-        taken.add(name.lower())
-    return names
+    return prefixed_names(input_columns, OUTPUT_COLUMNS)
 
 
 def _table_folder(source: str) -> str:
@@ -94,18 +92,66 @@ def _table_folder(source: str) -> str:
     return str(Path(source.removeprefix("file://").removeprefix("file:")).resolve().parent)
 
 
-def read_images(spark: Any, source: str, *, path_column: str = "image_path") -> Any:
-    """A DataFrame of a table's own columns (none for a folder) plus IMAGE_PATH (the file) and IMAGE (base64
-    bytes, or file:<absolute path> that the executors open)."""
+def _holds_table(source: str) -> bool:
+    """A local FITS file with a table extension (a catalogue), or a VOTable/ECSV file."""
+    if "://" in source or not Path(source).is_file():
+        return False
+    if Path(source).suffix.lower() not in (".fits", ".fit", ".fts"):
+        return True
+    from astropy.io import fits as pyfits
+
+    try:
+        with pyfits.open(source, memmap=True) as hdus:
+            return any(isinstance(h, pyfits.BinTableHDU | pyfits.TableHDU) for h in hdus)
+    except (OSError, ValueError):
+        return False
+
+
+def read_catalogue_on_driver(spark: Any, source: str, request: CatalogueRequest) -> Any:
+    """A catalogue read through astropy.table on the driver (FITS, VOTable, ECSV, or a local CSV/Parquet with
+    RA/Dec and no path column), each row's image found as `galmorph predict --catalogue` finds it (its path,
+    else its cut-out, fetched here into cutouts.cache_dir: a shared file system on a cluster), as a DataFrame
+    of the table's own columns, IMAGE_PATH, IMAGE and ROW_ERROR."""
     from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
-    if Path(source).suffix.lower() in TABLE_SUFFIXES:
+    table, columns, cutouts = open_catalogue(source, request)
+    images = catalogue_images(table, columns, source, cutouts=cutouts, service=request.service)
+    try:
+        table = table.copy(copy_data=False)
+        table.convert_bytestring_to_unicode()  # FITS text arrives as bytes: a string column, not a binary one
+        frame = table.to_pandas()
+    except (ValueError, TypeError) as exc:  # multidimensional columns, mixins without a pandas form
+        raise UserError(f"{source}: cannot hand this catalogue to Spark ({exc})") from None
+    frame[IMAGE_PATH] = [str(Path(p).resolve()) if p else "" for p in images.paths]
+    frame[ROW_ERROR] = images.errors
+    rows = spark.createDataFrame(frame)
+    image = F.when(F.col(IMAGE_PATH) != "", F.concat(F.lit("file:"), F.col(IMAGE_PATH))).otherwise(F.lit(""))
+    return rows.withColumn(IMAGE, image)
+
+
+def read_images(
+    spark: Any, source: str, *, path_column: str | None = "image_path", catalogue: CatalogueRequest | None = None
+) -> Any:
+    """A DataFrame of a table's own columns (none for a folder) plus IMAGE_PATH (the file) and IMAGE (base64
+    bytes, or file:<absolute path> that the executors open). With `catalogue`, FITS/VOTable/ECSV catalogues and
+    local tables with RA/Dec but no path column are read on the driver (read_catalogue_on_driver)."""
+    from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
+
+    suffix = Path(source).suffix.lower()
+    if catalogue is not None and suffix in DRIVER_TABLE_SUFFIXES and _holds_table(source):
+        return read_catalogue_on_driver(spark, source, dataclasses.replace(catalogue, path_column=path_column))
+    if suffix in TABLE_SUFFIXES:
         if not Path(source).exists() and "://" not in source:
             raise UserError(f"{source}: no such table")
         if source.lower().endswith(".csv"):
             table = spark.read.option("header", True).csv(source)
         else:
             table = spark.read.parquet(source)
+        local = "://" not in source
+        if path_column is None:  # the usual names, as predict --catalogue looks for them
+            path_column = next((c for c in PATH_COLUMNS if c in table.columns), "image_path")
+        if path_column not in table.columns and catalogue is not None and local:
+            return read_catalogue_on_driver(spark, source, catalogue)  # positions (or a one-line error)
         if path_column not in table.columns:
             raise UserError(
                 f"{source}: no column {path_column!r} (columns: {', '.join(table.columns)}); pass --path-column"
@@ -139,24 +185,29 @@ def classify(
     tta: bool = False,
     threshold: float = 0.0,
     cfg: MlflowConfig | None = None,
+    fits: FitsConfig | None = None,
 ) -> Any:
     """The input columns of `images` (read_images) unchanged, then path, p_<class>..., label and error by the
     pyfunc (one Python worker per task loads it once), named by output_names so that none replaces an input."""
     from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
     udf = logged_model.spark_udf(
-        spark, model_uri, result_type=RESULT_TYPE, params={"tta": tta, "threshold": threshold}, cfg=cfg
+        spark, model_uri, result_type=RESULT_TYPE, params={"tta": tta, "threshold": threshold}, cfg=cfg, fits=fits
     )
-    inputs = [c for c in images.columns if c not in (IMAGE, IMAGE_PATH)]
+    inputs = [c for c in images.columns if c not in (IMAGE, IMAGE_PATH, ROW_ERROR)]
     names = output_names(inputs)
     scored = images.withColumn(RESULT, udf(F.struct(F.col(IMAGE).alias("image"))))
-    failed = F.col(f"{RESULT}.label").startswith(ERROR_PREFIX)
+    # a catalogue row without an image keeps its own reason (a blank cut-out...), not the model's "no image"
+    row_error = F.col(ROW_ERROR) if ROW_ERROR in images.columns else F.lit("")
+    without = row_error != ""
+    failed = without | F.col(f"{RESULT}.label").startswith(ERROR_PREFIX)
     return scored.select(
         *(_col(c) for c in inputs),
         F.col(IMAGE_PATH).alias(names["path"]),
-        *(F.col(f"{RESULT}.p_{c}").alias(names[f"p_{c}"]) for c in CLASSES),
+        *(F.when(without, F.lit(None)).otherwise(F.col(f"{RESULT}.p_{c}")).alias(names[f"p_{c}"]) for c in CLASSES),
         F.when(failed, F.lit("")).otherwise(F.col(f"{RESULT}.label")).alias(names["label"]),
-        F.when(failed, F.substring(F.col(f"{RESULT}.label"), len(ERROR_PREFIX) + 1, 10_000))
+        F.when(without, row_error)
+        .when(failed, F.substring(F.col(f"{RESULT}.label"), len(ERROR_PREFIX) + 1, 10_000))
         .otherwise(F.lit(""))
         .alias(names["error"]),
     )
@@ -233,11 +284,13 @@ def run_batch(
     cfg: MlflowConfig,
     *,
     master: str | None = None,
-    path_column: str = "image_path",
+    path_column: str | None = "image_path",
     tta: bool = False,
     threshold: float = 0.0,
     partitions: int | None = None,
     overwrite: bool = False,
+    catalogue: CatalogueRequest | None = None,
+    fits: FitsConfig | None = None,
 ) -> BatchResult:
     """Score `source` into the Parquet folder `out`; a UserError when no image could be scored (the rows and
     their errors are written)."""
@@ -247,11 +300,11 @@ def run_batch(
         raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
     ref = resolve_model(model, cfg)
     spark = spark_session(master)
-    images = read_images(spark, source, path_column=path_column)
+    images = read_images(spark, source, path_column=path_column, catalogue=catalogue)
     if partitions:
         images = images.repartition(partitions)
-    scored = classify(spark, images, ref.uri, tta=tta, threshold=threshold, cfg=cfg)
-    names = output_names([c for c in images.columns if c not in (IMAGE, IMAGE_PATH)])
+    scored = classify(spark, images, ref.uri, tta=tta, threshold=threshold, cfg=cfg, fits=fits)
+    names = output_names([c for c in images.columns if c not in (IMAGE, IMAGE_PATH, ROW_ERROR)])
     _write_replacing(spark, scored, out, overwrite=overwrite)
     from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
@@ -262,7 +315,7 @@ def run_batch(
         for row in written.groupBy(label).agg(F.count(F.lit(1)).alias("count")).collect()
     }
     if not counts:
-        raise UserError(f"{source}: no JPEG or PNG images found")
+        raise UserError(f"{source}: no JPEG, PNG or FITS images found")
     if set(counts) == {"unreadable"}:
         first = written.select(names["path"], names["error"]).first()
         raise UserError(

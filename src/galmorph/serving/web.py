@@ -19,7 +19,7 @@ from flask import Flask, jsonify, render_template, request
 from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from galmorph.config import MlflowConfig, ServeConfig, load_params
+from galmorph.config import FitsConfig, MlflowConfig, ServeConfig, load_params
 from galmorph.data.images import ACCEPTED, ImageError, InputLimits
 from galmorph.errors import UserError
 from galmorph.models.inference import UNCERTAIN, GalaxyClassifier, labels_of
@@ -74,18 +74,20 @@ def create_app(
     limits: InputLimits | None = None,
     mlflow_cfg: MlflowConfig | None = None,
     follow_s: float | None = None,
+    fits: FitsConfig | None = None,
 ) -> Flask:
     """The Flask app around a loaded classifier (tests and WSGI servers call this directly). `limits`: the
-    pixel limit and decodes at once (no paths: uploads only). With `mlflow_cfg` and `follow_s`, a page
-    serving a registry alias follows it (see LiveModel): a promote or rollback reaches it without a restart."""
+    pixel limit and decodes at once (no paths: uploads only); `fits`: how a FITS upload is read (params.yaml's
+    fits section; default its defaults). With `mlflow_cfg` and `follow_s`, a page serving a registry alias
+    follows it (see LiveModel): a promote or rollback reaches it without a restart."""
     limits = limits or InputLimits(max_request_bytes=max_upload_bytes)
-    live = LiveModel(
-        classifier,
-        ref,
-        mlflow_cfg,
-        follow_s=follow_s,
-        prepare=lambda c: c.set_limits(limits),
-    )
+    fits = fits or FitsConfig()
+
+    def prepare(c: GalaxyClassifier) -> None:
+        c.set_limits(limits)
+        c.fits = fits
+
+    live = LiveModel(classifier, ref, mlflow_cfg, follow_s=follow_s, prepare=prepare)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
     limit_mb = max_upload_bytes / 2**20
@@ -101,7 +103,7 @@ def create_app(
     def upload(classifier: GalaxyClassifier, *, thumbnail: bool) -> tuple[dict[str, Any], int, str | None, str]:
         file = request.files.get("image")
         if file is None or not file.filename:
-            return {"error": "choose an image file first (JPEG, PNG, TIFF, WEBP, BMP or GIF)"}, 400, None, ""
+            return {"error": "choose an image file first (JPEG, PNG, TIFF, WEBP, BMP, GIF or FITS)"}, 400, None, ""
         data = file.read()
         tta = request.form.get("tta") in ("on", "true", "1")
         result, status, thumb = classify_upload(
@@ -153,9 +155,10 @@ def build(
     max_upload_mb: float = 10.0,
     serve: ServeConfig | None = None,
     follow_s: float | None = 30.0,
+    fits: FitsConfig | None = None,
 ) -> tuple[Flask, ModelRef]:
     """The app for `model` (default @champion). `follow_s`: how often a page serving an alias checks whether it
-    moved (None: never); serve.follow_s when `serve` is given."""
+    moved (None: never); serve.follow_s when `serve` is given. `fits`: how FITS uploads are read."""
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: expected a probability between 0 and 1")
     if not max_upload_mb > 0:
@@ -181,6 +184,7 @@ def build(
         limits=limits,
         mlflow_cfg=mlflow_cfg,
         follow_s=follow_s,
+        fits=fits,
     )
     return app, ref
 
@@ -199,5 +203,6 @@ def app_from_env() -> Flask:
         threshold=params.evaluate.abstain_threshold,
         max_upload_mb=max_upload_mb,
         serve=params.serve,
+        fits=params.fits,
     )
     return app

@@ -22,6 +22,8 @@ from galmorph.io import write_json, write_parquet
 def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The few numbers a person checks after a join, as (what, value) rows for the terminal."""
     rows = [(f"rows read: {name}", f"{n:,}") for name, n in report["rows_read"].items()]
+    if "cutouts" in report:  # coords: catalogue rows that fetch found no usable cut-out for
+        rows.append(("catalogue rows without a cut-out (fetch)", f"{report['cutouts']['failed']:,}"))
     dups = report.get("duplicates", {})
     rows += [
         (f"dropped: {k.replace('_', ' ')}", f"{v:,}")

@@ -1,6 +1,10 @@
 """register: the trained model becomes a new version of the registered model (@challenger), then the
 promotion gate decides whether it becomes @champion. A refused promotion is recorded, not an error: the
-pipeline still succeeds and the report (a DVC metric) says why; `galmorph promote --force` overrides."""
+pipeline still succeeds and the report (a DVC metric) says why; `galmorph promote --force` overrides.
+
+`galmorph register --model FILE` (not the stage) registers a model file trained elsewhere instead: a new
+version with @challenger, not promoted and no stage files written (serving.model_file).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import yaml
 
 from galmorph.config import Params, with_tuned
 from galmorph.errors import UserError
-from galmorph.evaluation.headline import headline_metrics
+from galmorph.evaluation.headline import dvc_metrics, headline_metrics
 from galmorph.io import write_json
 from galmorph.models import resnet
 from galmorph.serving import promotion
@@ -32,7 +36,31 @@ def _read_json(path: str, what: str) -> dict[str, Any]:
         raise UserError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def run_links(run_id: str | None) -> dict[str, str | None]:
+    """Where an experiment's results live in MLflow: its training run (which names its LoggedModel and, in the tag
+    registry.version, the version). One id: three made `dvc exp show --only-changed` too wide for a terminal."""
+    return {"mlflow_run_id": run_id}
+
+
+def register_file(params: Params, model_file: str) -> None:
+    """`galmorph register --model FILE`: print the version and the command that evaluates and gates it."""
+    from galmorph.serving.model_file import register_model_file
+
+    name = params.mlflow.registered_model
+    registered = register_model_file(name, model_file, params.mlflow)
+    version = registered.version.version
+    what = "registered version" if registered.new else "this model is already version"
+    print(f"{name}: {what} {version} (@{promotion.CHALLENGER}) from {model_file}; not promoted")
+    print(
+        f"to score it (and @{promotion.CHAMPION}) on the test split ({params.split.out}) and gate it: "
+        f"galmorph promote --version {version} --rescore"
+    )
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
+    if getattr(args, "model", None):
+        register_file(params, args.model)
+        return
     trained = _read_json(params.train.metrics, "train.metrics")
     if not trained.get("model_uri"):
         raise UserError(f"{params.train.metrics}: no 'model_uri' (the train stage logs the model and writes it)")
@@ -59,7 +87,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
     write_json(params.register.report, report)
     tuning = yaml.safe_load(Path(params.tune.out).read_text()) if Path(params.tune.out).is_file() else None
     headline = headline_metrics(trained, metrics, tuning, report)
-    write_json(params.register.headline, headline)
+    write_json(params.register.headline, dvc_metrics(headline))
+    # DVC metrics are numbers only: the run id goes in a file dvc.yaml declares as top-level params, so
+    # `dvc exp show` lists each experiment's MLflow run beside its metrics
+    write_json(params.register.links, run_links(run_id))
     if registered.new:  # the version's model card, in the registry UI
         effective, tuned = with_tuned(params)
         recipe = {

@@ -39,7 +39,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         fit(catalogue, params, **kwargs)
         return
     sections = {s: getattr(params, s) for s in ("model", "train", "preprocess", "augment", "embed")}
-    with runs.start_run(params.mlflow, "train", sections) as run:
+    with runs.start_run(params.mlflow, "train", sections, system_metrics=True) as run:
         runs.log_dataset(catalogue, params.split.out, name="splits", context="training")
         logged: set[int] = set()
 

@@ -1,5 +1,6 @@
 """`galmorph tune`: an Optuna study over tune.space, every trial a fit() and a nested MLflow run; writes the
-best trial's values to tune.out for `galmorph train`. Re-running resumes the study; more workers join it
+best trial's values to tune.out for `galmorph train` and the trials' comparison (parallel coordinates,
+importances: PNG + study.html) to tune.plots_dir. Re-running resumes the study; more workers join it
 with `galmorph tune --storage postgresql://...` on any machine (same params and splits).
 `galmorph tune --show` prints the study's best trials."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,9 +29,13 @@ def main(params: Params, args: argparse.Namespace) -> None:
     storage = study.storage_url(cfg.storage, args.storage)
     frozen = space.needs_features(params)
     if cfg.n_trials == 0 and not args.show:
-        # tuning switched off: train then uses params.yaml as it is (tune.out must still exist for DVC)
-        results.write_best_params(cfg.out, {"params": {}, "note": "tune.n_trials is 0: no study was run"})
-        print(f"tune: skipped (tune.n_trials is 0); wrote {cfg.out} with no tuned values")
+        # tuning switched off: train then uses params.yaml as it is (DVC needs the outputs all the same)
+        note = "tune.n_trials is 0: no study was run"
+        results.write_best_params(cfg.out, {"params": {}, "note": note})
+        results.write_comparison(cfg.plots_dir, None, {}, dict.fromkeys(results.COMPARISON, note))
+        print(
+            f"tune: skipped (tune.n_trials is 0); wrote {cfg.out} with no tuned values, {cfg.plots_dir} with no plots"
+        )
         return
     if args.show:
         show(params, catalogue, storage, read_meta(params.embed.out) if frozen else None)
@@ -44,6 +50,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         storage=storage,
         worker_trials=args.n_trials,
         dataset_path=params.split.out,
+        plots_dir=cfg.plots_dir,
         echo=tqdm.write,  # above the progress bar, not through it
     )
     if outcome.skipped_plots:
@@ -53,7 +60,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in document["params"].items())
     print(
         f"tune: best trial {document['trial']} {cfg.metric} {document['value']:.4f} ({shown}); this worker ran "
-        f"{outcome.ran} trial(s); wrote {cfg.out}; MLflow run {outcome.parent_run_id}; "
+        f"{outcome.ran} trial(s); wrote {cfg.out} and {Path(cfg.plots_dir) / results.COMPARISON_PAGE}; "
+        f"MLflow run {outcome.parent_run_id}; "
         f"optuna-dashboard {study.redact(storage)}"
     )
 

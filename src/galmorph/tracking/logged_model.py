@@ -31,14 +31,14 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 import galmorph
-from galmorph.config import CLASSES, MlflowConfig, ModelConfig, PreprocessConfig
+from galmorph.config import CLASSES, FitsConfig, MlflowConfig, ModelConfig, PreprocessConfig, from_dict
 from galmorph.data.images import InputLimits
 from galmorph.tracking import runs, store
 
 if typing.TYPE_CHECKING:
     import torch
 
-PIP_REQUIREMENTS = ("torch", "torchvision", "pillow", "pandas", "numpy", "pyyaml", "tqdm")
+PIP_REQUIREMENTS = ("torch", "torchvision", "pillow", "pandas", "numpy", "pyyaml", "tqdm", "astropy")
 """What the logged pyfunc needs besides mlflow (pinned to the versions it was logged with)."""
 
 SERVE_ENV: dict[str, str] = {
@@ -97,7 +97,10 @@ class GalaxyPyfunc(mlflow.pyfunc.PythonModel):
 
         options = dict(context.model_config or {})
         limits = input_limits({key: options.pop(key, None) for key in SERVE_ENV})
-        self.classifier = GalaxyClassifier.from_artifacts(context.artifacts["model"], limits=limits, **options)
+        fits = fits_config(options.pop("fits", None))
+        self.classifier = GalaxyClassifier.from_artifacts(
+            context.artifacts["model"], limits=limits, fits=fits, **options
+        )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         # a DataFrame hint: MLflow validates against the explicit signature instead of inferring one
@@ -108,10 +111,20 @@ class GalaxyPyfunc(mlflow.pyfunc.PythonModel):
         return nulls_for_failed_rows(out)
 
 
+def fits_config(value: Mapping[str, Any] | None) -> FitsConfig:
+    """How the served model reads FITS: params.yaml's defaults (FitsConfig()), with the keys that model_config
+    "fits" sets (at load time, MLFLOW_PYFUNC_INFERENCE_CONFIG for `mlflow models serve`, or `galmorph batch`)."""
+    if value is None:
+        return FitsConfig()
+    if not isinstance(value, Mapping):
+        raise ValueError(f"model_config fits: expected a mapping such as {{'hdu': 1}}, got {value!r}")
+    return from_dict(FitsConfig, {**dataclasses.asdict(FitsConfig()), **value}, "model_config fits")
+
+
 def nulls_for_failed_rows(out: pd.DataFrame) -> pd.DataFrame:
     """A failed row's probabilities as None, so JSON carries null: NaN is not JSON, and browsers' parsers
     reject the `NaN` Python writes. Columns stay float64 when every row scored."""
-    columns = [c for c in out.columns if c.startswith("p_")]
+    columns = [c for c in out.columns if c.startswith(("p_", "vote_fraction_"))]
     failed = out[columns].isna().any(axis=1)
     if failed.any():
         for column in columns:
@@ -231,7 +244,8 @@ def _pyfunc_parts(
         "signature": classifier_signature(),
         "input_example": pd.DataFrame(example) if example else None,
         # the SERVE_ENV keys are logged unset (None): the environment or load-time model_config sets them
-        "model_config": {"tta_views": views, "batch_size": batch_size, **dict.fromkeys(SERVE_ENV)},
+        # fits (how FITS inputs are read) is logged unset too: FitsConfig()'s defaults, params.yaml's
+        "model_config": {"tta_views": views, "batch_size": batch_size, "fits": None, **dict.fromkeys(SERVE_ENV)},
         "metadata": {"classes": list(CLASSES), "temperature": temperature, "galmorph_version": galmorph.__version__},
     }
 
@@ -249,16 +263,24 @@ def spark_udf(
     result_type: str,
     params: Mapping[str, Any] | None = None,
     cfg: MlflowConfig | None = None,
+    fits: FitsConfig | None = None,
 ) -> Any:
     """The pyfunc as a Spark pandas UDF, run in the executors' own Python (env_manager="local": a cluster's
     executors need galmorph's requirements installed, as with spark-submit --py-files or a cluster image).
 
     A batch job is the user's own: its rows may be `file:<absolute path>` anywhere (image root /), and Arrow
-    batches are not capped in rows or bytes; the pixel limit and the decode checks still apply."""
+    batches are not capped in rows or bytes; the pixel limit and the decode checks still apply. `fits`: how
+    FITS rows are read (the model's model_config "fits"; None: its defaults)."""
     store.client(cfg)
     trusted = {SERVE_ENV["image_root"]: os.sep, SERVE_ENV["max_rows"]: "0", SERVE_ENV["max_request_mb"]: "0"}
     return mlflow.pyfunc.spark_udf(
-        spark, model_uri, result_type=result_type, env_manager="local", params=dict(params or {}), extra_env=trusted
+        spark,
+        model_uri,
+        result_type=result_type,
+        env_manager="local",
+        params=dict(params or {}),
+        extra_env=trusted,
+        model_config={"fits": dataclasses.asdict(fits)} if fits is not None else None,
     )
 
 

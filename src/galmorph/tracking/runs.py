@@ -38,8 +38,13 @@ def start_run(
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
     run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run per stage execution, with the stage's params and the provenance tags.
+
+    Named after the stage and, under `dvc exp run`, the DVC experiment (`train@bally-tans`), which the run
+    also carries as the tag dvc.exp_name. `system_metrics` (training and tuning runs) samples CPU, memory,
+    disk and network (GPU with nvidia-ml-py) every cfg.system_metrics_s seconds into `system/...` metrics.
 
     `params`: see flatten_params. `run_id` reopens an existing run (evaluate and register attach to the
     training run): params already there with the same value are skipped, a different value is logged as
@@ -49,9 +54,8 @@ def start_run(
     exp_id = store.experiment_id(cfg)
     flat = flatten_params(params) if params is not None else {}
     run_tags = provenance.provenance_tags(stage)
-    exp_name = os.environ.get("DVC_EXP_NAME")
-    if run_id is None and run_name is None:
-        run_name = f"{stage}@{exp_name}" if exp_name else stage
+    if run_id is None:
+        run_name = with_exp_name(run_name or stage)
     if run_id is not None:
         client = mlflow.MlflowClient()
         try:
@@ -65,11 +69,25 @@ def start_run(
             run_tags = {f"{stage}.{k}": v for k, v in run_tags.items() if not k.startswith("mlflow.")}
             run_tags["galmorph.attached_stages"] = ",".join(filter(None, [*attached.split(","), stage]))
     run_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    with mlflow.start_run(run_id=run_id, experiment_id=exp_id if run_id is None else None, run_name=run_name) as run:
+    sample = system_metrics and cfg.system_metrics_s is not None
+    if sample:
+        mlflow.set_system_metrics_sampling_interval(cfg.system_metrics_s)
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=exp_id if run_id is None else None,
+        run_name=run_name,
+        log_system_metrics=sample or None,
+    ) as run:
         mlflow.set_tags(run_tags)
         if flat:
             mlflow.log_params(flat)
         yield run
+
+
+def with_exp_name(name: str) -> str:
+    """`name@<DVC experiment>` under `dvc exp run`, so the runs list says which experiment ran what."""
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    return f"{name}@{exp_name}" if exp_name else name
 
 
 def active_run() -> mlflow.ActiveRun:
@@ -80,10 +98,16 @@ def active_run() -> mlflow.ActiveRun:
     return run
 
 
-def log_metrics(metrics: Mapping[str, Any], step: int | None = None, *, model_id: str | None = None) -> None:
+def log_metrics(
+    metrics: Mapping[str, Any],
+    step: int | None = None,
+    *,
+    model_id: str | None = None,
+    dataset: mlflow.data.dataset.Dataset | None = None,
+) -> None:
     """Numbers of the active run; the trainer passes step=epoch so the UI draws curves per epoch. With
     `model_id` (a LoggedModel, m-...) they are also the model's own, so the UI's Models view and
-    search_logged_models(order_by=...) rank models by them."""
+    search_logged_models(order_by=...) rank models by them; `dataset` says which data they were measured on."""
     active_run()
     values = {}
     for key, value in metrics.items():
@@ -93,7 +117,7 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None, *, model_id
             values[key] = float(value)
         except (TypeError, ValueError):
             raise TypeError(f"metric {key!r}: expected a number, got {value!r}") from None
-    mlflow.log_metrics(values, step=step, model_id=model_id)
+    mlflow.log_metrics(values, step=step, model_id=model_id, dataset=dataset)
 
 
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
@@ -136,9 +160,12 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def log_dataset(df: pd.DataFrame, source_path: str | os.PathLike, *, name: str, context: str) -> None:
+def log_dataset(
+    df: pd.DataFrame, source_path: str | os.PathLike, *, name: str, context: str
+) -> mlflow.data.dataset.Dataset:
     """Record the catalogue a run read (mlflow.log_input); the digest is the file's md5, the same hash
-    dvc.lock records, so the UI's dataset and DVC's point at the same bytes."""
+    dvc.lock records, so the UI's dataset and DVC's point at the same bytes. Returns the dataset, for metrics
+    logged against it (log_metrics(dataset=...))."""
     active_run()
     digest = file_md5(source_path)
     path = Path(source_path).resolve()
@@ -157,6 +184,7 @@ def log_dataset(df: pd.DataFrame, source_path: str | os.PathLike, *, name: str, 
             sample = df.sample(n=_SCHEMA_SAMPLE, random_state=0)
             dataset.__dict__["schema"] = mlflow.data.from_pandas(sample, source=source, digest=digest).schema
     mlflow.log_input(dataset, context=context)
+    return dataset
 
 
 @contextlib.contextmanager
@@ -176,7 +204,7 @@ def start_child_run(
     parent = active_run()
     run = mlflow.start_run(
         experiment_id=parent.info.experiment_id,  # else MLflow files the child under the Default experiment
-        run_name=run_name,
+        run_name=with_exp_name(run_name),
         nested=True,
         tags={k: str(v) for k, v in (tags or {}).items()},
     )

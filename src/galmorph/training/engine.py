@@ -35,17 +35,50 @@ def class_weights(labels: np.ndarray, scheme: str) -> torch.Tensor | None:
     return torch.tensor(counts.sum() / (len(CLASSES) * counts), dtype=torch.float32)
 
 
+LOG_CONCENTRATION_LIMIT = 10.0
+"""|log alpha| is clamped here in the Dirichlet-multinomial loss: alpha in [4.5e-5, 22026] covers any vote
+split of any number of volunteers, and exp() of an unbounded logit would overflow."""
+
+
+def dirichlet_multinomial_nll(logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-row negative log-likelihood of vote `counts` (N, K) under a Dirichlet-multinomial whose
+    concentrations are alpha = exp(logits) (the network's outputs under train.loss: dirichlet).
+
+    -log p(k | alpha) = -[lgamma(n+1) - sum lgamma(k_i+1) + lgamma(A) - lgamma(n+A) + sum (lgamma(k_i+alpha_i)
+    - lgamma(alpha_i))] with n = sum k, A = sum alpha: Zoobot's loss (Walmsley et al. 2022) for one question.
+    The multinomial coefficient does not depend on the network but keeps the value a true likelihood.
+    Computed in float64 (float32 on MPS): lgamma(A) - lgamma(n+A) cancels badly in float32 for large A.
+    """
+    dtype = torch.float32 if logits.device.type == "mps" else torch.float64
+    log_alpha = logits.to(dtype).clamp(-LOG_CONCENTRATION_LIMIT, LOG_CONCENTRATION_LIMIT)
+    alpha, k = log_alpha.exp(), counts.to(dtype)
+    n, a = k.sum(dim=1), alpha.sum(dim=1)
+    log_p = (
+        torch.lgamma(n + 1)
+        - torch.lgamma(k + 1).sum(dim=1)
+        + torch.lgamma(a)
+        - torch.lgamma(n + a)
+        + (torch.lgamma(k + alpha) - torch.lgamma(alpha)).sum(dim=1)
+    )
+    return -log_p
+
+
 class Criterion(nn.Module):
-    """Cross-entropy on hard labels (optionally class-weighted and smoothed) or on the vote fractions.
+    """Cross-entropy on hard labels (optionally class-weighted and smoothed), on the vote fractions, or the
+    Dirichlet-multinomial likelihood of the vote counts.
 
     `soft` trains toward what the volunteers said (a 55/45 galaxy is not a confident spiral); rows
     without votes already carry one-hot targets from the dataset, so they fall back to hard labels.
+    `dirichlet` reads the same slot as vote counts (data.dataset.vote_counts) and the logits as log
+    concentrations: a galaxy with 60 votes constrains the predicted vote fraction far more than one with 3,
+    and a 30/30 split teaches "volunteers disagree" instead of a coin-flip label. Class weights weigh each
+    row by its label as for `soft`; label smoothing moves a share of each galaxy's votes to uniform.
     """
 
     def __init__(self, loss: str, weights: torch.Tensor | None, label_smoothing: float) -> None:
         super().__init__()
-        if loss not in ("ce", "soft"):
-            raise UserError(f"params: train.loss: expected ce or soft, got {loss!r}")
+        if loss not in ("ce", "soft", "dirichlet"):
+            raise UserError(f"params: train.loss: expected ce, soft or dirichlet, got {loss!r}")
         self.loss = loss
         self.label_smoothing = label_smoothing
         self.register_buffer("weights", weights if weights is not None else torch.ones(len(CLASSES)))
@@ -55,8 +88,13 @@ class Criterion(nn.Module):
         if self.loss == "ce":
             return F.cross_entropy(logits, labels, weight=self.weights, label_smoothing=self.label_smoothing)
         k = logits.shape[1]
-        target = soft * (1 - self.label_smoothing) + self.label_smoothing / k
-        per_row = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+        if self.loss == "dirichlet":
+            total = soft.sum(dim=1, keepdim=True)
+            counts = soft * (1 - self.label_smoothing) + self.label_smoothing * total / k
+            per_row = dirichlet_multinomial_nll(logits, counts).float()
+        else:
+            target = soft * (1 - self.label_smoothing) + self.label_smoothing / k
+            per_row = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
         w = self.weights[labels]
         return (per_row * w).sum() / w.sum()
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from galmorph.config import ModelConfig, Params, TrainConfig
-from galmorph.data.dataset import ImageDataset, label_ids, soft_targets
+from galmorph.data.dataset import ImageDataset, has_vote_counts, label_ids, soft_targets, vote_counts
 from galmorph.data.transforms import EvalPreset, TrainPreset, check_views
 from galmorph.errors import UserError
 from galmorph.models.inference import amp_dtype_for, resolve_device
@@ -34,6 +34,7 @@ from galmorph.models.resnet import (
     build_head,
     build_model,
     fold_input_standardization,
+    outputs_for_loss,
     param_groups,
     set_trainable,
 )
@@ -88,6 +89,7 @@ def fit(
     """
     tcfg, mcfg = params.train, params.model
     train_rows, val_rows = _split_rows(catalogue, split_column)
+    _check_targets(train_rows, tcfg, progress)
     device = resolve_device(tcfg.device)
     with determinism(tcfg.deterministic), process_group(device) as ctx:
         device = local_device(device, ctx)
@@ -96,6 +98,7 @@ def fit(
             model, data = _frozen_setup(params, train_rows, val_rows, features, device, ctx, progress)
         else:
             model, data = _finetune_setup(params, train_rows, val_rows, device, ctx)
+        model.outputs = outputs_for_loss(tcfg.loss)
         model.to(device)
         trainable: nn.Module = model.head if tcfg.mode == "frozen" else model
         if data.channels_last:
@@ -200,6 +203,30 @@ class _Data:
     finalize: Callable[[GalaxyNet], None] | None  # applied to the best model before it is returned
 
 
+def targets(rows: pd.DataFrame, cfg: TrainConfig) -> np.ndarray:
+    """What the loss trains toward besides the label: vote counts (dirichlet) or vote fractions."""
+    return vote_counts(rows, cfg.label_votes) if cfg.loss == "dirichlet" else soft_targets(rows)
+
+
+def _check_targets(train_rows: pd.DataFrame, cfg: TrainConfig, progress: bool) -> None:
+    """dirichlet needs vote counts on at least some training galaxies; say how many have them."""
+    if cfg.loss != "dirichlet":
+        return
+    if not cfg.label_votes > 0:
+        raise UserError(f"params: train.label_votes: expected a number of votes > 0, got {cfg.label_votes}")
+    n = int(has_vote_counts(train_rows).sum())
+    if n == 0:
+        raise UserError(
+            "train.loss=dirichlet: no training galaxy has vote counts (columns count_spiral/count_elliptical: "
+            "GZ1 table 2 gives them; for a manifest set data.manifest.count_columns or total_votes_column)"
+        )
+    if progress:
+        tqdm.write(
+            f"dirichlet: {n} of {len(train_rows)} training galaxies have vote counts; the other "
+            f"{len(train_rows) - n} count as {cfg.label_votes:g} vote(s) for their label"
+        )
+
+
 def _split_rows(catalogue: pd.DataFrame, split_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     for col in (split_column, "galaxy_id", "image_path", "label_id"):
         if col not in catalogue.columns:
@@ -294,8 +321,8 @@ def _frozen_setup(
     set_trainable(model, "frozen", 0)
 
     mean, std, tx, vx = inputs.mean, inputs.std, inputs.train_x, inputs.val_x
-    ty, ts = torch.from_numpy(label_ids(train_rows)), torch.from_numpy(soft_targets(train_rows))
-    vy, vs = torch.from_numpy(label_ids(val_rows)), torch.from_numpy(soft_targets(val_rows))
+    ty, ts = torch.from_numpy(label_ids(train_rows)), torch.from_numpy(targets(train_rows, tcfg))
+    vy, vs = torch.from_numpy(label_ids(val_rows)), torch.from_numpy(targets(val_rows, tcfg))
     bs = tcfg.batch_size
     per_rank = len(tx) // ctx.world_size  # equal step counts on every rank, or DDP would wait forever
 
@@ -349,8 +376,10 @@ def _finetune_setup(
     torch.manual_seed(tcfg.seed)
     model = build_model(params.model)
     set_trainable(model, "finetune", tcfg.unfreeze_blocks)
-    train_ds = ImageDataset(train_rows, TrainPreset(params.preprocess, params.augment))
-    val_ds = ImageDataset(val_rows, EvalPreset(params.preprocess))
+    train_ds = ImageDataset(
+        train_rows, TrainPreset(params.preprocess, params.augment), targets=targets(train_rows, tcfg)
+    )
+    val_ds = ImageDataset(val_rows, EvalPreset(params.preprocess), targets=targets(val_rows, tcfg))
     per_rank = len(train_ds) // ctx.world_size
     # BatchNorm cannot train on a batch of one, so the last partial batch is dropped; a set smaller
     # than one batch trains on one batch of everything

@@ -1,8 +1,12 @@
 """What a study leaves behind: the best trial's values in tune.out (what `galmorph train` applies), the
+comparison of its trials in tune.plots_dir (PNGs for `dvc plots show`, one self-contained study.html), the
 study's plots, trials table and counts in its MLflow run, and the rows the command line shows."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import os
 import tempfile
 import warnings
@@ -16,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from galmorph.config import Params
 from galmorph.errors import UserError
-from galmorph.io import write_text
+from galmorph.io import atomic_path, write_text
 from galmorph.tracking import runs
 from galmorph.tuning.study import RUN_ATTR, StudyOutcome, redact, trial_counts
 
@@ -33,9 +37,18 @@ def epochs_summary(study: optuna.Study, epochs: int) -> dict[str, float]:
     }
 
 
-def log_study(study: optuna.Study, params: Params, *, plots: bool = True) -> dict[str, str]:
-    """Into the active (parent) run: Optuna's plots (unless `plots` is false, for a quick check), the trials
-    table, the counts and the best value. Returns the plots it skipped, each with the reason."""
+COMPARISON = ("parallel_coordinate", "param_importances", "optimization_history")
+"""The plots of the study's comparison in tune.plots_dir: DVC image plots, so every one is always written."""
+COMPARISON_PAGE = "study.html"
+
+
+def log_study(
+    study: optuna.Study, params: Params, *, plots: bool = True, plots_dir: str | os.PathLike | None = None
+) -> dict[str, str]:
+    """Into the active (parent) run: Optuna's plots (unless `plots` is false, for a quick check; then nothing
+    is written to `plots_dir` either) with the comparison files that write_comparison leaves in `plots_dir` (a
+    temporary folder when None), the trials table, the counts and the best value. Returns the plots it
+    skipped, each with the reason."""
     counts = trial_counts(study)
     metrics: dict[str, float] = {f"trials_{k}": float(v) for k, v in counts.items()}
     metrics |= epochs_summary(study, params.tune.epochs)
@@ -46,12 +59,19 @@ def log_study(study: optuna.Study, params: Params, *, plots: bool = True) -> dic
         runs.set_tags({"optuna.best_trial": best.number, "optuna.best_run_id": best.user_attrs.get(RUN_ATTR)})
     runs.log_metrics(metrics)
     figures, skipped = study_figures(study, params.tune.seed) if plots else ({}, {})
-    for name, fig in figures.items():
-        runs.log_figure(fig, f"optuna/{name}.png")
-    _close(figures)
-    if skipped:
-        runs.log_dict(skipped, "optuna/skipped_plots.json")
     with tempfile.TemporaryDirectory(prefix="galmorph-tune-") as tmp:
+        try:
+            for name, fig in figures.items():
+                if name not in COMPARISON:  # those are logged as the files write_comparison leaves
+                    runs.log_figure(fig, f"optuna/{name}.png")
+            if plots:
+                folder = Path(tmp) / "comparison" if plots_dir is None else Path(plots_dir)
+                for path in write_comparison(folder, study, figures, skipped):
+                    runs.log_artifact(path, "optuna")
+        finally:
+            _close(figures)
+        if skipped:
+            runs.log_dict(skipped, "optuna/skipped_plots.json")
         path = Path(tmp) / "trials.csv"
         study.trials_dataframe().to_csv(path, index=False)
         runs.log_artifact(path, "optuna")
@@ -103,6 +123,92 @@ def study_figures(study: optuna.Study, seed: int = 0) -> tuple[dict[str, Any], d
             fig.tight_layout()
         figures[name] = fig
     return figures, skipped
+
+
+def write_comparison(
+    folder: str | os.PathLike, study: optuna.Study | None, figures: Mapping[str, Any], skipped: Mapping[str, str]
+) -> list[Path]:
+    """The study's trials compared in `folder`: a PNG per COMPARISON plot (from `figures`, or a small image
+    saying why it was not drawn: DVC needs every declared output) and COMPARISON_PAGE, those images and
+    a table of every trial in one self-contained page. `study` None: no study was run. Returns the files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images: dict[str, bytes] = {}
+    for name in COMPARISON:
+        fig = figures.get(name)
+        if fig is None:
+            fig = _note_figure(f"{name}: not drawn ({skipped.get(name, 'no study')})")
+        images[name] = _png(fig)
+        with atomic_path(folder / f"{name}.png") as tmp:
+            tmp.write_bytes(images[name])
+    write_text(folder / COMPARISON_PAGE, comparison_page(study, images, skipped))
+    return [folder / f"{name}.png" for name in COMPARISON] + [folder / COMPARISON_PAGE]
+
+
+def _png(fig: Any) -> bytes:
+    """The figure as a 256-colour PNG: a third of matplotlib's RGBA size, and git keeps one per tuning run."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    with Image.open(buf) as im:
+        out = io.BytesIO()
+        im.convert("RGB").quantize(256).save(out, format="PNG", optimize=True)  # no metadata: same plot, same bytes
+    return out.getvalue()
+
+
+def _note_figure(text: str) -> Any:
+    """A small figure holding one line of text (a Figure without pyplot: nothing to close, no backend chosen)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 1.0))
+    fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=11)
+    return fig
+
+
+def comparison_page(study: optuna.Study | None, images: Mapping[str, bytes], skipped: Mapping[str, str]) -> str:
+    """COMPARISON_PAGE: the images inline (base64) and every trial as a row, best first, so one file opened
+    anywhere (a PR, an MLflow artifact) shows the whole study."""
+    esc = html.escape
+    if study is None:
+        title, summary, trials = "No study", "no study was run", []
+    else:
+        counts = trial_counts(study)
+        title = f"Study {study.study_name}"
+        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "no trials yet"
+        everything = study.get_trials(deepcopy=False)
+        ranked = best_trials(study, top=len(everything))
+        shown = {t.number for t in ranked}
+        trials = ranked + [t for t in everything if t.number not in shown]
+        if ranked:
+            direction = study.direction.name.lower()
+            summary += f"; best: trial {ranked[0].number}, value {ranked[0].value:.4f} ({direction})"
+    names: list[str] = []
+    for t in trials:
+        names += [k for k in t.params if k not in names]
+    head = "".join(f"<th>{esc(c)}</th>" for c in ("trial", "state", "value", "epochs", "seconds", *names, "MLflow run"))
+    rows = []
+    for t in trials:
+        seconds = f"{t.duration.total_seconds():.1f}" if t.duration else ""
+        cells = [str(t.number), t.state.name, "" if t.value is None else f"{t.value:.4f}"]
+        cells += [str(len(t.intermediate_values)), seconds]
+        cells += [format_value(t.params[n]) if n in t.params else "-" for n in names]
+        cells.append(str(t.user_attrs.get(RUN_ATTR, "")))
+        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    figures = []
+    for name, data in images.items():
+        note = f"<p>not drawn: {esc(skipped[name])}</p>" if name in skipped else ""
+        src = "data:image/png;base64," + base64.b64encode(data).decode()
+        figures.append(f'<h2>{esc(name)}</h2>{note}<img id="{esc(name)}" alt="{esc(name)}" src="{src}">')
+    style = (
+        "body{font-family:sans-serif;margin:1.5em}img{max-width:100%}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+    )
+    return (
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{style}</style></head>'
+        f"<body><h1>{esc(title)}</h1><p>{esc(summary)}</p>{''.join(figures)}"
+        f'<h2>trials</h2><table id="trials"><tr>{head}</tr>{"".join(rows)}</table></body></html>\n'
+    )
 
 
 def _close(figures: Mapping[str, Any]) -> None:

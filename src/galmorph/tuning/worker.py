@@ -151,6 +151,7 @@ def run_study(
     worker_trials: int | None = None,
     dataset_path: str | os.PathLike | None = None,
     plots: bool = True,
+    plots_dir: str | os.PathLike | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = _silent,
 ) -> StudyOutcome:
@@ -162,7 +163,8 @@ def run_study(
     before it trains (state FAIL, user attribute `skipped`, no MLflow run). A worker waits while the last
     trials run elsewhere, in case one of them fails and must be replaced.
     (Optuna's MaxTrialsCallback checks only after a trial ends, so concurrent workers overshoot it.)
-    `echo` receives the worker's messages: where the study stands, then one line per trial.
+    `echo` receives the worker's messages: where the study stands, then one line per trial. `plots_dir`
+    (the stage's tune.plots_dir) receives the comparison of the study's trials as this worker leaves it.
     """
     _check_tune_params(params)
     if worker_trials is not None and worker_trials < 1:
@@ -177,7 +179,7 @@ def run_study(
             if created and dataset_path is not None:
                 runs.log_dataset(catalogue, dataset_path, name="splits", context="tuning")
             ran = _work(study, objective, params.tune.n_trials, worker_trials, progress, echo)
-            skipped = log_study(study, params, plots=plots)
+            skipped = log_study(study, params, plots=plots, plots_dir=plots_dir)
     return StudyOutcome(
         study=study, storage=storage, parent_run_id=parent, ran=ran, inactive=inactive, skipped_plots=skipped
     )
@@ -202,9 +204,7 @@ def _parent_run(
         "optuna.direction": study.direction.name.lower(),
         "optuna.inactive_params": ", ".join(inactive) or "none",
     }
-    with runs.start_run(
-        cfg, "tune", sections, run_name=study.study_name if run_id is None else None, run_id=run_id, tags=tags
-    ) as run:
+    with runs.start_run(cfg, "tune", sections, run_id=run_id, tags=tags, system_metrics=True) as run:
         if run_id is None:
             study.set_user_attr(RUN_ATTR, run.info.run_id)
         yield run.info.run_id

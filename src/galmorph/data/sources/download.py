@@ -6,8 +6,9 @@
   resume asks `If-Range` with them, so a file that changed on the server comes back whole (200) and the
   `.part` is rewritten from the start rather than appended to; a `.part` without its record, of another URL,
   or answered with another ETag or size is started again. A server that ignores Range answers 200 too.
-- Retried with exponential backoff on connection errors, timeouts, 429 and 5xx. A failed attempt that still
-  grew the `.part` does not use up a retry: a flaky link that keeps making progress finishes eventually.
+- Retried with exponential backoff on connection errors, timeouts, 429 and 5xx (data.http: the policy the
+  cut-out client shares). A failed attempt that still grew the `.part` does not use up a retry: a flaky link
+  that keeps making progress finishes eventually.
 - The bytes are stored exactly as served (no Content-Encoding decoding, `Accept-Encoding: identity`), so the
   MD5 is that of the published file and a `.csv.gz` stays gzipped.
 - Only a complete, verified file is renamed to `dest`: `dest` existing means the download finished.
@@ -19,33 +20,21 @@ import errno
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
-import urllib3
 from tqdm import tqdm
 
+from galmorph.data.http import Retry as _Retry
+from galmorph.data.http import check_status as _check_status
+from galmorph.data.http import with_retries as _with_retries
 from galmorph.errors import UserError
 from galmorph.io import md5_digest, write_json
 
 CHUNK_SIZE = 1 << 20
-MAX_BACKOFF_S = 60.0
-RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _HEADERS = {"Accept-Encoding": "identity", "User-Agent": "galmorph-fetch"}
-
-T = TypeVar("T")
-
-
-class _Retry(Exception):
-    """A transient failure worth another attempt; `wait_s` is the server's Retry-After, when it sent one."""
-
-    def __init__(self, message: str, wait_s: float | None = None) -> None:
-        super().__init__(message)
-        self.wait_s = wait_s
 
 
 def part_path(dest: str | os.PathLike) -> Path:
@@ -85,49 +74,6 @@ def _if_range(record: dict[str, Any]) -> str | None:
 def _restart(part: Path, record: Path) -> None:
     part.unlink(missing_ok=True)
     record.unlink(missing_ok=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
-
-
-def _with_retries(
-    url: str,
-    attempt: Callable[[], T],
-    *,
-    retries: int,
-    backoff_s: float,
-    progress_of: Callable[[], int] = lambda: 0,
-) -> T:
-    """Run `attempt` until it returns; `_Retry` and network errors are retried at most `retries` times in a
-    row without progress (progress_of() growing), waiting backoff_s * 2**(k-1) (or Retry-After) in between."""
-    failures, best = 0, progress_of()
-    while True:
-        try:
-            return attempt()
-        except (_Retry, requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            reached = progress_of()
-            if reached > best:
-                best, failures = reached, 0
-            failures += 1
-            if failures > retries:
-                raise UserError(f"{url}: download failed after {failures} attempt(s): {_one_line(exc)}") from None
-            wait = backoff_s * 2 ** (failures - 1)
-            if isinstance(exc, _Retry) and exc.wait_s is not None:
-                wait = max(wait, exc.wait_s)
-            time.sleep(min(wait, MAX_BACKOFF_S))
-
-
-def _check_status(url: str, response: requests.Response) -> None:
-    if response.status_code in RETRY_STATUS:
-        raise _Retry(f"HTTP {response.status_code} {response.reason}", _retry_after(response))
-    if response.status_code >= 400:
-        raise UserError(f"{url}: HTTP {response.status_code} {response.reason} (check the URL in params.yaml)")
 
 
 def _content_range(value: str) -> tuple[int, int | None] | None:

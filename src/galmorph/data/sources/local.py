@@ -41,3 +41,9 @@ def describe_local(cfg: LocalConfig, raw_dir: str | os.PathLike) -> dict[str, An
         raise UserError(f"{images}: holds no .jpg files ({LAYOUT})")
     md5 = {"table2": file_md5(table2), "mapping": file_md5(mapping)}
     return catalogue_source("local", table2, mapping, images, md5)
+
+
+def listed_images(source: dict[str, Any]) -> tuple[Path, list[str]]:
+    """The image folder and every file under it (relative): what fetch hashes into images.md5."""
+    root = Path(source["images_dir"])
+    return root, [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]

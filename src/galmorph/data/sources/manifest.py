@@ -49,7 +49,15 @@ def describe_manifest(cfg: ManifestConfig, raw_dir: str | os.PathLike) -> dict[s
     if cfg.label_column is None and not cfg.vote_columns:
         raise UserError("data.manifest: set label_column or vote_columns (both are null)")
     check_threshold(cfg.vote_threshold, "data.manifest.vote_threshold")
-    named = (cfg.path_column, cfg.id_column, cfg.label_column, *(cfg.vote_columns or {}).values())
+    check_count_settings(cfg.count_columns, cfg.total_votes_column, cfg.vote_columns)
+    named = (
+        cfg.path_column,
+        cfg.id_column,
+        cfg.label_column,
+        *(cfg.vote_columns or {}).values(),
+        *(cfg.count_columns or {}).values(),
+        cfg.total_votes_column,
+    )
     check_columns(path, read_header(path), dict.fromkeys(c for c in named if c is not None))
     image_root = Path(cfg.image_root) if cfg.image_root is not None else path.parent
     if not image_root.is_dir():
@@ -67,7 +75,19 @@ def describe_manifest(cfg: ManifestConfig, raw_dir: str | os.PathLike) -> dict[s
         "vote_columns": dict(cfg.vote_columns) if cfg.vote_columns else None,
         "vote_threshold": cfg.vote_threshold,
         "md5": {"manifest": file_md5(path)},
+        # only when set: a source.json without counts stays byte-identical (no rerun of join)
+        **({"count_columns": dict(cfg.count_columns)} if cfg.count_columns else {}),
+        **({"total_votes_column": cfg.total_votes_column} if cfg.total_votes_column is not None else {}),
     }
+
+
+def listed_images(source: Mapping[str, Any]) -> tuple[Path, list[str]]:
+    """The image root and every path the manifest's path column names (as written, relative to the root or
+    absolute): what fetch hashes into images.md5."""
+    path = Path(source["path"])
+    column = source["path_column"]
+    values = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)[column]
+    return Path(source["image_root"]), [v.strip() for v in values if v.strip()]
 
 
 def _manifest_schema(source: Mapping[str, Any]) -> dict[str, str]:
@@ -85,7 +105,16 @@ def _manifest_schema(source: Mapping[str, Any]) -> dict[str, str]:
                 raise UserError(
                     f"data.manifest.label_map: {key!r} maps to {value!r}; expected one of {', '.join(allowed)}"
                 )
-    columns = [source["path_column"], source.get("id_column"), label_col, *(votes or {}).values()]
+    counts, total = source.get("count_columns") or None, source.get("total_votes_column")
+    check_count_settings(counts, total, votes)
+    columns = [
+        source["path_column"],
+        source.get("id_column"),
+        label_col,
+        *(votes or {}).values(),
+        *(counts or {}).values(),
+        total,
+    ]
     return dict.fromkeys((c for c in columns if c is not None), "text")
 
 
@@ -119,6 +148,41 @@ def _vote_fractions(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
     return values
 
 
+def check_count_settings(counts: Mapping[str, str] | None, total: str | None, votes: Mapping[str, str] | None) -> None:
+    """Vote counts come from count columns or from vote fractions x a total-votes column, not both."""
+    if counts and total is not None:
+        raise UserError("data.manifest: set count_columns or total_votes_column, not both")
+    if counts and set(counts) != set(CLASSES):
+        raise UserError(f"data.manifest.count_columns: expected keys {', '.join(CLASSES)}, got {', '.join(counts)}")
+    if total is not None and not votes:
+        raise UserError("data.manifest.total_votes_column: needs vote_columns (the fractions it multiplies)")
+
+
+def _count_values(path: Path, df: pd.DataFrame, column: str) -> np.ndarray:
+    """A count column as floats; empty cells are NaN (no votes recorded), anything else must be >= 0."""
+    text = df[column].str.strip()
+    values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+    bad = (np.isnan(values) & (text != "").to_numpy()) | ~(np.isnan(values) | (np.isfinite(values) & (values >= 0)))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise fail_at(path, i, column, f"expected a vote count (a number >= 0), got {text.iat[i]!r}")
+    return values
+
+
+def _vote_counts(
+    path: Path, df: pd.DataFrame, source: Mapping[str, Any], p_sp: np.ndarray, p_el: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(spiral, elliptical) vote counts per row, NaN where unknown: what train.loss dirichlet learns from."""
+    counts, total = source.get("count_columns") or None, source.get("total_votes_column")
+    if counts:
+        return _count_values(path, df, counts["spiral"]), _count_values(path, df, counts["elliptical"])
+    if total is not None:
+        n = _count_values(path, df, total)
+        return p_sp * n, p_el * n
+    nan = np.full(len(df), np.nan)
+    return nan, nan.copy()
+
+
 def read_manifest_catalogue(source: Mapping[str, Any], *, root: str | os.PathLike | None = None) -> JoinResult:
     """Any labelled image set as a catalogue: a CSV with an image-path column and either a label column
     (mapped through label_map; values it does not name are dropped and counted) or vote-fraction columns
@@ -133,7 +197,11 @@ def read_manifest_catalogue(source: Mapping[str, Any], *, root: str | os.PathLik
     threshold = float(source.get("vote_threshold", 0.8))
     schema = _manifest_schema(source)
     check_file(path, "manifest")
-    kept = [c for c in KEPT_MANIFEST_COLUMNS if c in read_header(path) and c not in schema]
+    # evaluate-folder keeps every column of the user's CSV in its predictions (keep_columns: "all")
+    wanted = read_header(path) if source.get("keep_columns") == "all" else KEPT_MANIFEST_COLUMNS
+    taken = {"galaxy_id", "image_path", "label", "label_id", "label_raw", "source_path", "p_spiral", "p_elliptical"}
+    taken |= {"count_spiral", "count_elliptical"}
+    kept = [c for c in wanted if c in read_header(path) and c not in schema and c not in taken]
     df = read_typed_csv(path, {**schema, **dict.fromkeys(kept, "text")}, "manifest")
     report: dict[str, Any] = {
         "kind": "manifest",
@@ -151,6 +219,8 @@ def read_manifest_catalogue(source: Mapping[str, Any], *, root: str | os.PathLik
     p_sp = _vote_fractions(path, df, votes["spiral"]) if votes else nan
     p_el = _vote_fractions(path, df, votes["elliptical"]) if votes else nan
     has_votes = ~(np.isnan(p_sp) | np.isnan(p_el))
+    n_sp, n_el = _vote_counts(path, df, source, p_sp, p_el)
+    report["rows_with_counts"] = int((np.isfinite(n_sp) & np.isfinite(n_el)).sum())
     by_votes = threshold_codes(p_sp, p_el, threshold, strict=False)
 
     if label_col is not None:
@@ -188,6 +258,8 @@ def read_manifest_catalogue(source: Mapping[str, Any], *, root: str | os.PathLik
             "label_id": codes,
             "p_spiral": p_sp,
             "p_elliptical": p_el,
+            "count_spiral": n_sp,
+            "count_elliptical": n_el,
             "source_path": rel.to_numpy(dtype=object),
             **({"label_raw": df[label_col].to_numpy(dtype=object)} if label_col is not None else {}),
             **{c: df[c].to_numpy(dtype=object) for c in kept},

@@ -20,21 +20,32 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from galmorph.data.gzcsv import IMAGES_SUBDIR, MAPPING_NAME, TABLE2_NAME
 from galmorph.errors import UserError
-from galmorph.io import write_json
+from galmorph.io import file_md5, write_json, write_text
 from galmorph.paths import portable_path
 
 SOURCE_JSON = "source.json"
+IMAGE_HASHES = "images.md5"
+"""local and manifest: the md5 of every image the source names (md5sum format), so the commit pins the pixels."""
 OWNED_JSON = ".owned.json"
 """The ownership record: the names in raw_dir that fetch wrote (and so may remove or replace)."""
 DOWNLOADS_JSON = ".downloads.json"
 """The galaxyzoo source's ledger: URL and MD5 of each finished download, so a re-run knows what it has."""
 IMAGES_ROOT = IMAGES_SUBDIR.parts[0]
 ZIP_NAME = f"{IMAGES_ROOT}.zip"
+COORDS_CSV = "coords.csv"
+"""coords: the catalogue's rows that have a cut-out, as a manifest (image file, id, labels or votes)."""
+CUTOUTS_ROOT = "cutouts"
+"""coords: the fetched cut-outs (links to, or copies of, the cut-out cache's files), versioned by DVC."""
+CUTOUTS_FAILED = "cutouts_failed.csv"
+"""coords: the catalogue's rows without a usable cut-out, and why (off the footprint, a failed request)."""
 #: Every top-level name a source may create in raw_dir; nothing else there is ever touched.
 MANAGED = frozenset(
-    {SOURCE_JSON, DOWNLOADS_JSON, TABLE2_NAME, f"{TABLE2_NAME}.gz", MAPPING_NAME, IMAGES_ROOT, ZIP_NAME}
+    {SOURCE_JSON, IMAGE_HASHES, DOWNLOADS_JSON, TABLE2_NAME, f"{TABLE2_NAME}.gz", MAPPING_NAME, IMAGES_ROOT, ZIP_NAME}
+    | {COORDS_CSV, CUTOUTS_ROOT, CUTOUTS_FAILED}
 )
 UNPACKING = f".{IMAGES_ROOT}.unpacking"
 _PART_SUFFIXES = (".part", ".part.json")
@@ -197,3 +208,25 @@ def catalogue_source(
         "md5": md5,
         **extra,
     }
+
+
+def write_image_hashes(
+    raw_dir: str | os.PathLike, root: str | os.PathLike, names: Iterable[str], *, progress: bool = True
+) -> dict[str, Any]:
+    """The md5 of every image a local or manifest source names, as `<raw_dir>/images.md5` (`md5sum -c` reads it
+    from `root`). Those images live outside raw_dir, so without it a commit pinned the catalogue but not the
+    pixels: now a replaced image changes raw_dir's hash in dvc.lock and reruns what depends on it. Returns the
+    counts and the file's own md5 for source.json; names that are not a file are counted, not fatal (select
+    reports them per row)."""
+    root = Path(root)
+    lines, missing = [], 0
+    unique = sorted(set(names))
+    for name in tqdm(unique, desc="hashing images", unit="img", disable=not progress, leave=False):
+        path = root / name
+        if not path.is_file():
+            missing += 1
+            continue
+        lines.append(f"{file_md5(path)}  {name}")
+    target = Path(raw_dir) / IMAGE_HASHES
+    write_text(target, "".join(f"{line}\n" for line in lines))
+    return {"images_hashed": len(lines), "images_not_found": missing, "images_md5": file_md5(target)}

@@ -1,0 +1,44 @@
+"""The README's commands are the ones that run: its copy of `make real` is the Makefile's, and every override in
+the real-data recipes names a parameter with a valid value."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+
+from galmorph.cli import resolve_params
+
+from .conftest import REPO
+
+
+def makefile_overrides(name: str) -> list[str]:
+    """The `-S key=value` arguments of a Makefile variable (continuation lines joined)."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    match = re.search(rf"^{name} := (.*)$", text, re.M)
+    assert match, f"Makefile: no {name}"
+    args = shlex.split(match[1])
+    assert args[::2] == ["-S"] * (len(args) // 2), args
+    return args[1::2]
+
+
+def readme_block(marker: str) -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split(f"<!-- {marker} -->\n", 1)[1].split(f"<!-- /{marker} -->", 1)[0]
+
+
+def test_readme_real_command_is_the_makefiles():
+    block = readme_block("real-cpu")
+    command = shlex.split(block.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " "))
+    assert command[:5] == ["dvc", "exp", "run", "-n", "real-cpu"]
+    assert command[5::2] == ["-S"] * len(command[6::2]) and command[6::2] == makefile_overrides("REAL_CPU")
+    assert "$(BIN)/dvc exp run -n real-cpu $(REAL_CPU)" in (REPO / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("name", ["REAL_CPU", "REAL_GPU"])
+def test_real_recipes_name_valid_parameters(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    params = resolve_params(None, makefile_overrides(name))
+    assert params.data.source == "manifest" and params.train.mode == "finetune"
+    assert params.evaluate.ood_manifest == "../shared/ood-dev/labels.csv"
