@@ -77,9 +77,7 @@ def survey(per_source: int, cfg: PreprocessConfig, seed: int) -> pd.DataFrame:
         ood = pd.read_csv(OOD / "labels.csv", usecols=["filename", "label"])
         frames.append(ood.assign(dataset="ood-dev (DECaLS)", root=str(OOD)))
     rows = pd.concat(frames, ignore_index=True)
-    rows = rows.groupby("dataset", group_keys=False).apply(
-        lambda g: g.sample(n=min(per_source, len(g)), random_state=seed)
-    )
+    rows = pd.concat([g.sample(n=min(per_source, len(g)), random_state=seed) for _, g in rows.groupby("dataset")])
     out = []
     for r in rows.itertuples():
         img = load_rgb(Path(r.root) / r.filename)

@@ -16,6 +16,7 @@ from galmorph.config import PreprocessConfig, replace, stored_preprocess
 from galmorph.data import framing
 from galmorph.data.transforms import MEAN, STD, EvalPreset, TrainPreset
 from galmorph.errors import UserError
+from galmorph.evaluation.galleries import display_image
 from galmorph.models.resnet import build_model, load_model, save_model
 from tests.training_utils import one_thread
 
@@ -123,6 +124,18 @@ def test_a_bright_star_off_centre_does_not_capture_the_frame():
     assert both.radius == pytest.approx(petrosian_over_scale("gauss") * 8.0, rel=0.15)
 
 
+def test_a_brighter_neighbour_merged_into_the_segment_does_not_pull_the_centre():
+    img = np.asarray(galaxy(8.0, peak=120.0), dtype=np.float64)
+    yy, xx = np.indices(img.shape[:2]) + 0.5
+    neighbour = 230.0 * np.exp(-((xx - 262.0) ** 2 + (yy - 230.0) ** 2) / (2 * 12.0**2))  # overlaps the target
+    merged = Image.fromarray(np.clip(img + neighbour[..., None], 0, 255).astype(np.uint8), "RGB")
+    src = framing.measure(merged)
+    assert src is not None
+    assert (src.x, src.y) == pytest.approx((212, 212), abs=2.5)  # the segment's centroid is ~30 px off
+    left, top, right, bottom = framing.frame_box(merged, unit=424, fallback=256, scale=2.5, min_side=48)
+    assert ((left + right) / 2, (top + bottom) / 2) == pytest.approx((212, 212), abs=2.5)
+
+
 def test_a_galaxy_filling_the_frame_is_clamped_to_the_frame_and_a_tiny_one_to_frame_min():
     big = galaxy(150.0)  # its light still 70 grey levels above the sky at the border
     assert framing.measure(big) is not None  # found (not the fallback, which would be 256 px)
@@ -146,6 +159,16 @@ def test_eval_and_train_presets_give_the_network_its_input_size():
     train = TrainPreset(ADAPTIVE, aug(rotation=180.0, flip=True, scale=[0.9, 1.1], translate=0.05, color_jitter=0.05))
     assert train(img).shape == (3, 64, 64)
     assert EvalPreset(ADAPTIVE)(galaxy(0.0)).shape == (3, 64, 64)  # the fallback too
+
+
+def test_gallery_thumbnails_show_the_adaptive_frame(tmp_path):
+    path = tmp_path / "small.png"
+    galaxy(5.0).save(path)
+    adaptive = np.asarray(display_image(path, ADAPTIVE, size=96), dtype=float)
+    fixed = np.asarray(display_image(path, replace(ADAPTIVE, framing="fixed"), size=96), dtype=float)
+    assert adaptive.shape == fixed.shape == (96, 96, 3)
+    # a 5-px galaxy: the fixed 256-px crop is mostly sky, the adaptive one (~48 px) mostly galaxy
+    assert adaptive.mean() > fixed.mean() + 8  # 33 against 20 grey levels
 
 
 def test_fixed_framing_is_the_old_centre_crop_pixel_for_pixel():

@@ -12,9 +12,10 @@ The measurement, on a grey copy box-reduced to about WORK_SIZE px and smoothed 3
 3. the component containing the image centre, else the one nearest to it within MAX_OFFSET of the side, of at
    least MIN_AREA pixels and peaking above PEAK_NSIGMA x noise; none: no central source (the caller falls back
    to the fixed crop). A bright star away from the centre therefore never captures the frame;
-4. its flux-weighted centroid, and the Petrosian radius about that centre: the radius where the surface
-   brightness of the ring falls to PETROSIAN_ETA (0.2, SDSS's value) of the mean surface brightness inside it.
-   Pixels of other components (field stars, neighbours) are left out of the rings, whose means stand in for
+4. its centre: a flux-weighted centroid in a small window, iterated from the image centre (cut-outs are centred
+   on their target) or from the component's peak, so a brighter neighbour merged into the segment does not pull
+   it; and the Petrosian radius about that centre: the radius where the surface brightness of the ring falls
+   to PETROSIAN_ETA (0.2, SDSS's value) of the mean surface brightness inside it. Pixels of other components (field stars, neighbours) are left out of the rings, whose means stand in for
    them. The Petrosian radius rather than flux-weighted second moments because it is a ratio of two surface
    brightnesses: it does not depend on the depth of the image, the detection threshold or the galaxy's total
    flux (a deeper survey does not frame wider), and the light of a star merged into the segment shifts it far
@@ -43,6 +44,8 @@ MIN_AREA = 6
 MAX_OFFSET = 0.25
 """A central source not containing the centre must come within this fraction of the short side of it."""
 PETROSIAN_ETA = 0.2
+WINDOW = 3
+"""Half-width in work pixels (~9 px of a 424-px image) of the window that centres on the target's light."""
 NOISE_FLOOR = 0.25
 """Grey levels (of 255): the least noise assumed, for clipped JPEG skies whose MAD is zero."""
 
@@ -90,7 +93,7 @@ def central_source(grey: np.ndarray) -> tuple[float, float, float, bool] | None:
     cy, cx = (h - 1) / 2, (w - 1) / 2
     centre = labels[int(round(cy)), int(round(cx))]
     if centre and ok[centre - 1]:
-        pick = centre
+        pick, start = centre, (cy, cx)
     else:
         if not ok.any():
             return None
@@ -104,9 +107,31 @@ def central_source(grey: np.ndarray) -> tuple[float, float, float, bool] | None:
         pick = int(np.argmin(nearest))
         if nearest[pick] > (MAX_OFFSET * min(h, w)) ** 2:
             return None
-    y0, x0 = (float(c) for c in ndimage.center_of_mass(smooth - bg, labels, pick))  # > 0 on the component
+        start = ndimage.maximum_position(smooth, labels, pick)
+    y0, x0 = windowed_centre(np.clip(smooth - bg, 0, None), *start)
     radius, clamped = petrosian_radius(grey - bg, (labels > 0) & (labels != pick), x0, y0)
     return x0, y0, radius, clamped
+
+
+def windowed_centre(flux: np.ndarray, y: float, x: float, iterations: int = 5) -> tuple[float, float]:
+    """(y, x): the flux-weighted centroid in a (2 WINDOW + 1)-px square, moved to it and recomputed until it
+    settles. It climbs to the target's own light; a whole segment's centroid is pulled towards a brighter
+    neighbour merged into it, and the crop would centre between the two."""
+    h, w = flux.shape
+    for _ in range(iterations):
+        iy, ix = min(max(round(y), 0), h - 1), min(max(round(x), 0), w - 1)
+        top, left = max(iy - WINDOW, 0), max(ix - WINDOW, 0)
+        patch = flux[top : iy + WINDOW + 1, left : ix + WINDOW + 1]
+        total = float(patch.sum())
+        if total <= 0:
+            break
+        py, px = np.ogrid[: patch.shape[0], : patch.shape[1]]
+        ny, nx = top + float((patch * py).sum()) / total, left + float((patch * px).sum()) / total
+        moved = abs(ny - y) + abs(nx - x)
+        y, x = ny, nx
+        if moved < 0.05:
+            break
+    return float(y), float(x)
 
 
 def petrosian_radius(flux: np.ndarray, masked: np.ndarray, x0: float, y0: float) -> tuple[float, bool]:
