@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from galmorph.config import FitsConfig
-from galmorph.data.image_errors import ImageError
+from galmorph.data.image_errors import ImageError, check_dimensions
 from galmorph.errors import UserError
 
 MAGIC = b"SIMPLE  ="
@@ -202,18 +202,7 @@ def check_hdu(hdu: Hdu, size: int, *, max_pixels: int, max_aspect: int) -> None:
         cube = min(hdu.axes, default=0) > 0 and len(hdu.axes) > 2
         what = f" (a cube of {hdu.planes} planes)" if cube else ""
         raise ImageError("unsupported_mode", f"HDU {hdu.describe()}{what}: expected an image of one band or three")
-    width, height = hdu.axes[0], hdu.axes[1]
-    if width * height > max_pixels:
-        raise ImageError(
-            "too_large",
-            f"{width}x{height} pixels ({width * height / 1e6:.1f} Mpx), over the {max_pixels / 1e6:g} Mpx limit: "
-            "send a smaller cut-out",
-        )
-    if max(width, height) > max_aspect * min(width, height):
-        raise ImageError(
-            "elongated",
-            f"{width}x{height} pixels: more than {max_aspect} times as long as it is wide; a cut-out is about square",
-        )
+    check_dimensions(hdu.axes[0], hdu.axes[1], max_pixels, max_aspect)
     if hdu.data_end > size:
         raise ImageError("truncated", f"the data of HDU {hdu.index} stops early (the file is cut short)")
     if hdu.codec is not None:

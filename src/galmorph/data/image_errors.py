@@ -27,3 +27,19 @@ class ImageError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def check_dimensions(width: int, height: int, max_pixels: int, max_aspect: float) -> None:
+    """The size rules every decoder applies from the header, before reading pixels: at most `max_pixels`
+    (decompression bombs) and at most `max_aspect` times as long as wide (strips the framing would blow up)."""
+    if width * height > max_pixels:
+        raise ImageError(
+            "too_large",
+            f"{width}x{height} pixels ({width * height / 1e6:.1f} Mpx), over the {max_pixels / 1e6:g} Mpx limit: "
+            "send a smaller cut-out",
+        )
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageError(
+            "elongated",
+            f"{width}x{height} pixels: more than {max_aspect} times as long as it is wide; a cut-out is about square",
+        )

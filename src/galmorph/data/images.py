@@ -39,7 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from galmorph.config import FitsConfig
 from galmorph.data.fits import MAGIC as FITS_MAGIC
 from galmorph.data.fits import BandFiles, bands_rgb, read_band, read_fits
-from galmorph.data.image_errors import REASONS, ImageError  # noqa: F401  (REASONS: the loader's public names)
+from galmorph.data.image_errors import REASONS, ImageError, check_dimensions  # noqa: F401  (REASONS: the loader's public names)
 
 # PIL only warns about an image between MAX_IMAGE_PIXELS and twice that: an error here, raised while the file
 # is opened (pixel_limit caps every limit at MAX_IMAGE_PIXELS too, so such an image is refused either way).
@@ -187,17 +187,7 @@ def read_image(
         limit = pixel_limit(max_pixels)
         if width < 1 or height < 1:
             raise ImageError("corrupt", f"declares {width}x{height} pixels: no image in it")
-        if width * height > limit:
-            raise ImageError(
-                "too_large",
-                f"{width}x{height} pixels ({width * height / 1e6:.1f} Mpx), over the {limit / 1e6:g} Mpx limit: "
-                "send a smaller cut-out",
-            )
-        if max(width, height) > MAX_ASPECT * min(width, height):
-            raise ImageError(
-                "elongated",
-                f"{width}x{height} pixels: more than {MAX_ASPECT} times as long as it is wide; a cut-out is about square",
-            )
+        check_dimensions(width, height, limit, MAX_ASPECT)
         try:
             im.load()
             if fmt == "JPEG" and _jpeg_cut_short(fh, size):
