@@ -416,14 +416,14 @@ def test_decodes_in_flight_are_bounded(logged, monkeypatch):
     busy, peak, lock = 0, 0, threading.Lock()
     real_decode = inference.decode_image
 
-    def slow_decode(item, limits=None, fits=None):
+    def slow_decode(item, limits=None, fits=None, draft=None):
         nonlocal busy, peak
         with lock:
             busy += 1
             peak = max(peak, busy)
         time.sleep(0.05)
         try:
-            return real_decode(item, limits, fits)
+            return real_decode(item, limits, fits, draft)
         finally:
             with lock:
                 busy -= 1

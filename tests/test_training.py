@@ -160,11 +160,8 @@ def test_missing_split_column_is_a_user_error(catalogue, params, tmp_path):
         fit(catalogue, tiny_params(params, tmp_path), split_column="split_9", progress=False)
 
 
-@pytest.mark.parametrize("mode", ["frozen", "finetune"])
-def test_resume_after_a_kill_equals_an_uninterrupted_run(catalogue, params, tmp_path, mode):
-    extra = {"num_workers": 1} if mode == "finetune" else {}  # augmentation in a worker process, reseeded per epoch
-    p = tiny_params(params, tmp_path, mode=mode, epochs=3, lr=0.003, warmup_epochs=1, **extra)
-    straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
+def _kill_after_first_epoch(catalogue, p, checkpoint_dir):
+    """A run killed once epoch 1 is checkpointed (what a resume then starts from)."""
 
     class Killed(Exception):
         pass
@@ -174,7 +171,16 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(catalogue, params, tmp_
             raise Killed
 
     with pytest.raises(Killed):
-        fit(catalogue, p, checkpoint_dir=tmp_path / "b", on_epoch=kill_after_first, progress=False)
+        fit(catalogue, p, checkpoint_dir=checkpoint_dir, on_epoch=kill_after_first, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(catalogue, params, tmp_path, mode):
+    extra = {"num_workers": 1} if mode == "finetune" else {}  # augmentation in a worker process, reseeded per epoch
+    p = tiny_params(params, tmp_path, mode=mode, epochs=3, lr=0.003, warmup_epochs=1, **extra)
+    straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
+
+    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
     ckpt = load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
     resumed_epochs = []
@@ -291,3 +297,25 @@ def test_train_preset_without_augmentation_frames_like_the_eval_preset(params):
     assert train.shape == evaluated.shape == (3, params.preprocess.image_size, params.preprocess.image_size)
     assert params.preprocess.crop > 2 * params.preprocess.image_size  # the downscaled path is the one tested
     assert float((train - evaluated).abs().max()) < 0.1  # normalised units: a few grey levels at most
+
+
+def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, tmp_path):
+    """train.ema: validation, the best epoch and the returned model are the moving average (not the last step's
+    weights), and a run killed after epoch 1 resumes to the same average."""
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=3, lr=0.003, ema=0.9)
+    plain = fit(catalogue, tiny_params(params, tmp_path, mode="finetune", epochs=3, lr=0.003), progress=False)
+    straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
+    assert any(not torch.equal(v, straight.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    val = catalogue[catalogue["split"] == "val"]
+    logits = predict_logits(
+        straight.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu", precision="fp32"
+    )
+    np.testing.assert_allclose(logits, straight.val_logits, rtol=1e-3, atol=1e-3)
+
+    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
+    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    with pytest.raises(UserError, match="train.ema"):
+        fit(catalogue, tiny_params(params, tmp_path, mode="finetune", ema=1.5), progress=False)

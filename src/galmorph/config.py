@@ -134,18 +134,87 @@ class PreprocessConfig:
     framing: Literal["fixed", "adaptive"] = "fixed"
     frame_scale: float = 2.5
     frame_min: int = 48
+    # full: decode every pixel; draft: a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg,
+    # PIL's Image.draft) down to the smallest scale that still covers the network's input, and the fixed crop
+    # and the resize are one resample. Stored in the model file, so training and serving decode alike.
+    decode: Literal["full", "draft"] = "full"
+    # none: the pixels as decoded; border: per channel, the sky (median of the outer sky_border of each side)
+    # subtracted and the sky_percentile-th percentile stretched to sky_level x 255 (data/photometry.py), first,
+    # before any framing. A model file written before this existed lacks the keys: none (stored_preprocess).
+    sky: Literal["none", "border"] = "none"
+    sky_border: float = 0.1
+    sky_percentile: float = 99.5
+    sky_level: float = 0.9
 
     def __post_init__(self) -> None:
         if not 0.0 < self.frame_scale < float("inf"):
             raise UserError(f"params: preprocess.frame_scale: expected a number > 0, got {self.frame_scale!r}")
         if self.frame_min < 1:  # above `resize` it is the whole frame (the crop never exceeds the frame)
             raise UserError(f"params: preprocess.frame_min: expected an integer >= 1, got {self.frame_min!r}")
+        if not 0.0 < self.sky_border < 0.5:
+            raise UserError(f"params: preprocess.sky_border: expected a fraction in (0, 0.5), got {self.sky_border!r}")
+        if not 50.0 < self.sky_percentile <= 100.0:
+            raise UserError(
+                f"params: preprocess.sky_percentile: expected a percentile in (50, 100], got {self.sky_percentile!r}"
+            )
+        if not 0.0 < self.sky_level <= 1.0:
+            raise UserError(f"params: preprocess.sky_level: expected a number in (0, 1], got {self.sky_level!r}")
 
 
 def stored_preprocess(raw: Any, where: str = "preprocess") -> PreprocessConfig:
     """A model file's preprocess; one written before adaptive framing lacks the framing keys: the fixed crop."""
     defaults = {f.name: f.default for f in dataclasses.fields(PreprocessConfig) if f.default is not dataclasses.MISSING}
     return from_dict(PreprocessConfig, {**defaults, **raw} if isinstance(raw, dict) else raw, where)
+
+
+def _range(lo: float, hi: float) -> Any:
+    return dataclasses.field(default_factory=lambda: [lo, hi])
+
+
+@dataclasses.dataclass(frozen=True)
+class SurveyConfig:
+    """Survey and camera differences applied to training batches (data/survey.py): each image gets them with
+    probability `p` (0: off, today's training), then each effect with its own probability, its strength drawn
+    uniformly from its [low, high] range. Sizes are pixels of the network's input."""
+
+    p: float = 0.0
+    blur_p: float = 0.5
+    blur_sigma: list[float] = _range(0.3, 1.5)  # Gaussian PSF, px
+    pixel_p: float = 0.3
+    pixel_scale: list[float] = _range(0.35, 0.9)  # down-sampled to this share of the side, then back up
+    noise_p: float = 0.5
+    noise_sigma: list[float] = _range(0.0, 0.04)  # Gaussian read noise (of 1)
+    noise_gain: list[float] = _range(0.0, 0.02)  # Poisson-like: variance += gain x signal
+    sky_p: float = 0.5
+    sky_offset: list[float] = _range(-0.02, 0.12)  # added per image and channel (sky level and colour)
+    colour_p: float = 0.5
+    colour_gain: list[float] = _range(0.75, 1.3)  # per image and channel (colour balance)
+    gamma_p: float = 0.5
+    gamma: list[float] = _range(0.6, 1.6)  # x ** gamma, log-uniform
+    saturate_p: float = 0.2
+    saturate_fraction: list[float] = _range(0.001, 0.01)  # brightest share of pixels: stretched to flat white
+    stars_p: float = 0.3
+    stars_count: list[int] = dataclasses.field(default_factory=lambda: [1, 8])
+    star_flux: list[float] = _range(0.2, 1.0)  # peak, of 1
+    star_sigma: list[float] = _range(0.5, 1.5)  # px
+    grey_p: float = 0.1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "p" or f.name.endswith("_p"):
+                if not 0.0 <= value <= 1.0:
+                    raise UserError(f"params: augment.survey.{f.name}: expected a probability in [0, 1], got {value!r}")
+                continue
+            lowest = {"noise_sigma": 0.0, "noise_gain": 0.0, "sky_offset": -1.0, "stars_count": 0}.get(f.name)
+            top = 1.0 if f.name in ("pixel_scale", "saturate_fraction", "sky_offset") else float("inf")
+            ok = len(value) == 2 and value[0] <= value[1] and value[1] <= top and value[1] < float("inf")
+            if not (ok and (value[0] >= lowest if lowest is not None else value[0] > 0)):
+                low = f"{lowest} <= low" if lowest is not None else "0 < low"
+                high = f" <= {top:g}" if top < float("inf") else ""
+                raise UserError(
+                    f"params: augment.survey.{f.name}: expected [low, high], {low} <= high{high}; got {value!r}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +224,7 @@ class AugmentConfig:
     scale: list[float]
     translate: float
     color_jitter: float
+    survey: SurveyConfig = dataclasses.field(default_factory=SurveyConfig)  # off unless survey.p > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +273,12 @@ class TrainConfig:
     metrics: str
     curves: str
     label_votes: float = 1.0  # dirichlet: the votes a galaxy with a label but no vote counts stands for
+    # finetune: files (decode + augment every image every epoch in num_workers processes) | cache (decode and
+    # frame each image once into memory as uint8 at twice image_size, then augment whole batches as tensors)
+    loader: Literal["files", "cache"] = "files"
+    # decay of an exponential moving average of the weights, updated every step (e.g. 0.999); validation, the
+    # best epoch and the saved model use the average. Blank: off (the last step's weights)
+    ema: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

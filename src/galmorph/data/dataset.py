@@ -113,6 +113,7 @@ class ImageDataset(Dataset):
             self.soft = np.full((len(self.sources), len(CLASSES)), np.nan, dtype=np.float32)
         self.transform = transform
         self.fits = fits
+        self.draft = getattr(transform, "draft", None)  # a preset says how small its JPEGs may be decoded
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -120,7 +121,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor, int]:
         src = self.sources[index]
         try:
-            img = load_rgb(src, fits=self.fits)
+            img = load_rgb(src, fits=self.fits, draft=self.draft)
         except (OSError, ValueError) as exc:
             where = "image bytes" if isinstance(src, bytes | bytearray) else str(src)
             raise UserError(f"{where}: cannot read image (row {index}): {exc}") from None

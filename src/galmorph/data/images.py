@@ -157,10 +157,18 @@ def _decode_error(exc: BaseException) -> ImageError:
 
 
 def read_image(
-    fh: BinaryIO, size: int, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, fits: FitsConfig | None = None
+    fh: BinaryIO,
+    size: int,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    fits: FitsConfig | None = None,
+    draft: int | None = None,
 ) -> Loaded:
     """Decode an open, seekable binary file of `size` bytes completely to 8-bit RGB, or raise ImageError.
     A FITS file is read by data.fits with `fits` (default: FitsConfig(), params.yaml's defaults).
+    `draft`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as its short side keeps at least this many
+    pixels (libjpeg scales in the DCT domain: most of the decoding cost is never paid); width and height stay
+    the file's own. Every other format is decoded in full.
 
     OSErrors of the file itself (errno set: EIO, EISDIR...) propagate; PIL's ImageFile.LOAD_TRUNCATED_IMAGES
     must stay False for truncation to be caught.
@@ -188,6 +196,9 @@ def read_image(
         if width < 1 or height < 1:
             raise ImageError("corrupt", f"declares {width}x{height} pixels: no image in it")
         check_dimensions(width, height, limit, MAX_ASPECT)
+        if draft and fmt == "JPEG":
+            short = min(width, height)
+            im.draft(None, (-(-draft * width // short), -(-draft * height // short)))
         try:
             im.load()
             if fmt == "JPEG" and _jpeg_cut_short(fh, size):
@@ -262,17 +273,18 @@ def load_rgb(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     fits: FitsConfig | None = None,
+    draft: int | None = None,
 ) -> Image.Image:
     """A local file (trusted: any path), bytes or three FITS band files -> 8-bit RGB; ImageError for what is
-    not a usable image, OSError (FileNotFoundError...) when a file cannot be opened."""
+    not a usable image, OSError (FileNotFoundError...) when a file cannot be opened. `draft`: see read_image."""
     if isinstance(src, BandFiles):
         return load_bands(src, max_pixels=max_pixels, fits=fits)
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
-        return read_image(io.BytesIO(data), len(data), max_pixels=max_pixels, fits=fits).image
+        return read_image(io.BytesIO(data), len(data), max_pixels=max_pixels, fits=fits, draft=draft).image
     fh, size = open_file(src)
     with fh:
-        return read_image(fh, size, max_pixels=max_pixels, fits=fits).image
+        return read_image(fh, size, max_pixels=max_pixels, fits=fits, draft=draft).image
 
 
 _INTEGER_OR_FLOAT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -368,20 +380,23 @@ _PATHS_OFF = "paths are not accepted here: send the image itself (base64 or byte
 _NO_FILE = "no readable image file at that path under the server's image root"
 
 
-def decode_image(item: Any, limits: InputLimits | None = None, fits: FitsConfig | None = None) -> Image.Image:
+def decode_image(
+    item: Any, limits: InputLimits | None = None, fits: FitsConfig | None = None, draft: int | None = None
+) -> Image.Image:
     """One input row of a served model -> PIL RGB, or ImageError saying what was wrong.
 
     bytes: the image file's bytes. Text: base64 (optionally a data: URL), or `file:<path>` for a file under
     `limits.image_root` (refused when there is none). Base64 vs path is decided by the prefix, never by
     whether a file exists, and no message names a server path or an OS error. A Path object (or BandFiles)
-    is a local, trusted file (galmorph predict) and is read wherever it is. `fits`: how FITS files are read.
+    is a local, trusted file (galmorph predict) and is read wherever it is. `fits`: how FITS files are read;
+    `draft`: how small a JPEG may be decoded (read_image).
     """
     limits = limits or InputLimits()
     if isinstance(item, bytes | bytearray | memoryview):
         data = bytes(item)
-        return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels, fits=fits).image
+        return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels, fits=fits, draft=draft).image
     if isinstance(item, os.PathLike | BandFiles):
-        return load_rgb(item, max_pixels=limits.max_pixels, fits=fits)
+        return load_rgb(item, max_pixels=limits.max_pixels, fits=fits, draft=draft)
     if not isinstance(item, str):
         if item is None or (isinstance(item, float) and math.isnan(item)):
             raise ImageError("no_image", "no image (empty value)")
@@ -392,7 +407,7 @@ def decode_image(item: Any, limits: InputLimits | None = None, fits: FitsConfig 
     if not text:
         raise ImageError("no_image", "no image (empty string)")
     if text.startswith(FILE_PREFIX):
-        return _read_under_root(text[len(FILE_PREFIX) :], limits, fits)
+        return _read_under_root(text[len(FILE_PREFIX) :], limits, fits, draft)
     if text.startswith("data:"):
         if _DATA_URL not in text[:200]:
             raise ImageError("not_an_image", "a data: URL without base64 data")
@@ -403,10 +418,12 @@ def decode_image(item: Any, limits: InputLimits | None = None, fits: FitsConfig 
         raise ImageError(
             "not_an_image", "not base64 image data (a file on the server is written file:<path>)"
         ) from None
-    return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels, fits=fits).image
+    return read_image(io.BytesIO(data), len(data), max_pixels=limits.max_pixels, fits=fits, draft=draft).image
 
 
-def _read_under_root(path: str, limits: InputLimits, fits: FitsConfig | None = None) -> Image.Image:
+def _read_under_root(
+    path: str, limits: InputLimits, fits: FitsConfig | None = None, draft: int | None = None
+) -> Image.Image:
     """A `file:` row: only a regular file whose real path is under the image root; every refusal reads the
     same, so a client learns nothing about the server's files."""
     if limits.image_root is None:
@@ -429,7 +446,7 @@ def _read_under_root(path: str, limits: InputLimits, fits: FitsConfig | None = N
         if limits.max_request_bytes is not None and size > limits.max_request_bytes:
             raise ImageError("too_large", f"the file is over the {limits.max_request_bytes / 2**20:g} MB limit")
         try:
-            return read_image(fh, size, max_pixels=limits.max_pixels, fits=fits).image
+            return read_image(fh, size, max_pixels=limits.max_pixels, fits=fits, draft=draft).image
         except OSError:
             raise ImageError("unreadable", "the file could not be read") from None
 

@@ -9,14 +9,18 @@ source (data/framing.py); either way it comes from the preprocess stored in the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2 as T
 
 from galmorph.config import AugmentConfig, PreprocessConfig
 from galmorph.data.framing import frame_box
+from galmorph.data.photometry import sky_steps
+from galmorph.data.survey import SurveyAugment
 from galmorph.errors import UserError
 
 # ImageNet statistics: right for imagenet weights, harmless for weights trained from scratch.
@@ -29,7 +33,33 @@ def _centre(cfg: PreprocessConfig) -> list:
     # the central crop where the galaxy is, then scale to the network's input; adaptive: the galaxy's own frame
     if cfg.framing == "adaptive":
         return [AdaptiveFrame(cfg, cfg.image_size)]
+    if cfg.decode == "draft":
+        return [FixedFrame(cfg, cfg.image_size)]
     return [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop), T.Resize(cfg.image_size, antialias=True)]
+
+
+def draft_side(cfg: PreprocessConfig, size: int) -> int | None:
+    """The short side a JPEG may be decoded down to (data.images.read_image's `draft`) when the framed square
+    becomes `size` px: the smallest framed square (`crop`, or `frame_min` when adaptive) of the `resize` frame
+    still has at least `size` pixels, so nothing is ever upsampled. None: decode in full (preprocess.decode)."""
+    if cfg.decode != "draft":
+        return None
+    smallest = cfg.crop if cfg.framing == "fixed" else min(cfg.frame_min, cfg.crop)
+    return math.ceil(size * cfg.resize / smallest)
+
+
+class FixedFrame:
+    """PIL image of any size -> the fixed centre crop (`crop` of a `resize` frame) at `size` px in one
+    antialiased resample: the same pixels as Resize + CenterCrop + Resize, whatever scale the JPEG was decoded at."""
+
+    def __init__(self, cfg: PreprocessConfig, size: int) -> None:
+        self.cfg, self.size = cfg, size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        side = min(w, h) * min(self.cfg.crop / self.cfg.resize, 1.0)
+        left, top = (w - side) / 2, (h - side) / 2
+        return img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + side, top + side))
 
 
 def framed_box(img: Image.Image, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
@@ -53,10 +83,33 @@ def _to_tensor() -> list:
 
 
 class EvalPreset:
-    """PIL RGB image -> normalised float tensor (3, image_size, image_size)."""
+    """PIL RGB image -> normalised float tensor (3, image_size, image_size). `draft`: how small the loader may
+    decode a JPEG for it (pass it to data.images; None = in full)."""
 
     def __init__(self, cfg: PreprocessConfig) -> None:
-        self.transforms = T.Compose(_centre(cfg) + _to_tensor())
+        self.transforms = T.Compose(sky_steps(cfg) + _centre(cfg) + _to_tensor())
+        self.draft = draft_side(cfg, cfg.image_size)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.transforms(img)
+
+
+def train_frame(cfg: PreprocessConfig) -> list:
+    """The framing of training images: EvalPreset's square at twice image_size, where the augmentation works."""
+    if cfg.framing == "adaptive":  # the augmentation scales and translates around the framed crop
+        return [AdaptiveFrame(cfg, 2 * cfg.image_size)]
+    if cfg.decode == "draft":
+        return [FixedFrame(cfg, 2 * cfg.image_size)]
+    return [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop), T.Resize(2 * cfg.image_size, antialias=True)]
+
+
+class FramedUint8:
+    """PIL image -> uint8 tensor (3, 2*image_size, 2*image_size) framed for training: what train.loader: cache
+    keeps in memory, decoded once per run instead of once per epoch."""
+
+    def __init__(self, cfg: PreprocessConfig) -> None:
+        self.transforms = T.Compose([*sky_steps(cfg), *train_frame(cfg), T.PILToTensor()])
+        self.draft = draft_side(cfg, 2 * cfg.image_size)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.transforms(img)
@@ -66,9 +119,10 @@ class TrainPreset:
     """EvalPreset's framing (fixed or adaptive) plus rotation, flips, small scale/translation and a small colour jitter."""
 
     def __init__(self, cfg: PreprocessConfig, aug: AugmentConfig) -> None:
-        ops: list = [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop)]
-        if cfg.framing == "adaptive":  # the augmentation scales and translates around the framed crop
-            ops = [AdaptiveFrame(cfg, 2 * cfg.image_size)]
+        self.draft = draft_side(cfg, 2 * cfg.image_size)
+        ops: list = [*sky_steps(cfg), T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop)]
+        if cfg.framing == "adaptive" or cfg.decode == "draft":
+            ops = sky_steps(cfg) + train_frame(cfg)
         elif cfg.crop > 2 * cfg.image_size:
             # augment at twice the input size, not at the crop: after the final resize the difference is only
             # resampling order, and the affine/jitter cost ~30% less per image (the loader must keep up on 2 cores)
@@ -93,6 +147,59 @@ class TrainPreset:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.transforms(img)
+
+
+class BatchAugment:
+    """TrainPreset's augmentation on whole batches: uint8 (B, 3, S, S) framed images (FramedUint8) -> normalised
+    float (B, 3, image_size, image_size). One affine resample per batch (rotation, flips, scale and translation
+    in one matrix), the same small hue-free jitter, then an antialiased resize: tensor ops on the training
+    process's threads instead of PIL per image in loader processes that compete with the network for 2 cores.
+    Black fill, as RandomAffine's."""
+
+    def __init__(self, cfg: PreprocessConfig, aug: AugmentConfig) -> None:
+        self.size, self.aug = cfg.image_size, aug
+        self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD).view(1, 3, 1, 1)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        a, b, dev = self.aug, x.shape[0], x.device
+        x = x.float().div_(255.0)
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:  # drawn on the CPU generator: the same on any device
+            return (lo + (hi - lo) * torch.rand(b, generator=generator)).to(dev)
+
+        def sign() -> torch.Tensor:
+            flips = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0) if a.flip else torch.ones(b)
+            return flips.to(dev)
+
+        angle = uniform(-a.rotation, a.rotation) * (math.pi / 180.0)
+        scale = uniform(*a.scale)
+        shift = [uniform(-2 * a.translate, 2 * a.translate) for _ in range(2)]  # normalised coords span 2
+        flip = [sign(), sign()]
+        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0]:
+            # output -> input coordinates: un-flip, un-rotate, un-scale, un-shift
+            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+            theta = torch.stack(
+                [
+                    torch.stack([cos * flip[0], sin * flip[1], -shift[0]], 1),
+                    torch.stack([-sin * flip[0], cos * flip[1], -shift[1]], 1),
+                ],
+                1,
+            )
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if a.color_jitter:
+            j = a.color_jitter
+            x = x * uniform(1 - j, 1 + j).view(b, 1, 1, 1)  # brightness
+            grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+            mean = grey.mean((2, 3), keepdim=True)
+            x = (x - mean) * uniform(1 - j, 1 + j).view(b, 1, 1, 1) + mean  # contrast
+            grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+            x = ((x - grey) * uniform(1 - j, 1 + j).view(b, 1, 1, 1) + grey).clamp_(0.0, 1.0)  # saturation
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        x = SurveyAugment(self.aug.survey, generator)(x)  # other telescopes' look (augment.survey; off at p 0)
+        return (x - self.mean.to(dev)) / self.std.to(dev)
 
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from galmorph.config import CLASSES, FitsConfig, PreprocessConfig
+from galmorph.config import CLASSES, FitsConfig, PreprocessConfig, SurveyConfig
 from galmorph.data.images import load_rgb
+from galmorph.data.photometry import normalise_sky
+from galmorph.data.survey import EFFECTS, SurveyAugment, only
 from galmorph.data.transforms import framed_box
 from galmorph.evaluation.plots import CLASS_COLOURS, plt, save_figure
 
@@ -67,8 +70,11 @@ def _others(classes: Sequence[str], k: int) -> str:
 def display_image(
     path: str | os.PathLike, preprocess: PreprocessConfig, size: int = DISPLAY_SIZE, fits: FitsConfig | None = None
 ) -> Image.Image:
-    """The eval preset's framing (resize the short side, centre crop; or the adaptive frame) at display resolution."""
+    """The eval preset's sky normalisation and framing (resize the short side, centre crop; or the adaptive
+    frame) at display resolution."""
     img = load_rgb(path, fits=fits)
+    if preprocess.sky == "border":
+        img = normalise_sky(img, preprocess.sky_border, preprocess.sky_percentile, preprocess.sky_level)
     if preprocess.framing == "adaptive":
         return img.resize((size, size), Image.BICUBIC, box=framed_box(img, preprocess))
     scale = preprocess.resize / min(img.size)
@@ -192,3 +198,39 @@ def render_gallery(
 def _legend_words(classes: Sequence[str]) -> str:
     parts = [f"{COLOUR_NAMES.get(CLASS_COLOURS.get(c, ''), 'black')} = {c}" for c in classes]
     return "frame: the model's call (" + ", ".join(parts) + ")"
+
+
+def survey_columns(survey: SurveyConfig) -> dict[str, SurveyConfig]:
+    """The augment grid's columns: each survey effect alone, then all of them at once (every effect on)."""
+    columns = {effect: only(survey, effect) for effect in EFFECTS}
+    columns["all"] = dataclasses.replace(survey, p=1.0, **{f"{e}_p": 1.0 for e in EFFECTS})
+    return columns
+
+
+def survey_augment_grid(
+    paths: Sequence[str | os.PathLike],
+    preprocess: PreprocessConfig,
+    survey: SurveyConfig,
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    fits: FitsConfig | None = None,
+) -> int:
+    """Write a PNG grid (one row per image of `paths`) of what training with augment.survey shows the network:
+    the image as the eval preset frames it at preprocess.image_size, preprocess.sky: border's version of it,
+    each survey effect alone and all together (data/survey.py, seeded). Returns the number of rows."""
+    size = preprocess.image_size
+    originals = [display_image(p, preprocess, size=size, fits=fits) for p in paths]
+    skies = [display_image(p, dataclasses.replace(preprocess, sky="border"), size=size, fits=fits) for p in paths]
+    x = torch.from_numpy(np.stack([np.asarray(img) for img in originals])).permute(0, 3, 1, 2).float() / 255.0
+    columns: dict[str, list[Image.Image]] = {"original": originals, "sky: border": skies}
+    for name, cfg in survey_columns(survey).items():
+        y = SurveyAugment(cfg, torch.Generator().manual_seed(seed))(x)
+        columns[name] = [Image.fromarray(a) for a in (y * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+    images = [columns[name][i] for i in range(len(originals)) for name in columns]
+    captions = [name if i < len(columns) else "" for i, name in enumerate(list(columns) * len(originals))]
+    fig = gallery_figure(
+        images, captions, f"augment.survey on real SDSS cut-outs, {size} px (seed {seed})", ncols=len(columns)
+    )
+    save_figure(fig, path, dpi=50)  # 64-px tiles need no more; keeps the PNG small
+    return len(originals)

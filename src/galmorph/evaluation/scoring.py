@@ -334,7 +334,7 @@ def _saliency_gallery(
     tensors, keep = [], []
     for pos, p in enumerate(rows["image_path"]):
         try:
-            tensors.append(transform(load_rgb(resolve_path(str(p), root), fits=scored.fits)))
+            tensors.append(transform(load_rgb(resolve_path(str(p), root), fits=scored.fits, draft=transform.draft)))
             keep.append(pos)
         except (OSError, ValueError):
             continue

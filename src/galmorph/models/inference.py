@@ -267,6 +267,7 @@ class GalaxyClassifier:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = prepare_for_inference(net, self.device)  # an exact, faster copy: BN folded, channels_last
         self.transform = EvalPreset(preprocess)
+        self.draft = self.transform.draft  # how small the loader may decode a JPEG for this preset
         self.temperature = float(temperature)
         self.classes = tuple(classes)
         self.outputs = outputs or getattr(net, "outputs", LOGITS)
@@ -286,7 +287,7 @@ class GalaxyClassifier:
         by at most limits.max_decodes callers at a time: use the image (transform it, make a thumbnail) inside
         the block, so a full-size decoded image never outlives its slot. ImageError says why not."""
         with self._decode_slots:
-            yield decode_image(item, self.limits, self.fits)
+            yield decode_image(item, self.limits, self.fits, self.draft)
 
     def tensor(self, item: Any) -> torch.Tensor:
         """One input through the loader and the eval preset (the small tensor leaves the decoding slot)."""

@@ -83,7 +83,7 @@ class ImageFiles(Dataset):
         try:
             item = self.paths[i]
             source = item if isinstance(item, BandFiles) else Path(item)
-            return self.transform(decode_image(source, fits=self.fits)), ""
+            return self.transform(decode_image(source, fits=self.fits, draft=self.transform.draft)), ""
         except Exception as exc:  # corrupt, truncated, not an image, unreadable: reported per file
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return None, text[:200]

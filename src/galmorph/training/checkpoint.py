@@ -97,6 +97,7 @@ def save_checkpoint(
     model: GalaxyNet,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> None:
     """One dict (weights_only-loadable), written atomically: a kill mid-save leaves the previous one intact."""
     mode = params.train.mode
@@ -118,6 +119,8 @@ def save_checkpoint(
         },
         "stopped": state.stopped,
     }
+    if ema is not None:
+        ckpt["ema"] = {"state": trainable_state(ema.module, mode), "n_averaged": ema.n_averaged.detach().cpu()}
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
 
@@ -140,6 +143,7 @@ def restore(
     model: GalaxyNet,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> TrainState:
     ckpt = load_checkpoint(path)
     saved, now = ckpt["params"], fit_params(params)
@@ -154,6 +158,9 @@ def restore(
     model.load_state_dict(ckpt["model"], strict=params.train.mode != "frozen")
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    if ema is not None:  # train.ema is a fit param: a checkpoint made with it has the average
+        ema.module.load_state_dict(ckpt["ema"]["state"], strict=params.train.mode != "frozen")
+        ema.n_averaged.copy_(ckpt["ema"]["n_averaged"])
     set_rng_state(ckpt["rng"])
     best = ckpt["best"]
     return TrainState(

@@ -7,7 +7,7 @@ cached features (frozen mode), so the same two functions serve both modes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,8 +127,10 @@ def train_one_epoch(
     desc: str = "train",
     total: int | None = None,
     progress: bool = True,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """One pass over `batches`; returns train_loss, train_acc, images_per_s (summed over processes)."""
+    """One pass over `batches`; returns train_loss, train_acc, images_per_s (summed over processes).
+    `after_step` runs after every optimizer step (the weights' moving average)."""
     ctx = ctx or DistContext()
     model.train()
     # loss * n, correct, n, accumulated on the device so a GPU step never waits for a .item()
@@ -146,6 +148,8 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         n = len(labels)
         sums[0] += loss.detach() * n
         sums[1] += (logits.detach().argmax(1) == labels).sum()

@@ -21,14 +21,16 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from galmorph.config import ModelConfig, Params, TrainConfig
 from galmorph.data.dataset import ImageDataset, has_vote_counts, label_ids, soft_targets, vote_counts
-from galmorph.data.transforms import EvalPreset, TrainPreset, check_views
+from galmorph.data.survey import SurveyAugment, survey_batches
+from galmorph.data.transforms import MEAN, STD, BatchAugment, EvalPreset, FramedUint8, TrainPreset, check_views
 from galmorph.errors import UserError
-from galmorph.models.inference import amp_dtype_for, resolve_device
+from galmorph.models.inference import amp_dtype_for, iterate, resolve_device
 from galmorph.models.resnet import (
     GalaxyNet,
     build_head,
@@ -97,7 +99,7 @@ def fit(
         if tcfg.mode == "frozen":
             model, data = _frozen_setup(params, train_rows, val_rows, features, device, ctx, progress)
         else:
-            model, data = _finetune_setup(params, train_rows, val_rows, device, ctx)
+            model, data = _finetune_setup(params, train_rows, val_rows, device, ctx, progress)
         model.outputs = outputs_for_loss(tcfg.loss)
         model.to(device)
         trainable: nn.Module = model.head if tcfg.mode == "frozen" else model
@@ -105,6 +107,8 @@ def fit(
             model.to(memory_format=torch.channels_last)
         optimizer = _optimizer(model, tcfg)
         scheduler = _scheduler(optimizer, tcfg, data.steps_per_epoch)
+        ema = moving_average(model, tcfg.ema)
+        scored = ema.module if ema is not None else model  # what is validated, kept and returned
         criterion = Criterion(
             tcfg.loss, class_weights(label_ids(train_rows), tcfg.class_weights), tcfg.label_smoothing
         ).to(device)
@@ -117,7 +121,7 @@ def fit(
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
         fingerprint = data_fingerprint(train_rows, val_rows)
         if resume and ckpt_path is not None and ckpt_path.is_file():
-            state = restore(ckpt_path, params, fingerprint, model, optimizer, scheduler)
+            state = restore(ckpt_path, params, fingerprint, model, optimizer, scheduler, ema)
             if ctx.is_main and progress:
                 tqdm.write(f"resumed from {ckpt_path} after epoch {state.epoch}")
         elif resume and ctx.is_main and progress:
@@ -142,10 +146,11 @@ def fit(
                 desc=f"epoch {epoch}/{tcfg.epochs}",
                 total=data.steps_per_epoch,
                 progress=progress,
+                after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
             )
             broadcast_buffers(model, ctx)
             val_metrics, val_logits = evaluate(
-                model.head if tcfg.mode == "frozen" else model,
+                scored.head if tcfg.mode == "frozen" else scored,
                 data.val_batches(),
                 n_rows=len(val_rows),
                 device=device,
@@ -158,9 +163,9 @@ def fit(
             metrics |= val_metrics
             metrics["lr"] = float(optimizer.param_groups[0]["lr"])
             metrics["epoch_time_s"] = time.perf_counter() - start
-            state.record(epoch, metrics, model, val_logits, tcfg.mode, tcfg.early_stopping_patience)
+            state.record(epoch, metrics, scored, val_logits, tcfg.mode, tcfg.early_stopping_patience)
             if ckpt_path is not None and ctx.is_main:
-                save_checkpoint(ckpt_path, state, params, fingerprint, model, optimizer, scheduler)
+                save_checkpoint(ckpt_path, state, params, fingerprint, model, optimizer, scheduler, ema)
             barrier(ctx)
             if ctx.is_main and progress:
                 flag = "  *best" if state.best_epoch == epoch else ""
@@ -369,8 +374,72 @@ def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, chunk: int = 
     return torch.from_numpy(out)
 
 
+def decode_once(
+    rows: pd.DataFrame, transform: Callable, num_workers: int, *, progress: bool = True, desc: str = "cache"
+) -> torch.Tensor:
+    """Every image of `rows` through `transform`, decoded once (num_workers processes), as one tensor in the
+    rows' order: train.loader: cache keeps the training images framed as uint8 and the validation images as
+    the eval preset's tensors, instead of decoding them again every epoch."""
+    ds = ImageDataset(rows, transform)
+    loader = DataLoader(ds, batch_size=64, num_workers=num_workers)
+    out: torch.Tensor | None = None
+    bar = tqdm(iterate(loader), desc=desc, unit="batch", total=len(loader), disable=not progress, leave=False)
+    for x, _labels, _soft, idx in bar:
+        if out is None:
+            out = torch.empty((len(ds), *x.shape[1:]), dtype=x.dtype)
+        out[idx] = x
+    if out is None:
+        raise UserError(f"{desc}: no images to train on")
+    return out
+
+
+def _cached_batches(
+    params: Params,
+    rows: tuple[pd.DataFrame, pd.DataFrame],
+    datasets: tuple[ImageDataset, ImageDataset],
+    device: torch.device,
+    ctx: DistContext,
+    bs: int,
+    progress: bool,
+) -> tuple[Callable[[int], Iterator[Batch]], Callable[[], Iterator[Batch]]]:
+    """train.loader: cache. The augmentation runs on whole batches where the network runs (BatchAugment), fed
+    from uint8 images in memory (~49 KB each at 128 px: 0.7 GB for 15,000 galaxies)."""
+    tcfg = params.train
+    train_ds, val_ds = datasets
+    train_x = decode_once(
+        rows[0], FramedUint8(params.preprocess), tcfg.num_workers, progress=progress, desc="cache train"
+    )
+    val_x = decode_once(rows[1], EvalPreset(params.preprocess), tcfg.num_workers, progress=progress, desc="cache val")
+    augment = BatchAugment(params.preprocess, params.augment)
+    labels, soft = torch.from_numpy(train_ds.labels), torch.from_numpy(train_ds.soft)
+    val_labels, val_soft = torch.from_numpy(val_ds.labels), torch.from_numpy(val_ds.soft)
+    pin = device.type == "cuda"
+
+    def train_batches(epoch: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, ctx.rank))
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, 0)))
+        mine = order[ctx.rank :: ctx.world_size]
+        for k in range(len(mine) // bs):
+            j = mine[k * bs : (k + 1) * bs]
+            x = train_x[j].pin_memory() if pin else train_x[j]
+            yield augment(x.to(device, non_blocking=True), g), labels[j], soft[j], j
+
+    def val_batches() -> Iterator[Batch]:
+        mine = torch.arange(ctx.rank, len(val_x), ctx.world_size)
+        for k in range(0, len(mine), tcfg.batch_size):
+            j = mine[k : k + tcfg.batch_size]
+            yield val_x[j], val_labels[j], val_soft[j], j
+
+    return train_batches, val_batches
+
+
 def _finetune_setup(
-    params: Params, train_rows: pd.DataFrame, val_rows: pd.DataFrame, device: torch.device, ctx: DistContext
+    params: Params,
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    device: torch.device,
+    ctx: DistContext,
+    progress: bool = True,
 ) -> tuple[GalaxyNet, _Data]:
     tcfg = params.train
     torch.manual_seed(tcfg.seed)
@@ -386,6 +455,10 @@ def _finetune_setup(
     bs = max(2, min(tcfg.batch_size, per_rank))
     pin = device.type == "cuda"
     channels_last = tcfg.channels_last and device.type != "mps"
+    val_views = check_views(params.embed.views, "embed.views") if tcfg.val_tta else None
+    if tcfg.loader == "cache":
+        cached = _cached_batches(params, (train_rows, val_rows), (train_ds, val_ds), device, ctx, bs, progress)
+        return model, _Data(*cached, per_rank // bs, val_views, channels_last, None)
 
     def train_batches(epoch: int) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, ctx.rank))
@@ -403,7 +476,12 @@ def _finetune_setup(
             drop_last=True,
             pin_memory=pin,
         )
-        return iter(loader)
+        if params.augment.survey.p <= 0:
+            return iter(loader)
+        survey = SurveyAugment(
+            params.augment.survey, torch.Generator().manual_seed(epoch_seed(tcfg.seed + 1, epoch, ctx.rank))
+        )
+        return survey_batches(iter(loader), survey, MEAN, STD)
 
     val_loader = DataLoader(
         Subset(val_ds, list(range(ctx.rank, len(val_ds), ctx.world_size))),
@@ -411,12 +489,21 @@ def _finetune_setup(
         num_workers=tcfg.num_workers,
         pin_memory=pin,
     )
-    val_views = check_views(params.embed.views, "embed.views") if tcfg.val_tta else None
     return model, _Data(train_batches, lambda: iter(val_loader), per_rank // bs, val_views, channels_last, None)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # optimisation
+
+
+def moving_average(model: GalaxyNet, decay: float | None) -> AveragedModel | None:
+    """train.ema: an exponential moving average of the weights and BatchNorm statistics (torch's AveragedModel),
+    updated after every step; None when off."""
+    if decay is None:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise UserError(f"params: train.ema: expected a decay between 0 and 1 (e.g. 0.999) or blank, got {decay!r}")
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _optimizer(model: GalaxyNet, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,140 @@
+"""Loader speed (issue 9 item 3): `preprocess.decode: draft` and `train.loader: cache` against today's path,
+measured in the same run on the same real SDSS JPEGs (../shared/galaxyzoo, 423-px GZ1 cut-outs).
+
+1. decode + preprocess per image on one thread: load_rgb + EvalPreset, decode full vs draft.
+2. end-to-end scoring (predict_logits, 2 decoding workers, ResNet-18 at 64 px): full vs draft.
+3. training images/s over the same images (fit(), finetune, 64 px, crop 192 as `make real`): files + full
+   decoding (today) vs cache + draft, for ResNet-18 and ResNet-50; the cache's one-off decoding is timed apart.
+
+    .venv/bin/python benchmarks/bench_loader.py --images 2048 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from galmorph.config import CLASSES, load_params, replace
+from galmorph.data.images import load_rgb
+from galmorph.data.transforms import EvalPreset
+from galmorph.models.inference import predict_logits
+from galmorph.models.resnet import build_model
+from galmorph.training.loop import fit
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "galaxyzoo"
+
+
+def real_catalogue(n: int) -> pd.DataFrame:
+    """n spiral/elliptical GZ1 cut-outs (423 px), 80% train / 20% val."""
+    labels = pd.read_csv(SHARED / "labels.csv", usecols=["filename", "label", "dataset"])
+    rows = labels[(labels["dataset"] == "gz1_sdss") & labels["label"].isin(CLASSES)].head(n).reset_index(drop=True)
+    if len(rows) < n:
+        raise SystemExit(f"only {len(rows)} GZ1 images in {SHARED}")
+    return pd.DataFrame(
+        {
+            "galaxy_id": rows["filename"],
+            "image_path": [str(SHARED / f) for f in rows["filename"]],
+            "label": rows["label"],
+            "label_id": [CLASSES.index(c) for c in rows["label"]],
+            "p_spiral": np.nan,
+            "p_elliptical": np.nan,
+            "split": np.where(np.arange(len(rows)) % 5 == 0, "val", "train"),
+        }
+    )
+
+
+def per_image(paths: list[str], preprocess, rounds: int) -> float:
+    """Median over rounds of ms per image for decode + EvalPreset on this thread."""
+    preset = EvalPreset(preprocess)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for p in paths:
+            preset(load_rgb(p, draft=preset.draft))
+        times.append((time.perf_counter() - start) / len(paths) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2048)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    params = load_params(REPO / "params.yaml")
+    full = replace(params.preprocess, crop=192, image_size=64, decode="full")
+    draft = replace(full, decode="draft")
+    cat = real_catalogue(args.images)
+    print(f"{len(cat)} real 423-px GZ1 JPEGs; torch threads 2; {time.strftime('%Y-%m-%d %H:%M')}")
+
+    torch.set_num_threads(1)
+    paths = list(cat["image_path"][:500])
+    ms_full, ms_draft = per_image(paths, full, args.rounds), per_image(paths, draft, args.rounds)
+    torch.set_num_threads(2)
+    print("\n| decode + EvalPreset, one thread (median of rounds) | ms/image | images/s | x baseline |")
+    print("| --- | ---: | ---: | ---: |")
+    print(f"| decode full (baseline) | {ms_full:.2f} | {1e3 / ms_full:.0f} | 1.00 |")
+    print(f"| decode draft | {ms_draft:.2f} | {1e3 / ms_draft:.0f} | {ms_full / ms_draft:.2f} |")
+
+    model = build_model(replace(params.model, arch="resnet18", weights="none"))
+    rates = {}
+    for name, pre in (("full", full), ("draft", draft)):
+        runs = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            predict_logits(model, cat, pre, batch_size=64, num_workers=2, device="cpu")
+            runs.append(len(cat) / (time.perf_counter() - start))
+        rates[name] = statistics.median(runs)
+    print("\n| end-to-end scoring, ResNet-18 64 px, 2 workers | images/s | x baseline |")
+    print("| --- | ---: | ---: |")
+    print(f"| decode full (baseline) | {rates['full']:.0f} | 1.00 |")
+    print(f"| decode draft | {rates['draft']:.0f} | {rates['draft'] / rates['full']:.2f} |")
+
+    print(
+        f"\n| training, {args.epochs} epochs over {int((cat['split'] == 'train').sum())} images | images/s "
+        "(median of epochs 2+) | x baseline | one-off cache s | epoch s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for arch in args.archs:
+        base = None
+        for label, loader, pre in (("files + full (today)", "files", full), ("cache + draft", "cache", draft)):
+            p = dataclasses.replace(
+                params,
+                model=replace(params.model, arch=arch, weights="none"),
+                preprocess=pre,
+                train=replace(
+                    params.train,
+                    mode="finetune",
+                    epochs=args.epochs,
+                    batch_size=64,
+                    num_workers=2,
+                    loader=loader,
+                    early_stopping_patience=0,
+                    checkpoint_dir=str(Path("/tmp") / "bench_loader_ckpt"),
+                ),
+            )
+            start = time.perf_counter()
+            result = fit(cat, p, progress=False)
+            wall = time.perf_counter() - start
+            ips = statistics.median(h["images_per_s"] for h in result.history[1:])
+            epochs = sum(h["epoch_time_s"] for h in result.history)
+            cache_s = wall - epochs if loader == "cache" else 0.0
+            base = base or ips
+            print(
+                f"| {arch}, {label} | {ips:.1f} | {ips / base:.2f} | {cache_s:.1f} | "
+                f"{statistics.median(h['epoch_time_s'] for h in result.history[1:]):.1f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

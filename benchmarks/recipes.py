@@ -1,0 +1,106 @@
+"""Every measured real-data recipe in one table and one figure: test accuracy (95% interval) and ood-dev accuracy
+against training minutes, from benchmarks/recipes.csv (one row per run, appended from a run's folder).
+
+    # append a run made by benchmarks/real_runs.sh (its minutes.txt, metrics.json and eval metrics.json)
+    .venv/bin/python benchmarks/recipes.py add /tmp/galmorph-runs/runs/fast-seed0 --name fast --load quiet
+    # the README table and docs/accuracy_minutes.png
+    .venv/bin/python benchmarks/recipes.py show
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CSV = REPO / "benchmarks" / "recipes.csv"
+FIGURE = REPO / "docs" / "accuracy_minutes.png"
+COLUMNS = [
+    "name", "recipe", "epochs", "seed", "train_min", "load", "test_acc", "test_lo", "test_hi", "test_f1",
+    "confident_acc", "ood_acc", "ood_lo", "ood_hi", "date",
+]  # fmt: skip
+
+
+def add(run: Path, name: str, load: str) -> dict:
+    """One row from a real_runs.sh run folder: minutes.txt (recipe, train_s), metrics.json (evaluate's)."""
+    text = (run / "minutes.txt").read_text()
+    recipe = text.split(";")[0].removeprefix("recipe:").strip()
+    epochs = int(re.search(r"epochs (\d+)", text).group(1))
+    train_s = int(re.search(r"train_s=(\d+)", text).group(1))
+    m = json.loads((run / "metrics.json").read_text())
+    seed = int(re.search(r"seed(\d+)$", run.name).group(1)) if re.search(r"seed(\d+)$", run.name) else 0
+    row = {
+        "name": name, "recipe": recipe or "(base)", "epochs": epochs, "seed": seed, "train_min": round(train_s / 60, 1),
+        "load": load, "test_acc": m["test_accuracy"], "test_lo": m["test_accuracy_ci_low"],
+        "test_hi": m["test_accuracy_ci_high"], "test_f1": m.get("test_macro_f1"),
+        "confident_acc": m.get("test_confident_accuracy"), "ood_acc": m.get("ood_accuracy"),
+        "ood_lo": m.get("ood_accuracy_ci_low"), "ood_hi": m.get("ood_accuracy_ci_high"),
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+    table = pd.read_csv(CSV) if CSV.is_file() else pd.DataFrame(columns=COLUMNS)
+    table = pd.concat([table[table["name"] != name], pd.DataFrame([row])], ignore_index=True)
+    table.to_csv(CSV, index=False, float_format="%.4f")
+    return row
+
+
+def show() -> None:
+    table = pd.read_csv(CSV)
+    print("| run | recipe (on the base of benchmarks/real_runs.sh) | epochs | train min (machine) | test acc [95% CI] "
+          "| macro F1 | confident acc | ood-dev acc [95% CI] |")  # fmt: skip
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def fmt(v: float, digits: int = 3) -> str:
+        return "—" if pd.isna(v) else f"{v:.{digits}f}"
+
+    for r in table.itertuples():
+        ood = "—" if pd.isna(r.ood_acc) else f"{r.ood_acc:.3f} [{fmt(r.ood_lo)}, {fmt(r.ood_hi)}]"
+        print(f"| {r.name} | `{r.recipe}` | {r.epochs} | {r.train_min:.1f} ({r.load}) | {r.test_acc:.3f} "
+              f"[{r.test_lo:.3f}, {r.test_hi:.3f}] | {fmt(r.test_f1)} | {fmt(r.confident_acc)} | {ood} |")  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, (col, lo, hi, title) in zip(
+        axes,
+        (("test_acc", "test_lo", "test_hi", "SDSS test split"), ("ood_acc", "ood_lo", "ood_hi", "ood-dev (DECaLS)")),
+        strict=True,
+    ):
+        rows = table.dropna(subset=[col])
+        for r in rows.itertuples():
+            quiet = r.load == "quiet"
+            y, err = getattr(r, col), [[getattr(r, col) - getattr(r, lo)], [getattr(r, hi) - getattr(r, col)]]
+            ax.errorbar(r.train_min, y, yerr=err, fmt="o" if quiet else "s", mfc=None if quiet else "none", capsize=3)
+            ax.annotate(r.name, (r.train_min, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_title(title)
+        ax.set_xlabel("training minutes on 2 CPU cores (hollow: machine shared with other jobs)")
+        ax.set_ylabel("accuracy (95% interval)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    FIGURE.parent.mkdir(exist_ok=True)
+    fig.savefig(FIGURE, dpi=110)
+    print(f"\nwrote {FIGURE.relative_to(REPO)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add")
+    a.add_argument("run", type=Path)
+    a.add_argument("--name", required=True)
+    a.add_argument("--load", choices=["quiet", "shared"], required=True)
+    sub.add_parser("show")
+    args = ap.parse_args()
+    if args.cmd == "add":
+        print(add(args.run, args.name, args.load))
+    else:
+        show()
+
+
+if __name__ == "__main__":
+    main()

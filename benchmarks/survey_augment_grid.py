@@ -1,0 +1,56 @@
+"""docs/survey_augment.png: what augment.survey (and preprocess.sky: border) show the network, on real images.
+
+A few real 423-px SDSS cut-outs of ../shared/galaxyzoo (GZ1 ellipticals and spirals by their label), framed as
+params.yaml's preprocess frames them, one row each: original, sky-normalised, each survey effect alone and all
+together (evaluation/galleries.survey_augment_grid, seeded).
+
+    .venv/bin/python benchmarks/survey_augment_grid.py                      # 4 images -> docs/survey_augment.png
+    .venv/bin/python benchmarks/survey_augment_grid.py --per-class 2 --out /tmp/grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from galmorph.config import SurveyConfig, load_params
+from galmorph.evaluation.galleries import survey_augment_grid
+from galmorph.io import atomic_path
+
+REPO = Path(__file__).resolve().parents[1]
+GALAXYZOO = REPO.parent / "shared" / "galaxyzoo"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-class", type=int, default=2, help="images per class (spiral, elliptical)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "survey_augment.png"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not (GALAXYZOO / "labels.csv").is_file():
+        print(f"needs the real images: {GALAXYZOO}/labels.csv not found", file=sys.stderr)
+        return 2
+    params = load_params(REPO / "params.yaml", required=("preprocess", "augment"))
+    labels = pd.read_csv(GALAXYZOO / "labels.csv", usecols=["filename", "label", "dataset"])
+    gz1 = labels[labels["dataset"] == "gz1_sdss"]
+    rows = pd.concat(
+        [gz1[gz1["label"] == c].sample(n=args.per_class, random_state=args.seed) for c in ("elliptical", "spiral")]
+    )
+    survey = params.augment.survey if params.augment.survey.p > 0 else SurveyConfig(p=1.0)
+    n = survey_augment_grid(
+        [GALAXYZOO / f for f in rows["filename"]], params.preprocess, survey, args.out, seed=args.seed
+    )
+    with Image.open(args.out) as im:  # a 256-colour palette: a third of the file, for the docs in git
+        small = im.convert("RGB").quantize(256)
+    with atomic_path(args.out) as tmp:
+        small.save(tmp, format="PNG", optimize=True)
+    print(f"{args.out}: {n} images ({', '.join(rows['label'])})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

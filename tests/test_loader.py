@@ -1,0 +1,195 @@
+"""The fast loader (issue 9 item 3): JPEG draft decoding, one-resample fixed framing, and train.loader: cache
+with its batched augmentation. Each fast path is checked against the path it replaces."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from galmorph.config import replace
+from galmorph.data.images import load_rgb, read_image
+from galmorph.data.transforms import VIEWS, BatchAugment, EvalPreset, FramedUint8, TrainPreset, draft_side
+from galmorph.models.inference import GalaxyClassifier, predict_logits
+from galmorph.models.resnet import load_model, save_model
+from galmorph.training.loop import fit
+from tests.training_utils import make_catalogue, one_thread, tiny_params
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+def _galaxy_jpeg(size: int = 424, *, grey: bool = False) -> bytes:
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size]
+    blob = np.exp(-((xx - size / 2) ** 2 + (yy - size / 2.2) ** 2) / (2 * (size / 14) ** 2))
+    rgb = np.clip(blob[..., None] * [1.0, 0.8, 0.6] + rng.normal(0.05, 0.01, (size, size, 3)), 0, 1)
+    im = Image.fromarray((255 * rgb).astype(np.uint8))
+    buf = io.BytesIO()
+    (im.convert("L") if grey else im).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _pre(params, **kw):
+    return replace(params.preprocess, **kw)
+
+
+def test_draft_side_covers_the_input_and_is_off_by_default(params):
+    assert params.preprocess.decode == "full" and draft_side(params.preprocess, 64) is None
+    fixed = _pre(params, decode="draft", resize=424, crop=256, image_size=64)
+    assert draft_side(fixed, 64) == 106  # the 256-px crop of a 106-px frame still has 64 px
+    assert (
+        EvalPreset(fixed).draft == 106
+        and FramedUint8(fixed).draft == 212
+        and TrainPreset(fixed, params.augment).draft == 212
+    )
+    adaptive = replace(fixed, framing="adaptive", frame_min=48)
+    assert draft_side(adaptive, 64) == 566  # the smallest adaptive frame needs the whole 424-px image
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_a_drafted_jpeg_decodes_at_a_dct_scale_but_reports_its_own_size(grey):
+    data = _galaxy_jpeg(grey=grey)
+    full = read_image(io.BytesIO(data), len(data))
+    small = read_image(io.BytesIO(data), len(data), draft=106)
+    assert full.image.size == (424, 424) and small.image.size == (106, 106)  # 1/4 scale: 106 >= 106
+    assert (small.width, small.height) == (424, 424) and small.image.mode == "RGB"
+    assert load_rgb(data, draft=300).size == (424, 424)  # 1/2 would be 212 < 300: decoded in full
+    assert load_rgb(data, draft=1000).size == (424, 424)  # never upsampled
+
+
+def test_png_is_never_drafted():
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 200), (10, 20, 30)).save(buf, "PNG")
+    assert load_rgb(buf.getvalue(), draft=50).size == (400, 200)
+
+
+def test_draft_preset_frames_the_same_pixels_as_the_full_decode(params):
+    """decode: draft (1/4-scale DCT decoding + one resample) against full (Resize, CenterCrop, Resize): the same
+    galaxy at the same place, within a few grey levels."""
+    data = _galaxy_jpeg()
+    full_cfg = _pre(params, resize=424, crop=256, image_size=64)
+    draft_cfg = replace(full_cfg, decode="draft")
+    full = EvalPreset(full_cfg)(load_rgb(data))
+    fast_preset = EvalPreset(draft_cfg)
+    fast = fast_preset(load_rgb(data, draft=fast_preset.draft))
+    assert full.shape == fast.shape == (3, 64, 64)
+    diff = (full - fast).abs()
+    assert float(diff.mean()) < 0.03 and float(diff.max()) < 0.3  # normalised units (1 grey level ~ 0.017)
+    # the same place: the brightness-weighted centroids agree to a fraction of a pixel
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+
+    def centroid(img: torch.Tensor) -> tuple[float, float]:
+        w = img[0] - img[0].min()
+        return float((w * yy).sum() / w.sum()), float((w * xx).sum() / w.sum())
+
+    assert np.allclose(centroid(full), centroid(fast), atol=0.5)
+
+
+def test_batch_augment_with_everything_off_frames_like_the_eval_preset(params):
+    data = _galaxy_jpeg()
+    cfg = _pre(params, resize=424, crop=256, image_size=64)
+    off = replace(params.augment, rotation=0.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
+    framed = FramedUint8(cfg)(load_rgb(data))
+    assert framed.dtype == torch.uint8 and framed.shape == (3, 128, 128)
+    out = BatchAugment(cfg, off)(framed[None], torch.Generator().manual_seed(0))[0]
+    evaluated = EvalPreset(cfg)(load_rgb(data))
+    assert float((out - evaluated).abs().max()) < 0.1
+
+
+def test_batch_augment_flips_are_exact_and_seeded(params):
+    cfg = _pre(params, image_size=16)
+    flips = replace(params.augment, rotation=0.0, flip=True, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
+    x = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    aug = BatchAugment(cfg, flips)
+    out = aug(x, torch.Generator().manual_seed(3))
+    ref = BatchAugment(cfg, replace(flips, flip=False))(x, torch.Generator())  # normalised, not moved
+    seen = set()
+    for o, r in zip(out, ref, strict=True):
+        match = [v for v in ("identity", "hflip", "vflip", "rot180") if torch.allclose(o, VIEWS[v](r), atol=1e-5)]
+        assert match, "a flip-only augmentation must give one of the four flips exactly"
+        seen.add(match[0])
+    assert len(seen) == 4
+    assert torch.equal(out, aug(x, torch.Generator().manual_seed(3)))
+    assert not torch.equal(out, aug(x, torch.Generator().manual_seed(4)))
+
+
+def test_batch_augment_rotates_about_the_centre_and_keeps_range(params):
+    cfg = _pre(params, image_size=32)
+    rot = replace(params.augment, rotation=180.0, flip=False, scale=[0.9, 1.1], translate=0.0, color_jitter=0.05)
+    yy, xx = np.mgrid[:64, :64]
+    blob = np.exp(-((xx - 31.5) ** 2 / (2 * 12.0**2) + (yy - 31.5) ** 2 / (2 * 3.0**2)))  # an elongated galaxy
+    x = torch.from_numpy((255 * blob).astype(np.uint8)).expand(8, 3, 64, 64).contiguous()
+    out = BatchAugment(cfg, rot)(x, torch.Generator().manual_seed(0))
+    assert out.shape == (8, 3, 32, 32) and torch.isfinite(out).all()
+    pixels = out[:, 0] * 0.229 + 0.485  # back to [0, 1]
+    assert float(pixels.min()) >= -1e-5 and float(pixels.max()) <= 1 + 1e-5
+    # rotated, not moved: the light stays centred, but the long axis points a different way in each image
+    yy_t, xx_t = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    w = pixels.clamp(min=0)
+    cy = (w * yy_t).sum((1, 2)) / w.sum((1, 2))
+    cx = (w * xx_t).sum((1, 2)) / w.sum((1, 2))
+    assert float((cy - 15.5).abs().max()) < 1.0 and float((cx - 15.5).abs().max()) < 1.0
+    spread_x = ((w * (xx_t - cx[:, None, None]) ** 2).sum((1, 2)) / w.sum((1, 2))).tolist()
+    assert max(spread_x) / min(spread_x) > 2
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    return make_catalogue(tmp_path_factory.mktemp("tiny_loader"), n=40)
+
+
+def test_cache_loader_trains_reproducibly_and_its_model_decodes_as_it_was_trained(catalogue, params, tmp_path):
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=5, lr=0.003, loader="cache")
+    p = dataclasses.replace(p, preprocess=replace(p.preprocess, decode="draft"))
+    a = fit(catalogue, p, progress=False)
+    b = fit(catalogue, p, progress=False)
+    assert a.best_metrics["val_acc"] >= 0.875
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v), k
+    # validation in memory scores exactly what the one inference path scores from the files
+    val = catalogue[catalogue["split"] == "val"]
+    logits = predict_logits(a.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu", precision="fp32")
+    np.testing.assert_allclose(logits, a.val_logits, rtol=1e-3, atol=1e-3)
+    save_model(tmp_path / "m.pt", a.model, p.model, p.preprocess)
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.preprocess.decode == "draft"
+    clf = GalaxyClassifier.from_artifacts(tmp_path / "m.pt", device="cpu")
+    assert clf.transform.draft == draft_side(p.preprocess, p.preprocess.image_size)
+    probs, errors = clf.predict_proba([Path(f).read_bytes() for f in val["image_path"]])
+    assert errors == [None] * len(val)
+    np.testing.assert_allclose(np.log(probs[:, 0] / probs[:, 1]), logits[:, 0] - logits[:, 1], atol=1e-3)
+
+
+def test_old_model_files_decode_in_full(params, tmp_path):
+    from galmorph.config import stored_preprocess
+
+    stored = {"resize": 424, "crop": 256, "image_size": 64}
+    assert stored_preprocess(stored).decode == "full"
+
+
+def test_sky_normalisation_reaches_every_preset_and_survey_effects_the_batches(params):
+    """preprocess.sky: border runs first in the eval preset, the training framing and the cache's frames alike;
+    augment.survey acts inside BatchAugment, seeded by its generator."""
+    yy, xx = np.mgrid[:424, :424]
+    blob = np.exp(-((xx - 212.0) ** 2 + (yy - 212.0) ** 2) / (2 * 25.0**2))
+    sky = np.array([0.15, 0.2, 0.35])  # a bluish sky level, as in photographs from other telescopes
+    img = Image.fromarray((255 * np.clip(sky + blob[..., None] * [0.8, 0.7, 0.5], 0, 1)).astype(np.uint8))
+    cfg = _pre(params, resize=424, crop=256, image_size=32, sky="border")
+    black = ((0.0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])).view(3, 1)
+    corner = EvalPreset(cfg)(img)[:, :2, :2].reshape(3, -1)
+    assert torch.allclose(corner, black.expand_as(corner), atol=0.05)  # the sky is gone, in every channel
+    assert int(FramedUint8(cfg)(img)[:, :4, :4].max()) <= 2
+    kept = EvalPreset(_pre(params, resize=424, crop=256, image_size=32))(img)[2, 0, 0]
+    assert float(kept - black[2, 0]) > 1.0  # sky: none keeps the blue sky
+
+    x = FramedUint8(cfg)(img)[None].expand(4, -1, -1, -1)
+    off = replace(params.augment, rotation=0.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
+    on = dataclasses.replace(off, survey=replace(off.survey, p=1.0))
+    plain = BatchAugment(cfg, off)(x, torch.Generator().manual_seed(0))
+    a = BatchAugment(cfg, on)(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(a, plain) and torch.equal(a, BatchAugment(cfg, on)(x, torch.Generator().manual_seed(0)))
