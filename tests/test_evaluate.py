@@ -206,6 +206,31 @@ def test_evaluate_folder_cli_scores_awkward_images_and_writes_a_report(trained, 
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_evaluate_folder_reports_the_out_of_distribution_score(trained, tmp_path, capsys):
+    """A model file with a detector: every prediction has its ood_score, the report and metrics say how many
+    the detector flags; a flag-everything scale flags them all."""
+    from galmorph.models.resnet import load_model, save_model
+    from galmorph.training.ood import fit_ood
+
+    loaded = load_model(trained.params.train.out)
+    params = dataclasses.replace(trained.params, train=replace(trained.params.train, ood_quantile=0.9))
+    detector = dataclasses.replace(fit_ood(loaded.model, trained.catalogue, params), scale=1e-9)
+    model_file = tmp_path / "with_ood.pt"
+    save_model(model_file, loaded.model, loaded.model_cfg, loaded.preprocess, temperature=1.0, ood=detector)
+    folder = labelled_folder(tmp_path, np.random.default_rng(5))
+    params_file = _write_params(trained.params, tmp_path / "params.yaml")
+    out = tmp_path / "report"
+    rc = cli.main(
+        ["--params", str(params_file), "evaluate-folder", str(folder), "--out", str(out), "--model", str(model_file)]
+    )
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ood_flagged"] == 1.0 and metrics["ood_n_flagged"] == metrics["n"] == 8
+    preds = pd.read_csv(out / "predictions.csv")
+    assert (preds["ood_score"] > 1).all() and preds["unlike_training_data"].all()
+    assert "unlike training data" in (out / "report.html").read_text()
+
+
 def test_evaluate_folder_cli_errors_cleanly(trained, tmp_path, capsys):
     params_file = _write_params(trained.params, tmp_path / "params.yaml")
     (tmp_path / "nothing").mkdir()

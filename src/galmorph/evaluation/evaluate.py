@@ -189,7 +189,7 @@ def run(params: Params) -> Evaluation:
     check_preprocess(loaded, params, params.train.out)
     temperature, t_source = resolve_temperature(loaded, splits, params)
 
-    scored = score(loaded.model, test, loaded.preprocess, cfg, temperature, name="Test split")
+    scored = score(loaded.model, test, loaded.preprocess, cfg, temperature, name="Test split", ood=loaded.ood)
     test_section = write_set(scored, loaded.model, loaded.preprocess, cfg, out)
     metrics = {**flat_kpis("test", test_section), "temperature": temperature}
 

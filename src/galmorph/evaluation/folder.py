@@ -133,7 +133,7 @@ def evaluate_labelled(
         reasons = ", ".join(sorted(skipped["reason"].unique())[:3])
         raise UserError(f"{name}: none of the {len(catalogue)} images could be read ({reasons})")
     missing = [c for i, c in enumerate(CLASSES) if not (ok["label_id"] == i).any()]
-    scored = score(loaded.model, ok, loaded.preprocess, cfg, loaded.temperature, name=name, fits=fits)
+    scored = score(loaded.model, ok, loaded.preprocess, cfg, loaded.temperature, name=name, fits=fits, ood=loaded.ood)
     section = write_set(scored, loaded.model, loaded.preprocess, cfg, out_dir, root=root, plot_tables=False)
     section["skipped"] = skipped.to_dict(orient="records")
     section["missing_classes"] = missing

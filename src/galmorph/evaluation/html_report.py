@@ -169,6 +169,13 @@ def set_html(section: Mapping[str, Any], level: int = 2) -> str:
         f"<{h3}>Abstention (top probability &lt; {ab['threshold']:.2f} = 'uncertain')</{h3}>"
         + _table(["", "one view"] + (["TTA"] if ab_tta else []), rows)
     )
+    ood = section.get("ood")
+    if ood:
+        parts.append(
+            f"<p>Out-of-distribution score above 1 ('unlike training data'): {ood['n_flagged']:,} of "
+            f"{section['n']:,} images ({_num(ood['flagged'], '.1%')}); accuracy of the others "
+            f"{_num(ood['accuracy_kept'])}; median score {ood['median_score']:.2f}.</p>"
+        )
     if math.isfinite(section.get("vote_spearman", math.nan)):
         parts.append(
             f"<p>Rank correlation of the model's P(spiral) with the volunteers' vote fraction: "

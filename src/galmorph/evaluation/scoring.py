@@ -41,7 +41,8 @@ from galmorph.evaluation.metrics import (
 from galmorph.evaluation.saliency import cam_layer, grad_cam
 from galmorph.evaluation.subsets import check_vote_bins, flat_subsets, subset_kpis, vote_confidence, winning_fraction
 from galmorph.io import write_csv
-from galmorph.models.inference import predict_logits, softmax_t
+from galmorph.models.inference import predict_logits, predict_outputs, softmax_t
+from galmorph.models.ood import OOD_COLUMN, OodDetector
 from galmorph.paths import repo_root, resolve_path
 
 LEVEL = 0.95
@@ -57,6 +58,7 @@ class ScoredSet:
     logits_tta: np.ndarray | None
     temperature: float
     fits: FitsConfig | None = None  # how its FITS images were read: galleries and thumbnails read them the same way
+    ood_scores: np.ndarray | None = None  # (N,) the model's out-of-distribution score (models.ood), when it has one
 
     @property
     def labels(self) -> np.ndarray:
@@ -122,8 +124,10 @@ def score(
     *,
     name: str,
     fits: FitsConfig | None = None,
+    ood: OodDetector | None = None,
 ) -> ScoredSet:
-    """Run the model on every row: one view, and the mean logits over cfg.tta_views when cfg.tta is on."""
+    """Run the model on every row: one view, and the mean logits over cfg.tta_views when cfg.tta is on; with
+    `ood` (the model's detector) each row's ood_score from the one-view pass, as predict measures it."""
 
     kwargs: dict[str, Any] = {
         "batch_size": cfg.batch_size,
@@ -133,11 +137,13 @@ def score(
         "fits": fits,
     }
     catalogue = catalogue.reset_index(drop=True)
-    logits = predict_logits(model, catalogue, preprocess, **kwargs).astype(np.float64)
+    logits, features = predict_outputs(model, catalogue, preprocess, features=ood is not None, **kwargs)
+    logits = logits.astype(np.float64)
+    ood_scores = ood.scores(features) if ood is not None and features is not None else None
     logits_tta = None
     if cfg.tta and len(cfg.tta_views) > 1:
         logits_tta = predict_logits(model, catalogue, preprocess, tta_views=cfg.tta_views, **kwargs).astype(np.float64)
-    return ScoredSet(name, catalogue, logits, logits_tta, float(temperature), fits=fits)
+    return ScoredSet(name, catalogue, logits, logits_tta, float(temperature), fits=fits, ood_scores=ood_scores)
 
 
 def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
@@ -170,6 +176,23 @@ def kpi_section(scored: ScoredSet, cfg: EvaluateConfig) -> dict[str, Any]:
         "abstention": abstention(scored.probs, labels, cfg.abstain_threshold),
         "abstention_tta": abstention(scored.probs_tta, labels, cfg.abstain_threshold) if tta is not None else None,
         "vote_spearman": vote_correlation(scored.probs, p_votes) if p_votes is not None else float("nan"),
+        "ood": ood_summary(scored),
+    }
+
+
+def ood_summary(scored: ScoredSet) -> dict[str, float] | None:
+    """What the out-of-distribution detector does to a labelled set: the share it calls "unlike training data"
+    (for ordinary galaxies: the share wrongly flagged) and the accuracy on the rest."""
+    if scored.ood_scores is None:
+        return None
+    flagged = scored.ood_scores > 1.0
+    kept = ~flagged
+    correct = scored.probs.argmax(axis=1) == scored.labels
+    return {
+        "flagged": float(flagged.mean()) if len(flagged) else float("nan"),
+        "n_flagged": int(flagged.sum()),
+        "accuracy_kept": float(correct[kept].mean()) if kept.any() else float("nan"),
+        "median_score": float(np.median(scored.ood_scores)) if len(flagged) else float("nan"),
     }
 
 
@@ -199,6 +222,8 @@ def flat_kpis(prefix: str, section: dict[str, Any]) -> dict[str, float]:
         }
     )
     flat.update(flat_subsets(prefix, section.get("subsets"), section.get("votes")))
+    if section.get("ood"):
+        flat.update({f"{prefix}_ood_{k}": float(v) for k, v in section["ood"].items()})
     return flat
 
 
@@ -371,6 +396,9 @@ def predictions_table(scored: ScoredSet, threshold: float) -> pd.DataFrame:
         for i, c in enumerate(CLASSES):
             table[f"p_{c}_tta"] = scored.probs_tta[:, i]
     table["correct"] = table["predicted"] == table["label"]
+    if scored.ood_scores is not None:
+        table[OOD_COLUMN] = scored.ood_scores
+        table["unlike_training_data"] = scored.ood_scores > 1.0
     table["votes_own_class"] = winning_fraction(cat, scored.labels)
     # the catalogue's own columns (the manifest's dataset/survey; evaluate-folder: every column of the CSV)
     internal = {"label_id", "label_raw", "source_path", "split", *(f"p_{c}" for c in CLASSES)}

@@ -30,6 +30,7 @@ from galmorph.data.dataset import ImageDataset, ImageSource
 from galmorph.data.images import InputLimits, decode_image, image_items
 from galmorph.data.transforms import VIEWS, EvalPreset, apply_view, check_views
 from galmorph.errors import UserError
+from galmorph.models.ood import OOD_COLUMN, OodDetector, verdicts
 from galmorph.models.resnet import DIRICHLET, LOGITS, GalaxyNet, build_model, fold_batchnorm, load_model, save_model
 
 UNCERTAIN = "uncertain"
@@ -123,11 +124,40 @@ def prepare_for_inference(model: nn.Module, device: torch.device, *, channels_la
 
 def view_logits(model: nn.Module, x: torch.Tensor, views: Sequence[str] | None) -> torch.Tensor:
     """Logits, averaged over views: images (B,3,H,W) are transformed, features (B,V,D) are already per view."""
+    return view_outputs(model, x, views)[0]
+
+
+def view_outputs(
+    model: nn.Module, x: torch.Tensor, views: Sequence[str] | None, *, features: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits averaged over views and, with `features` (a GalaxyNet on images), the pooled backbone features
+    averaged over the same views: what the out-of-distribution detector measures."""
     if x.ndim == 3:
-        return torch.stack([model(x[:, v]) for v in range(x.shape[1])]).float().mean(0)
-    if not views or list(views) == ["identity"]:
-        return model(x).float()
-    return torch.stack([model(apply_view(x, v)) for v in views]).float().mean(0)
+        return torch.stack([model(x[:, v]) for v in range(x.shape[1])]).float().mean(0), None
+    views = ["identity"] if not views else list(views)
+    if not features:
+        if views == ["identity"]:
+            return model(x).float(), None
+        return torch.stack([model(apply_view(x, v)) for v in views]).float().mean(0), None
+    feats = [model.backbone(x if v == "identity" else apply_view(x, v)).float() for v in views]
+    logits = torch.stack([model.head(f).float() for f in feats]).mean(0)
+    return logits, torch.stack(feats).mean(0)
+
+
+def batch_outputs(
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    *,
+    views: Sequence[str] | None = None,
+    amp: torch.dtype | None = None,
+    features: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(B, K) float32 logits of one preprocessed batch on a model from prepare_for_inference, and its (B, D)
+    pooled features when asked (view_outputs)."""
+    with torch.inference_mode(), autocast(device, amp):
+        logits, feats = view_outputs(model, to_device(x, device, device.type != "mps"), views, features=features)
+    return logits.float().cpu().numpy().copy(), None if feats is None else feats.float().cpu().numpy().copy()
 
 
 def batch_logits(
@@ -139,12 +169,18 @@ def batch_logits(
     amp: torch.dtype | None = None,
 ) -> np.ndarray:
     """(B, K) float32 logits of one preprocessed batch on a model from prepare_for_inference."""
-    with torch.inference_mode(), autocast(device, amp):
-        logits = view_logits(model, to_device(x, device, device.type != "mps"), views)
-    return logits.float().cpu().numpy()
+    return batch_outputs(model, x, device, views=views, amp=amp)[0]
 
 
 def predict_logits(
+    model: nn.Module, catalogue_or_paths: pd.DataFrame | Sequence[ImageSource], preprocess: PreprocessConfig, **kw: Any
+) -> np.ndarray:
+    """Logits (N, K) in input order for a catalogue whose images must all decode (evaluate, training); the
+    keywords are predict_outputs' (`fits`: how FITS images are read, evaluate-folder's --hdu)."""
+    return predict_outputs(model, catalogue_or_paths, preprocess, **kw)[0]
+
+
+def predict_outputs(
     model: nn.Module,
     catalogue_or_paths: pd.DataFrame | Sequence[ImageSource],
     preprocess: PreprocessConfig,
@@ -156,16 +192,17 @@ def predict_logits(
     precision: str = "auto",
     progress: bool = False,
     fits: FitsConfig | None = None,
-) -> np.ndarray:
-    """Logits (N, K) in input order for a catalogue whose images must all decode (evaluate, training);
-    `fits`: how FITS images are read (evaluate-folder's --hdu and params.yaml's fits section)."""
+    features: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """As predict_logits, and the pooled backbone features (N, D) with `features` (a GalaxyNet): what the
+    out-of-distribution detector is fitted on."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if tta_views is not None:
         check_views(tta_views, "tta_views")
     fast = prepare_for_inference(model, dev)
     dataset = ImageDataset(catalogue_or_paths, EvalPreset(preprocess), fits=fits)
     if len(dataset) == 0:
-        return np.empty((0, len(CLASSES)), dtype=np.float32)
+        return np.empty((0, len(CLASSES)), dtype=np.float32), None
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -173,11 +210,18 @@ def predict_logits(
         pin_memory=dev.type == "cuda",
     )
     out = np.empty((len(dataset), len(CLASSES)), dtype=np.float32)
+    feats: np.ndarray | None = None
     amp = amp_dtype_for(dev, precision)
     batches = tqdm(iterate(loader), desc="predict", unit="batch", total=len(loader), disable=not progress, leave=False)
     for x, _labels, _soft, idx in batches:
-        out[idx.numpy()] = batch_logits(fast, x, dev, views=tta_views, amp=amp)
-    return out
+        rows = idx.numpy()
+        logits, f = batch_outputs(fast, x, dev, views=tta_views, amp=amp, features=features)
+        out[rows] = logits
+        if f is not None:
+            if feats is None:
+                feats = np.empty((len(dataset), f.shape[1]), dtype=np.float32)
+            feats[rows] = f
+    return out, feats
 
 
 def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -224,11 +268,13 @@ def save_artifacts(
     preprocess: PreprocessConfig,
     temperature: float,
     out_dir: str | os.PathLike,
+    *,
+    ood: OodDetector | None = None,
 ) -> dict[str, str]:
     """Write the model file (the same format as models/model.pt, loadable with weights_only=True) and
     return the {name: path} artifacts mapping that mlflow.pyfunc.log_model wants."""
     path = Path(out_dir) / MODEL_FILE
-    save_model(path, model, model_cfg, preprocess, temperature=temperature)
+    save_model(path, model, model_cfg, preprocess, temperature=temperature, ood=ood)
     return {"model": str(path)}
 
 
@@ -247,7 +293,8 @@ class GalaxyClassifier:
     Unreadable inputs become per-row errors, never a failed batch: this is what serving wraps. `limits`
     (data.images.InputLimits) say what a request may carry: paths only under an image root, at most so many
     pixels per image, rows and bytes per request, and decodes at once (a semaphore shared by every thread
-    that uses this classifier).
+    that uses this classifier). `ood`: the model's out-of-distribution detector (models.ood); with one, every
+    scored image also gets an ood_score and, above 1, the verdict "unlike training data".
     """
 
     def __init__(
@@ -263,7 +310,11 @@ class GalaxyClassifier:
         limits: InputLimits | None = None,
         outputs: str | None = None,
         fits: FitsConfig | None = None,
+        ood: OodDetector | None = None,
     ) -> None:
+        if ood is not None and not isinstance(net, GalaxyNet):
+            raise ValueError("an out-of-distribution detector needs a GalaxyNet (it measures the backbone's features)")
+        self.ood = ood
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = prepare_for_inference(net, self.device)  # an exact, faster copy: BN folded, channels_last
         self.transform = EvalPreset(preprocess)
@@ -305,26 +356,41 @@ class GalaxyClassifier:
             temperature=loaded.temperature,
             classes=loaded.classes,
             outputs=loaded.outputs,
+            ood=loaded.ood,
             **kwargs,
         )
 
     @property
     def output_columns(self) -> list[str]:
-        """The numbers scored per image: p_<class>..., then vote_fraction_<class>... for a Dirichlet model."""
+        """The numbers scored per image: p_<class>..., then vote_fraction_<class>... for a Dirichlet model, then
+        ood_score for a model with an out-of-distribution detector."""
         names = [f"p_{c}" for c in self.classes]
         if self.outputs == DIRICHLET:
             names += [f"{VOTE_FRACTION_PREFIX}{c}" for c in self.classes]
+        if self.ood is not None:
+            names.append(OOD_COLUMN)
         return names
 
     def logits(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
         """Mean network outputs over the views of a batch already through self.transform."""
         return batch_logits(self.net, batch, self.device, views=self.tta_views if tta else None)
 
-    def scores(self, logits: np.ndarray) -> np.ndarray:
-        """(B, len(output_columns)): the calibrated probabilities, and the expected vote fractions when the
-        model has them."""
-        probs = softmax_t(logits, self.temperature)
-        return np.hstack([probs, vote_fractions(logits)]) if self.outputs == DIRICHLET else probs
+    def score_batch(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
+        """(B, len(output_columns)) of a batch already through self.transform: the calibrated probabilities, the
+        expected vote fractions when the model has them, the ood_score when it has a detector."""
+        views = self.tta_views if tta else None
+        logits, feats = batch_outputs(self.net, batch, self.device, views=views, features=self.ood is not None)
+        parts = [softmax_t(logits, self.temperature)]
+        if self.outputs == DIRICHLET:
+            parts.append(vote_fractions(logits))
+        if feats is not None and self.ood is not None:
+            parts.append(self.ood.scores(feats)[:, None])
+        return np.hstack(parts)
+
+    def labels(self, scores: np.ndarray, errors: Sequence[str | None], threshold: float = 0.0) -> list[str]:
+        """labels_of on the probabilities, then "unlike training data" where the ood_score is above 1."""
+        labels = labels_of(scores[:, : len(self.classes)], errors, self.classes, threshold)
+        return verdicts(scores[:, -1], labels) if self.ood is not None else labels
 
     def probabilities(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
         """softmax(mean logits over the views / T) of a batch already through self.transform."""
@@ -355,15 +421,16 @@ class GalaxyClassifier:
                 except Exception as exc:  # one bad upload must not fail the batch
                     errors[i] = _reason(exc)
             if tensors:
-                probs[rows] = self.scores(self.logits(torch.stack(tensors), tta=tta))
+                probs[rows] = self.score_batch(torch.stack(tensors), tta=tta)
         return probs, errors
 
     def predict(self, model_input: Any, *, tta: bool = False, threshold: float = 0.0) -> pd.DataFrame:
         """A DataFrame with p_<class> columns and `label`: the top class, "uncertain" when its probability
-        is under `threshold`, or "error: <reason>"; then vote_fraction_<class> for a Dirichlet model."""
+        is under `threshold`, "unlike training data" when its ood_score is above 1, or "error: <reason>"; then
+        vote_fraction_<class> for a Dirichlet model and ood_score for a model with a detector."""
         items = image_items(model_input)
         scores, errors = self.predict_scores(items, tta=tta)
-        labels = labels_of(scores[:, : len(self.classes)], errors, self.classes, threshold)
+        labels = self.labels(scores, errors, threshold)
         labels = [ERROR_PREFIX + e if e else label for label, e in zip(labels, errors, strict=True)]
         columns = self.output_columns
         out = pd.DataFrame({name: scores[:, k] for k, name in enumerate(columns[: len(self.classes)])})

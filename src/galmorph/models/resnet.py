@@ -24,6 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from galmorph.config import CLASSES, ModelConfig, PreprocessConfig, from_dict, stored_preprocess
 from galmorph.errors import UserError
 from galmorph.io import atomic_path
+from galmorph.models.ood import OodDetector
 from galmorph.models.pretrained import adapt_stem, hub_state, is_hub_weights
 
 FEATURE_DIMS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -269,8 +270,10 @@ def save_model(
     *,
     temperature: float = 1.0,
     metrics: Mapping[str, float] | None = None,
+    ood: OodDetector | None = None,
 ) -> None:
-    """Write models/model.pt: one dict of tensors and plain values, loadable with weights_only=True."""
+    """Write models/model.pt: one dict of tensors and plain values, loadable with weights_only=True; `ood`: the
+    out-of-distribution detector fitted on the training split (models.ood), stored under "ood" when there is one."""
     bundle = {
         "format": MODEL_FORMAT,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -281,6 +284,8 @@ def save_model(
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "outputs": getattr(model, "outputs", LOGITS),
     }
+    if ood is not None:
+        bundle["ood"] = ood.to_dict()
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
@@ -309,14 +314,18 @@ def model_digest(path: str | Path) -> str:
     re-registered model is recognised."""
     bundle = _read_bundle(path)
     digest = hashlib.md5(usedforsecurity=False)
-    for key in sorted(bundle["model"]):
-        tensor = bundle["model"][key]
+    ood = bundle.get("ood") or {}
+    tensors = {**bundle["model"], **{f"ood.{k}": v for k, v in ood.items() if isinstance(v, torch.Tensor)}}
+    for key in sorted(tensors):
+        tensor = tensors[key]
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         flat = tensor.contiguous().reshape(-1)  # 0-d tensors (BN's num_batches_tracked) cannot view as bytes
         digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     described = {k: bundle.get(k) for k in ("model_cfg", "preprocess", "classes", "temperature")}
     if bundle["outputs"] != LOGITS:  # only when not the default, so older models keep their digest
         described["outputs"] = bundle["outputs"]
+    if ood:  # likewise: a model without a detector keeps its digest
+        described["ood"] = {k: v for k, v in ood.items() if not isinstance(v, torch.Tensor)}
     digest.update(json.dumps(described, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -332,6 +341,7 @@ class LoadedModel:
     classes: tuple[str, ...]
     metrics: dict[str, float]
     outputs: str = LOGITS
+    ood: OodDetector | None = None  # the out-of-distribution detector, when the model file has one
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -349,4 +359,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         classes=tuple(bundle["classes"]),
         metrics=dict(bundle.get("metrics", {})),
         outputs=bundle["outputs"],
+        ood=OodDetector.from_dict(bundle["ood"], str(path)) if bundle.get("ood") else None,
     )

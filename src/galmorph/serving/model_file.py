@@ -55,7 +55,12 @@ def register_model_file(name: str, model_file: str | Path, cfg: MlflowConfig) ->
             example = Path(tmp) / "example.jpg"  # a dark sky: the input example MLflow validates the signature with
             Image.new("RGB", (64, 64), (10, 10, 20)).save(example)
             model_uri = logged_model.log_classifier(
-                loaded.model, loaded.model_cfg, loaded.preprocess, temperature=loaded.temperature, input_example=example
+                loaded.model,
+                loaded.model_cfg,
+                loaded.preprocess,
+                temperature=loaded.temperature,
+                input_example=example,
+                ood=loaded.ood,
             )
         run_id = run.info.run_id
     tags = {**source, "training_run_id": run_id, "model_uri": model_uri}

@@ -26,7 +26,7 @@ from galmorph.data.fits import BandFiles
 from galmorph.data.images import decode_image
 from galmorph.errors import UserError
 from galmorph.io import write_csv, write_json, write_parquet
-from galmorph.models.inference import GalaxyClassifier, labels_of
+from galmorph.models.inference import GalaxyClassifier
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", *FITS_SUFFIXES)
 OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
@@ -125,7 +125,8 @@ def score_files(
     fits: FitsConfig | None = None,
 ) -> pd.DataFrame:
     """One row per file: path, p_<class>..., label, error (empty when the file was scored), then
-    vote_fraction_<class>... when the model was trained on vote counts (classifier.output_columns). A
+    vote_fraction_<class>... when the model was trained on vote counts and ood_score when it has an
+    out-of-distribution detector (classifier.output_columns). A
     BandFiles item (three FITS bands) is one row, its path written cut/obj_{g,r,i}.fits; `fits`: how FITS files
     are read (default: FitsConfig())."""
     if batch_size < 1 or workers < 0:
@@ -139,14 +140,14 @@ def score_files(
         for batch, batch_errors in _batches(classifier, paths, batch_size, workers, fits):
             if batch is not None:
                 rows = [start + i for i, e in enumerate(batch_errors) if not e]
-                probs[rows] = classifier.scores(classifier.logits(batch, tta=tta))
+                probs[rows] = classifier.score_batch(batch, tta=tta)
             errors.extend(batch_errors)
             start += len(batch_errors)
             bar.update(len(batch_errors))
     out = pd.DataFrame({"path": [str(p) for p in paths]})
     for k, name in enumerate(columns[:n_classes]):
         out[name] = probs[:, k]
-    out["label"] = labels_of(probs[:, :n_classes], errors, classifier.classes, threshold)
+    out["label"] = classifier.labels(probs, errors, threshold)
     out["error"] = errors
     for k, name in enumerate(columns[n_classes:], start=n_classes):
         out[name] = probs[:, k]

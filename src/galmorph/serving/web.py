@@ -22,7 +22,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from galmorph.config import FitsConfig, MlflowConfig, ServeConfig, load_params
 from galmorph.data.images import ACCEPTED, ImageError, InputLimits
 from galmorph.errors import UserError
-from galmorph.models.inference import UNCERTAIN, GalaxyClassifier, labels_of
+from galmorph.models.inference import UNCERTAIN, GalaxyClassifier
+from galmorph.models.ood import OOD_COLUMN, UNLIKE
 from galmorph.serving.resolve import LiveModel, ModelRef, load_model, resolve_model
 
 THUMBNAIL_PX = 320
@@ -47,8 +48,9 @@ def classify_upload(
     name: str = "the file",
     thumbnail: bool = False,
 ) -> tuple[dict[str, Any], int, str | None]:
-    """({"probabilities": {class: p}, "verdict": class|uncertain, "top": p, "leaning": top class} or
-    {"error": reason}, HTTP status, the thumbnail's data URL when asked for). The bytes are decoded once."""
+    """({"probabilities": {class: p}, "verdict": class|uncertain|unlike training data, "top": p, "leaning": top
+    class, and "ood_score" for a model with an out-of-distribution detector} or {"error": reason}, HTTP status,
+    the thumbnail's data URL when asked for). The bytes are decoded once."""
     if not data:
         return {"error": f"{name}: the file is empty"}, 400, None
     try:
@@ -57,11 +59,13 @@ def classify_upload(
             thumb = _thumbnail(image) if thumbnail else None
     except ImageError as exc:
         return {"error": f"{name}: {exc}"}, STATUS_BY_REASON.get(exc.reason, 400), None
-    probs_row = classifier.probabilities(x[None], tta=tta)
-    verdict = labels_of(probs_row, [None], classifier.classes, threshold)[0]
-    probs = {c: float(p) for c, p in zip(classifier.classes, probs_row[0], strict=True)}
+    scores = classifier.score_batch(x[None], tta=tta)
+    verdict = classifier.labels(scores, [None], threshold)[0]
+    probs = {c: float(p) for c, p in zip(classifier.classes, scores[0, : len(classifier.classes)], strict=True)}
     leaning = max(probs, key=probs.__getitem__)
-    result = {"probabilities": probs, "verdict": verdict, "top": probs[leaning], "leaning": leaning}
+    result: dict[str, Any] = {"probabilities": probs, "verdict": verdict, "top": probs[leaning], "leaning": leaning}
+    if classifier.ood is not None:
+        result[OOD_COLUMN] = float(scores[0, -1])
     return result, 200, thumb
 
 
@@ -97,6 +101,7 @@ def create_app(
         "limit_mb": f"{limit_mb:g}",
         "limit_bytes": max_upload_bytes,
         "uncertain": UNCERTAIN,
+        "unlike": UNLIKE,
         "accepted": ACCEPTED.removeprefix("accepted: "),
     }
 

@@ -14,6 +14,7 @@ from galmorph.data.dataset import read_splits
 from galmorph.evaluation.calibration import fit_temperature, nll
 from galmorph.evaluation.plots import confusion_figure
 from galmorph.io import write_csv, write_json
+from galmorph.models.ood import check_quantile
 from galmorph.models.resnet import save_model
 from galmorph.paths import repo_root, resolve_path
 from galmorph.tracking import logged_model, runs
@@ -21,6 +22,7 @@ from galmorph.training import curves
 from galmorph.training.distributed import is_main_process
 from galmorph.training.features import load_feature_cache
 from galmorph.training.loop import fit
+from galmorph.training.ood import fit_ood
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -30,6 +32,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         print(f"train: using tuned params from {Path(params.tune.out)}: {shown}")
     params = tuned
     cfg = params.train
+    check_quantile(cfg.ood_quantile)  # before the hours of training, not after
     catalogue = read_splits(params.split.out)
     features = None
     if cfg.mode == "frozen":
@@ -53,7 +56,13 @@ def main(params: Params, args: argparse.Namespace) -> None:
                 runs.log_metrics(row, step=int(row["epoch"]))
         temperature = fit_temperature(result.val_logits, result.val_labels)
         metrics = curves.summary(result, temperature, nll(result.val_logits, result.val_labels, temperature))
-        save_model(cfg.out, result.model, params.model, params.preprocess, temperature=temperature, metrics=metrics)
+        ood = fit_ood(result.model, catalogue, params)
+        if ood is not None:
+            metrics["ood_shrinkage"] = ood.shrinkage
+            print(f"train: out-of-distribution detector fitted (Ledoit-Wolf shrinkage {ood.shrinkage:.3f})")
+        save_model(
+            cfg.out, result.model, params.model, params.preprocess, temperature=temperature, metrics=metrics, ood=ood
+        )
         curves_df = curves.curves_frame(result.history)
         write_csv(cfg.curves, curves_df)
         runs.log_artifact(cfg.curves, "train")
@@ -64,7 +73,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         val = catalogue[catalogue["split"] == "val"]
         example = resolve_path(str(val["image_path"].iloc[0]), repo_root())
         uri = logged_model.log_classifier(
-            result.model, params.model, params.preprocess, temperature=temperature, input_example=example
+            result.model, params.model, params.preprocess, temperature=temperature, input_example=example, ood=ood
         )
         write_json(cfg.metrics, {**metrics, "mlflow_run_id": run.info.run_id, "model_uri": uri})
     print(

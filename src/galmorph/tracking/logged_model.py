@@ -38,8 +38,13 @@ from galmorph.tracking import runs, store
 if typing.TYPE_CHECKING:
     import torch
 
+    from galmorph.models.ood import OodDetector
+
 PIP_REQUIREMENTS = ("torch", "torchvision", "pillow", "pandas", "numpy", "pyyaml", "tqdm", "astropy")
 """What the logged pyfunc needs besides mlflow (pinned to the versions it was logged with)."""
+
+OOD_COLUMN = "ood_score"
+"""galmorph.models.ood.OOD_COLUMN, without importing torch with galmorph.tracking."""
 
 SERVE_ENV: dict[str, str] = {
     "image_root": "GALMORPH_IMAGE_ROOT",  # file:<path> rows are read only under this folder (default: never)
@@ -122,9 +127,9 @@ def fits_config(value: Mapping[str, Any] | None) -> FitsConfig:
 
 
 def nulls_for_failed_rows(out: pd.DataFrame) -> pd.DataFrame:
-    """A failed row's probabilities as None, so JSON carries null: NaN is not JSON, and browsers' parsers
-    reject the `NaN` Python writes. Columns stay float64 when every row scored."""
-    columns = [c for c in out.columns if c.startswith(("p_", "vote_fraction_"))]
+    """A failed row's probabilities (and ood_score) as None, so JSON carries null: NaN is not JSON, and browsers'
+    parsers reject the `NaN` Python writes. Columns stay float64 when every row scored."""
+    columns = [c for c in out.columns if c.startswith(("p_", "vote_fraction_")) or c == OOD_COLUMN]
     failed = out[columns].isna().any(axis=1)
     if failed.any():
         for column in columns:
@@ -144,9 +149,12 @@ mlflow.models.set_model(GalaxyPyfunc())
 """
 
 
-def classifier_signature(classes: Sequence[str] = CLASSES) -> ModelSignature:
-    """Input: column `image` (base64, bytes or file:<path>); output: p_<class>..., label; params tta, threshold."""
+def classifier_signature(classes: Sequence[str] = CLASSES, *, ood: bool = False) -> ModelSignature:
+    """Input: column `image` (base64, bytes or file:<path>); output: p_<class>..., label, and ood_score for a
+    model with an out-of-distribution detector; params tta, threshold."""
     outputs = [ColSpec("double", f"p_{c}") for c in classes] + [ColSpec("string", "label")]
+    if ood:
+        outputs.append(ColSpec("double", OOD_COLUMN))
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema(outputs),
@@ -172,6 +180,7 @@ def log_classifier(
     name: str = "model",
     tta_views: Sequence[str] | None = None,
     batch_size: int = 64,
+    ood: OodDetector | None = None,
 ) -> str:
     """Log the network as a self-contained pyfunc in the active run and return its model URI.
 
@@ -180,6 +189,7 @@ def log_classifier(
     requirements are pinned, so `mlflow.pyfunc.load_model(uri)` works in any environment without this
     repository. `input_example`: a JPEG, stored base64-encoded so the example runs anywhere.
     `tta_views` (default: all eight, as evaluate.tta_views) are what predict(params={"tta": True}) averages.
+    `ood`: the out-of-distribution detector stored in the model file (models.ood).
     """
     # torch loads only where a model is logged, not with every importer of galmorph.tracking
     from galmorph.models.inference import save_artifacts
@@ -188,8 +198,8 @@ def log_classifier(
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
     with tempfile.TemporaryDirectory(prefix="galmorph-pyfunc-") as tmp:
-        artifacts = save_artifacts(model, model_cfg, preprocess, temperature, Path(tmp) / "artifacts")
-        parts = _pyfunc_parts(Path(tmp), temperature, tta_views, batch_size, input_example)
+        artifacts = save_artifacts(model, model_cfg, preprocess, temperature, Path(tmp) / "artifacts", ood=ood)
+        parts = _pyfunc_parts(Path(tmp), temperature, tta_views, batch_size, input_example, ood=ood is not None)
         info = mlflow.pyfunc.log_model(name=name, artifacts=artifacts, **parts)
     return info.model_uri
 
@@ -210,7 +220,7 @@ def export_classifier(
     with tempfile.TemporaryDirectory(prefix="galmorph-pyfunc-") as tmp:
         example = Path(tmp) / "example.jpg"  # a dark sky: the input example MLflow validates the signature with
         Image.new("RGB", (64, 64), (10, 10, 20)).save(example)
-        parts = _pyfunc_parts(Path(tmp), loaded.temperature, tta_views, batch_size, example)
+        parts = _pyfunc_parts(Path(tmp), loaded.temperature, tta_views, batch_size, example, ood=loaded.ood is not None)
         with runs.quiet_artifact_copies():
             mlflow.pyfunc.save_model(path=str(out_dir), artifacts={"model": str(model_file)}, **parts)
     return Path(out_dir)
@@ -222,6 +232,8 @@ def _pyfunc_parts(
     tta_views: Sequence[str] | None,
     batch_size: int,
     input_example: str | os.PathLike | None,
+    *,
+    ood: bool = False,
 ) -> dict[str, Any]:
     """What a logged and an exported galmorph pyfunc share: the model code, the galmorph package in code/,
     pinned requirements, the signature, the serving config and the metadata (files written under `tmp`)."""
@@ -241,7 +253,7 @@ def _pyfunc_parts(
         "python_model": str(model_code),
         "code_paths": [str(code)],
         "pip_requirements": _pip_requirements(),
-        "signature": classifier_signature(),
+        "signature": classifier_signature(ood=ood),
         "input_example": pd.DataFrame(example) if example else None,
         # the SERVE_ENV keys are logged unset (None): the environment or load-time model_config sets them
         # fits (how FITS inputs are read) is logged unset too: FitsConfig()'s defaults, params.yaml's
