@@ -371,10 +371,6 @@ class GalaxyClassifier:
             names.append(OOD_COLUMN)
         return names
 
-    def logits(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
-        """Mean network outputs over the views of a batch already through self.transform."""
-        return batch_logits(self.net, batch, self.device, views=self.tta_views if tta else None)
-
     def score_batch(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
         """(B, len(output_columns)) of a batch already through self.transform: the calibrated probabilities, the
         expected vote fractions when the model has them, the ood_score when it has a detector."""
@@ -391,10 +387,6 @@ class GalaxyClassifier:
         """labels_of on the probabilities, then "unlike training data" where the ood_score is above 1."""
         labels = labels_of(scores[:, : len(self.classes)], errors, self.classes, threshold)
         return verdicts(scores[:, -1], labels) if self.ood is not None else labels
-
-    def probabilities(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
-        """softmax(mean logits over the views / T) of a batch already through self.transform."""
-        return softmax_t(self.logits(batch, tta=tta), self.temperature)
 
     def predict_proba(self, items: Sequence[Any], *, tta: bool = False) -> tuple[np.ndarray, list[str | None]]:
         """(N, n_classes) probabilities (NaN rows for unreadable images) and each row's error or None.
