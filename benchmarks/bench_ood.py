@@ -12,12 +12,18 @@ Mahalanobis score and, as the baseline measured in the same run, 1 - max calibra
 Every image goes through predict's own path (serving.predict.score_files), so this is what users get.
 
     .venv/bin/python benchmarks/bench_ood.py --model /tmp/real-ood/runs/makereal-seed1/model.pt \
-        --splits /tmp/real-ood/data/processed/splits.parquet --out /tmp/bench-ood
+        --splits /tmp/real-ood/data/processed/splits.parquet --out /tmp/bench-ood [--tta]
+
+With --tta every image is scored as `galmorph predict --tta` does (mean features over the model's TTA views). A
+model trained before the detector had a TTA scale (models.ood) gets one fitted here as training now fits it
+(the 0.99 quantile of the val split's mean features); --identity-tta scores its identity view instead (the
+fallback), to compare the two.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,8 +33,9 @@ from PIL import Image, ImageDraw
 from sklearn.metrics import roc_auc_score
 
 from galmorph.evaluation.metrics import bootstrap_counts
-from galmorph.models.inference import GalaxyClassifier
+from galmorph.models.inference import DEFAULT_TTA_VIEWS, GalaxyClassifier, predict_outputs
 from galmorph.models.ood import OOD_COLUMN
+from galmorph.models.resnet import load_model
 from galmorph.paths import repo_root, resolve_path
 from galmorph.serving.predict import score_files
 
@@ -95,8 +102,8 @@ def auroc_interval(
     return float(auc), float(lo), float(hi)
 
 
-def scored(classifier: GalaxyClassifier, paths: list[str], workers: int) -> pd.DataFrame:
-    df = score_files(classifier, paths, batch_size=128, workers=workers, progress=True)
+def scored(classifier: GalaxyClassifier, paths: list[str], workers: int, tta: bool = False) -> pd.DataFrame:
+    df = score_files(classifier, paths, batch_size=128, workers=workers, tta=tta, progress=True)
     bad = df["error"] != ""
     if bad.any():
         print(f"  {int(bad.sum())} of {len(df)} unreadable, left out: {df.loc[bad, 'error'].iloc[0]}")
@@ -120,6 +127,8 @@ def main() -> None:
     ap.add_argument("--max-other", type=int, default=1000, help="Galaxy Zoo `other` rows to score (a random sample)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--time-n", type=int, default=1000, help="test images timed with and without the detector")
+    ap.add_argument("--tta", action="store_true", help="score as `galmorph predict --tta` does (the model's views)")
+    ap.add_argument("--identity-tta", action="store_true", help="with --tta: no fitted TTA scale (the fallback)")
     args = ap.parse_args()
     out = Path(args.out)
     classifier = GalaxyClassifier.from_artifacts(args.model, device="cpu")
@@ -129,7 +138,17 @@ def main() -> None:
     splits = pd.read_parquet(args.splits)
     test = splits[splits["split"] == "test"]
     root = repo_root()
-    inside = scored(classifier, [str(resolve_path(str(p), root)) for p in test["image_path"]], args.workers)
+    if args.tta and not args.identity_tta and not classifier.ood.scores_views(classifier.tta_views):
+        val = [str(resolve_path(str(p), root)) for p in splits.loc[splits["split"] == "val", "image_path"]]
+        loaded = load_model(args.model)
+        kw = {"tta_views": DEFAULT_TTA_VIEWS, "features": True, "num_workers": args.workers, "progress": True}
+        _, feats = predict_outputs(loaded.model, val, loaded.preprocess, **kw)
+        tta_scale = float(np.quantile(classifier.ood.distances(feats), classifier.ood.quantile))
+        classifier.ood = dataclasses.replace(classifier.ood, tta_views=DEFAULT_TTA_VIEWS, tta_scale=tta_scale)
+        print(f"TTA scale fitted on {len(val)} val images: {tta_scale:.1f} (one view: {classifier.ood.scale:.1f})")
+    if args.identity_tta:
+        classifier.ood = dataclasses.replace(classifier.ood, tta_views=(), tta_scale=0.0)
+    inside = scored(classifier, [str(resolve_path(str(p), root)) for p in test["image_path"]], args.workers, args.tta)
     gz_other = labelled(SHARED / "galaxyzoo" / "labels.csv", "other")
     gz_other = list(np.random.default_rng(0).permutation(gz_other)[: args.max_other])
     groups = {
@@ -153,7 +172,7 @@ def main() -> None:
     ]
     for name, paths in groups.items():
         print(f"{name}: {len(paths)} images")
-        df = scored(classifier, paths, args.workers)
+        df = scored(classifier, paths, args.workers, args.tta)
         auc, lo, hi = auroc_interval(inside[OOD_COLUMN].to_numpy(), df[OOD_COLUMN].to_numpy())
         msp, mlo, mhi = auroc_interval(inside["msp"].to_numpy(), df["msp"].to_numpy())
         rows.append(
@@ -172,7 +191,7 @@ def main() -> None:
         for name, ood in (("without", None), ("with", detector)):
             classifier.ood = ood
             t0 = time.perf_counter()
-            score_files(classifier, some, batch_size=128, workers=args.workers, progress=False)
+            score_files(classifier, some, batch_size=128, workers=args.workers, tta=args.tta, progress=False)
             times[name].append(time.perf_counter() - t0)
     classifier.ood = detector
     rate = {k: len(some) / min(v) for k, v in times.items()}
@@ -190,7 +209,10 @@ def main() -> None:
         }
     ).to_markdown(index=False)
     print(md)
-    print(f"model {args.model}; quantile {classifier.ood.quantile}; {time.perf_counter() - start:.0f} s")
+    print(
+        f"model {args.model}; quantile {classifier.ood.quantile}; tta {args.tta} (scale {classifier.ood.tta_scale:.1f}); "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     (out / "table.md").write_text(md + "\n")
 
 

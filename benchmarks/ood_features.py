@@ -4,7 +4,8 @@ The product's detector (models.ood) uses layer4's pooled features. This refits t
 covariance, threshold at the 0.99 val quantile) on other layers and combinations, standardised per feature, and
 prints each variant's AUROC against the real test galaxies for Galaxy Zoo's `other` rows (1,000 sampled), ood-dev's
 `other` rows and ood-dev's spirals and ellipticals, and the share of each it flags. The images go through the
-model's EvalPreset without TTA, so the layer4 row differs from bench_ood.py's by TTA alone.
+model's EvalPreset without TTA, as bench_ood.py's do; the layer4 row differs from bench_ood.py's in the Galaxy Zoo
+`other` sample (pandas' sample here, numpy's permutation there).
 
     .venv/bin/python benchmarks/ood_features.py --model /tmp/real-ood/runs/makereal-seed1/model.pt \
         --splits /tmp/real-ood/data/processed/splits.parquet

@@ -23,7 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from galmorph.config import MlflowConfig, ModelConfig, PreprocessConfig, RegisterConfig
-from galmorph.models.inference import build_network
+from galmorph.models.inference import build_network, predict_outputs
+from galmorph.models.ood import OodDetector, fit_detector
 from galmorph.serving import promotion
 from galmorph.tracking import logged_model, runs
 from galmorph.tracking.registry import VersionInfo
@@ -76,22 +77,40 @@ def tiny_network(seed: int = 0) -> torch.nn.Module:
     return build_network(TINY_MODEL).eval()
 
 
-def log_tiny_model(cfg: MlflowConfig, example: Path, *, seed: int = 0, temperature: float = 1.5) -> str:
+def log_tiny_model(
+    cfg: MlflowConfig, example: Path, *, seed: int = 0, temperature: float = 1.5, ood: OodDetector | None = None
+) -> str:
     """Log a randomly initialised resnet18 as the pyfunc (what the train stage logs); returns its URI."""
     with runs.start_run(cfg, "test", {"seed": seed}):
         return logged_model.log_classifier(
-            tiny_network(seed), TINY_MODEL, TINY_PREPROCESS, temperature=temperature, input_example=example
+            tiny_network(seed), TINY_MODEL, TINY_PREPROCESS, temperature=temperature, input_example=example, ood=ood
         )
 
 
-def log_tiny_model_once(root: Path) -> TinyModel:
-    """Log the tiny model into the store at root/mlruns/mlflow.db (the env var set only meanwhile)."""
+def tiny_detector(
+    images: list[Path], quantile: float = 0.5, seed: int = 0, tta_views: tuple[str, ...] = ()
+) -> OodDetector:
+    """An out-of-distribution detector fitted on tiny_network(seed)'s own features of `images` (alternate
+    rows as the two classes), with a TTA scale for `tta_views`; at quantile 0.5 it flags about half of them."""
+    kw = {"num_workers": 0, "device": "cpu", "features": True}
+    _, feats = predict_outputs(tiny_network(seed), images, TINY_PREPROCESS, **kw)
+    tta = (
+        predict_outputs(tiny_network(seed), images, TINY_PREPROCESS, tta_views=tta_views, **kw)[1]
+        if tta_views
+        else None
+    )
+    return fit_detector(feats, np.arange(len(feats)) % 2, feats, quantile, val_tta_features=tta, tta_views=tta_views)
+
+
+def log_tiny_model_once(root: Path, *, ood: bool = False) -> TinyModel:
+    """Log the tiny model (with a detector fitted on its example images when `ood`) into the store at
+    root/mlruns/mlflow.db (the env var set only meanwhile)."""
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     cfg = MlflowConfig(experiment="galmorph-test", tracking_uri=uri, registered_model="galmorph")
-    images = write_images(root / "images", 6)
+    images = write_images(root / "images", 12 if ood else 6)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        model_uri = log_tiny_model(cfg, images[0])
+        model_uri = log_tiny_model(cfg, images[0], ood=tiny_detector(images) if ood else None)
         source = mlflow.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
     return TinyModel(source, model_uri, images)
 

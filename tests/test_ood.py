@@ -12,14 +12,14 @@ from PIL import Image
 
 from galmorph.errors import UserError
 from galmorph.evaluation.scoring import kpi_section, predictions_table, score
-from galmorph.models.inference import GalaxyClassifier, predict_outputs
+from galmorph.models.inference import GalaxyClassifier, batch_outputs, predict_outputs
 from galmorph.models.ood import OOD_COLUMN, UNLIKE, OodDetector, check_quantile, fit_detector, verdicts
 from galmorph.models.resnet import load_model, model_digest, save_model
 from galmorph.serving.predict import score_files
 from galmorph.serving.web import classify_upload
 from galmorph.tracking import logged_model
 from galmorph.training.ood import fit_ood
-from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, tiny_network, write_images
+from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, tiny_detector, tiny_network, write_images
 from tests.training_utils import make_catalogue, tiny_params
 
 
@@ -45,6 +45,18 @@ def test_fit_detector_flags_the_quantile_of_held_out_data_and_far_points() -> No
     assert (det.scores(far) > 1).all()
     # the distance is the Mahalanobis one: the nearest class mean scores 0
     assert det.distances(det.means.numpy()) == pytest.approx([0.0, 0.0], abs=1e-3)
+    # a mean over views is a tighter feature (here: half the spread): its own scale flags the same share
+    views = ("identity", "rot90")
+    shrunk = fit_detector(train, labels, val, 0.95, val_tta_features=_shrink(val), tta_views=views)
+    assert shrunk.scale == det.scale and shrunk.tta_scale < det.scale / 2
+    assert 0.03 < (shrunk.scores(_shrink(test), views) > 1).mean() < 0.07
+    assert (det.scores(_shrink(test)) > 1).mean() < 0.01  # the one-view scale would flag almost none
+
+
+def _shrink(x: np.ndarray) -> np.ndarray:
+    """Each row of _clusters halfway to its class's centre: what averaging over views does to the spread."""
+    centre = np.where(np.arange(len(x))[:, None] % 2 == 0, 2.0, -2.0)
+    return centre + (x - centre) / 2
 
 
 def test_detector_round_trips_through_a_dict_and_refuses_a_malformed_one() -> None:
@@ -77,12 +89,9 @@ def test_verdicts_leave_failed_rows_alone() -> None:
     assert verdicts(scores, ["spiral", "elliptical", "", "uncertain"]) == ["spiral", UNLIKE, "", UNLIKE]
 
 
-def _detector(net: torch.nn.Module, images: list, *, flag_all: bool) -> OodDetector:
-    """A detector fitted on the network's own features of `images`, scaled to flag everything or nothing."""
-    _, feats = predict_outputs(net, images, TINY_PREPROCESS, num_workers=0, device="cpu", features=True)
-    labels = np.arange(len(feats)) % 2
-    det = fit_detector(feats, labels, feats, 0.5)
-    return dataclasses.replace(det, scale=1e-9 if flag_all else 1e12)
+def _detector(images: list, *, flag_all: bool) -> OodDetector:
+    """tiny_network(0)'s detector fitted on `images`, scaled to flag everything or nothing."""
+    return dataclasses.replace(tiny_detector(images), scale=1e-9 if flag_all else 1e12)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +101,7 @@ def images(tmp_path_factory) -> list:
 
 def test_model_file_keeps_the_detector_and_its_digest_covers_it(tmp_path, params, images) -> None:
     net = tiny_network(0)
-    det = _detector(net, images, flag_all=False)
+    det = _detector(images, flag_all=False)
     plain, with_ood = tmp_path / "plain.pt", tmp_path / "ood.pt"
     save_model(plain, net, TINY_MODEL, TINY_PREPROCESS)
     save_model(with_ood, net, TINY_MODEL, TINY_PREPROCESS, ood=det)
@@ -110,7 +119,7 @@ def test_model_file_keeps_the_detector_and_its_digest_covers_it(tmp_path, params
 @pytest.mark.parametrize("flag_all", [True, False])
 def test_every_path_gives_the_score_and_the_verdict(tmp_path, images, flag_all: bool) -> None:
     net = tiny_network(0)
-    det = _detector(net, images, flag_all=flag_all)
+    det = _detector(images, flag_all=flag_all)
     classifier = GalaxyClassifier(net, TINY_PREPROCESS, device="cpu", ood=det, tta_views=("identity", "rot90"))
     assert classifier.output_columns == ["p_spiral", "p_elliptical", OOD_COLUMN]
 
@@ -132,6 +141,33 @@ def test_every_path_gives_the_score_and_the_verdict(tmp_path, images, flag_all: 
     # the pyfunc's JSON: a failed row's score is null like its probabilities
     nulls = logged_model.nulls_for_failed_rows(out.copy())
     assert nulls[OOD_COLUMN][3] is None
+
+
+@pytest.mark.parametrize("views", [("identity", "rot90", "hflip"), ("rot90", "rot180")])
+def test_tta_scores_the_mean_features_on_their_own_scale(images, views) -> None:
+    """A mean over views is scored on the scale fitted for those views; without one (a detector from before
+    tta_scale, or other views) on the identity view's features, the same score as without TTA."""
+    batch = pd.DataFrame({"image": [p.read_bytes() for p in images]})
+    plain_det, tta_det = tiny_detector(images), tiny_detector(images, tta_views=views)
+    assert plain_det.tta_scale == 0 and tta_det.tta_scale > 0 and tta_det.tta_views == views
+    stored = OodDetector.from_dict(tta_det.to_dict(), "m.pt")
+    assert (stored.tta_views, stored.tta_scale) == (views, tta_det.tta_scale)
+    assert OodDetector.from_dict(plain_det.to_dict(), "m.pt").tta_views == ()
+    for det, other_views in ((plain_det, views), (tta_det, ("identity", "transpose"))):
+        classifier = GalaxyClassifier(tiny_network(0), TINY_PREPROCESS, device="cpu", ood=det, tta_views=other_views)
+        plain, tta = classifier.predict(batch), classifier.predict(batch, tta=True)
+        np.testing.assert_allclose(tta[OOD_COLUMN], plain[OOD_COLUMN], rtol=1e-5)
+        assert not np.allclose(tta["p_spiral"], plain["p_spiral"], rtol=0, atol=1e-7)  # the views were applied
+
+    classifier = GalaxyClassifier(tiny_network(0), TINY_PREPROCESS, device="cpu", ood=tta_det, tta_views=views)
+    tta = classifier.predict(batch, tta=True)[OOD_COLUMN].to_numpy()
+    x = torch.stack([classifier.tensor(p.read_bytes()) for p in images])
+    _, mean_feats = batch_outputs(classifier.net, x, classifier.device, views=views, features=True)
+    np.testing.assert_allclose(tta, tta_det.distances(mean_feats) / tta_det.tta_scale, rtol=1e-5)
+    _, one_view = batch_outputs(classifier.net, x, classifier.device, features=True)
+    assert not np.allclose(tta, tta_det.distances(one_view) / tta_det.tta_scale)  # a feature of its own
+    with pytest.raises(ValueError, match="no scale for the mean"):
+        plain_det.scores(np.zeros((1, plain_det.means.shape[1])), views)
 
 
 def test_noise_scores_higher_than_the_galaxies_it_was_fitted_on(tmp_path, images) -> None:

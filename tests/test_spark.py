@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import pytest
 
 from galmorph import cli
 from galmorph.errors import UserError
+from galmorph.models.ood import OOD_COLUMN, UNLIKE
 from galmorph.serving import predict
 from galmorph.serving.resolve import load_model, resolve_model
 from tests.conftest import REPO
-from tests.serving_utils import champion_store, write_images
+from tests.serving_utils import champion_store, log_tiny_model_once, write_images
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 pyspark = pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'galmorph[spark]')")
@@ -91,6 +93,28 @@ def test_folder_equals_galmorph_predict(spark, store, survey, expected, tmp_path
     assert (got["label"] == want["label"]).all()
     with pytest.raises(UserError, match="already exists"):
         run_batch(str(survey), str(out), None, store, master="local[2]")
+
+
+def test_a_model_with_a_detector_adds_its_ood_score(spark, survey, tmp_path_factory, _mlflow_empty_db, tmp_path):
+    """The score predict gives, per row, null for the unreadable file; the verdict the same as predict's."""
+    from galmorph.serving.spark import run_batch
+
+    root = tmp_path_factory.mktemp("tiny-ood")
+    (root / "mlruns").mkdir()
+    shutil.copyfile(_mlflow_empty_db, root / "mlruns" / "mlflow.db")
+    with champion_store(root / "store", log_tiny_model_once(root, ood=True), _mlflow_empty_db) as cfg:
+        classifier = load_model(resolve_model(None, cfg), cfg)
+        assert classifier.ood is not None
+        paths = predict.expand_inputs([str(survey / "b")])
+        want = predict.score_files(classifier, paths, progress=False).set_index("path")
+        out = tmp_path / "scores.parquet"
+        run_batch(str(survey / "b"), str(out), None, cfg, master="local[2]")
+    got = pd.read_parquet(out).set_index("path").loc[want.index]
+    assert list(got.columns) == ["p_spiral", "p_elliptical", "label", OOD_COLUMN, "error"]
+    assert want["label"].isin([UNLIKE]).any() and not want["label"].eq(UNLIKE).all()  # the test can tell
+    assert (got["label"] == want["label"]).all()
+    np.testing.assert_allclose(got[OOD_COLUMN], want[OOD_COLUMN], rtol=1e-4, equal_nan=True)
+    assert pd.isna(got.loc[str(survey / "b" / "corrupt.jpg"), OOD_COLUMN])
 
 
 def test_table_of_paths_keeps_its_columns(spark, store, survey, expected, tmp_path):

@@ -131,7 +131,8 @@ def view_outputs(
     model: nn.Module, x: torch.Tensor, views: Sequence[str] | None, *, features: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits averaged over views and, with `features` (a GalaxyNet on images), the pooled backbone features
-    averaged over the same views: what the out-of-distribution detector measures."""
+    averaged over the same views: what the out-of-distribution detector measures (models.ood: a mean over views
+    has a scale of its own)."""
     if x.ndim == 3:
         return torch.stack([model(x[:, v]) for v in range(x.shape[1])]).float().mean(0), None
     views = ["identity"] if not views else list(views)
@@ -380,7 +381,12 @@ class GalaxyClassifier:
         if self.outputs == DIRICHLET:
             parts.append(vote_fractions(logits))
         if feats is not None and self.ood is not None:
-            parts.append(self.ood.scores(feats)[:, None])
+            if views and len(views) > 1 and not self.ood.scores_views(views):
+                # no scale for the mean over these views (a detector from before tta_scale, other views): the
+                # identity view's features, on which its one scale was fitted
+                _, feats = batch_outputs(self.net, batch, self.device, features=True)
+                views = None
+            parts.append(self.ood.scores(feats, views)[:, None])
         return np.hstack(parts)
 
     def labels(self, scores: np.ndarray, errors: Sequence[str | None], threshold: float = 0.0) -> list[str]:

@@ -8,12 +8,15 @@ far from every class mean is unlike anything the model was trained on. The covar
 
 The score is that squared distance divided by its `quantile` on the validation split, so it reads the same for
 every model: above 1 = "unlike training data" (about 1 - quantile of ordinary validation galaxies cross it).
+With test-time augmentation the features are the mean over the views: a smoother feature that ranks unusual
+images better (BENCHMARKS.md "out-of-distribution detector") but whose distances are smaller, so it has a scale
+of its own (`tta_scale`, the same quantile of the validation split's TTA features, for `tta_views`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,13 +33,20 @@ OOD_COLUMN = "ood_score"
 @dataclasses.dataclass(frozen=True)
 class OodDetector:
     """Class means and a whitening matrix W (W^T W = the shrunk covariance's inverse) in feature space, and the
-    squared distance that counts as 1 (the validation split's `quantile`)."""
+    squared distance that counts as 1 (the validation split's `quantile`) for one view's features and, for
+    the mean features over `tta_views`, `tta_scale` (0: not fitted; a model file from before it)."""
 
     means: torch.Tensor  # (K, D) float32
     whiten: torch.Tensor  # (D, D) float32, lower-triangular inverse Cholesky factor
     scale: float
     quantile: float
     shrinkage: float
+    tta_views: tuple[str, ...] = ()
+    tta_scale: float = 0.0
+
+    def scores_views(self, views: Sequence[str] | None) -> bool:
+        """Whether mean features over `views` have a scale of their own (else score the identity view)."""
+        return bool(views) and len(views) > 1 and tuple(views) == self.tta_views and self.tta_scale > 0
 
     def distances(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """Squared Mahalanobis distance (N,) of each feature row to the nearest class mean, float64."""
@@ -48,8 +58,13 @@ class OodDetector:
         d = (z.unsqueeze(1) - m.unsqueeze(0)).pow(2).sum(-1)  # (N, K)
         return d.min(dim=1).values.double().numpy().copy()
 
-    def scores(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
-        """ood_score: the distance in units of the validation quantile (> 1: unlike training data)."""
+    def scores(self, features: np.ndarray | torch.Tensor, views: Sequence[str] | None = None) -> np.ndarray:
+        """ood_score: the distance in units of the validation quantile (> 1: unlike training data), for one
+        view's features or (`views`, scores_views) their mean over those views."""
+        if views is not None and len(views) > 1:
+            if not self.scores_views(views):
+                raise ValueError(f"no scale for the mean over views {list(views)}: score the identity view")
+            return self.distances(features) / self.tta_scale
         return self.distances(features) / self.scale
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +75,8 @@ class OodDetector:
             "scale": float(self.scale),
             "quantile": float(self.quantile),
             "shrinkage": float(self.shrinkage),
+            "tta_views": list(self.tta_views),
+            "tta_scale": float(self.tta_scale),
         }
 
     @classmethod
@@ -73,6 +90,8 @@ class OodDetector:
                 and means.ndim == 2
                 and whiten.shape == (means.shape[1], means.shape[1])
                 and float(stored["scale"]) > 0
+                and float(stored.get("tta_scale", 0.0)) >= 0
+                and all(isinstance(v, str) for v in stored.get("tta_views", []))
             )
             if not ok:
                 raise ValueError
@@ -82,6 +101,8 @@ class OodDetector:
                 scale=float(stored["scale"]),
                 quantile=float(stored["quantile"]),
                 shrinkage=float(stored.get("shrinkage", 0.0)),
+                tta_views=tuple(stored.get("tta_views", ())),
+                tta_scale=float(stored.get("tta_scale", 0.0)),
             )
         except (KeyError, TypeError, ValueError):
             raise UserError(f'{where}: its out-of-distribution detector ("ood") is malformed') from None
@@ -94,10 +115,17 @@ def check_quantile(quantile: float) -> None:
 
 
 def fit_detector(
-    train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, quantile: float
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    quantile: float,
+    *,
+    val_tta_features: np.ndarray | None = None,
+    tta_views: Sequence[str] = (),
 ) -> OodDetector:
     """Class means and one Ledoit-Wolf covariance from the training split; the scale from the validation split
-    (held out from the fit, so its distances are what unseen ordinary galaxies get)."""
+    (held out from the fit, so its distances are what unseen ordinary galaxies get), and the TTA scale from its
+    mean features over `tta_views` when given."""
     if not quantile:
         raise UserError("params: train.ood_quantile: 0 means no detector; there is nothing to fit")
     check_quantile(quantile)
@@ -123,7 +151,11 @@ def fit_detector(
         shrinkage=float(shrinkage),
     )
     scale = float(np.quantile(detector.distances(val_features), quantile))
-    return dataclasses.replace(detector, scale=max(scale, 1e-12))
+    detector = dataclasses.replace(detector, scale=max(scale, 1e-12))
+    if val_tta_features is None or len(tta_views) < 2:
+        return detector
+    tta_scale = float(np.quantile(detector.distances(val_tta_features), quantile))
+    return dataclasses.replace(detector, tta_views=tuple(tta_views), tta_scale=max(tta_scale, 1e-12))
 
 
 def verdicts(scores: np.ndarray, labels: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from galmorph.tracking import logged_model
 
 IMAGE_GLOB = "*.{jpg,jpeg,png,fits,fit,fts,fz,JPG,JPEG,PNG,FITS,FIT,FTS,FZ}"
 OUTPUT_COLUMNS = ("path", *(f"p_{c}" for c in CLASSES), "label", "error")
+"""The output columns of every model; a model with an out-of-distribution detector adds ood_score before error."""
 IMAGE_PATH, IMAGE, RESULT = "__galmorph_path", "__galmorph_image", "__galmorph_result"
 """Working columns, named so that no catalogue has them."""
 ROW_ERROR = "__galmorph_row_error"
@@ -41,7 +43,6 @@ holds a table; a FITS image is an image)."""
 SPARK_OUTPUT_FILE = re.compile(r"^(_SUCCESS|part-.*|\..*\.crc|_committed_.*|_started_.*|_temporary)$")
 """What Spark's Parquet writer leaves in an output folder: all that `--overwrite` agrees to replace."""
 TABLE_SUFFIXES = (".parquet", ".csv")
-RESULT_TYPE = ", ".join([*(f"p_{c} double" for c in CLASSES), "label string"])
 ARROW_BATCH = 256
 """Rows per Arrow batch handed to the model: images are large rows, Spark's default (10,000) is not."""
 
@@ -78,10 +79,11 @@ def _col(name: str) -> Any:
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def output_names(input_columns: Sequence[str]) -> dict[str, str]:
-    """The name of each output column (path, p_<class>..., label, error): as it is, or with `pred_` in front
-    as long as an input column has that name (Spark compares names without case)."""
-    return prefixed_names(input_columns, OUTPUT_COLUMNS)
+def output_names(input_columns: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str]:
+    """The name of each output column (path, p_<class>..., label, the model's `extra` outputs such as
+    ood_score, error): as it is, or with `pred_` in front as long as an input column has that name (Spark
+    compares names without case)."""
+    return prefixed_names(input_columns, (*OUTPUT_COLUMNS[:-1], *extra, OUTPUT_COLUMNS[-1]))
 
 
 def _table_folder(source: str) -> str:
@@ -180,37 +182,44 @@ def read_images(
 def classify(
     spark: Any,
     images: Any,
-    model_uri: str,
+    model_dir: str | os.PathLike,
     *,
     tta: bool = False,
     threshold: float = 0.0,
     cfg: MlflowConfig | None = None,
     fits: FitsConfig | None = None,
-) -> Any:
-    """The input columns of `images` (read_images) unchanged, then path, p_<class>..., label and error by the
-    pyfunc (one Python worker per task loads it once), named by output_names so that none replaces an input."""
+) -> tuple[Any, dict[str, str]]:
+    """The input columns of `images` (read_images) unchanged, then path, p_<class>..., label, ood_score (for a
+    model with an out-of-distribution detector) and error by the pyfunc in `model_dir` (logged_model.download;
+    one Python worker per task loads it once), named by output_names so that none replaces an input; and
+    those names."""
     from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
+    schema = logged_model.output_schema(model_dir)  # the model's own outputs: ood_score only when it has one
+    result_type = ", ".join(f"{name} {kind}" for name, kind in schema)
     udf = logged_model.spark_udf(
-        spark, model_uri, result_type=RESULT_TYPE, params={"tta": tta, "threshold": threshold}, cfg=cfg, fits=fits
+        spark, str(model_dir), result_type=result_type, params={"tta": tta, "threshold": threshold}, cfg=cfg, fits=fits
     )
+    extra = [name for name, _ in schema if name not in OUTPUT_COLUMNS]
     inputs = [c for c in images.columns if c not in (IMAGE, IMAGE_PATH, ROW_ERROR)]
-    names = output_names(inputs)
+    names = output_names(inputs, extra)
     scored = images.withColumn(RESULT, udf(F.struct(F.col(IMAGE).alias("image"))))
     # a catalogue row without an image keeps its own reason (a blank cut-out...), not the model's "no image"
     row_error = F.col(ROW_ERROR) if ROW_ERROR in images.columns else F.lit("")
     without = row_error != ""
     failed = without | F.col(f"{RESULT}.label").startswith(ERROR_PREFIX)
-    return scored.select(
+    out = scored.select(
         *(_col(c) for c in inputs),
         F.col(IMAGE_PATH).alias(names["path"]),
         *(F.when(without, F.lit(None)).otherwise(F.col(f"{RESULT}.p_{c}")).alias(names[f"p_{c}"]) for c in CLASSES),
         F.when(failed, F.lit("")).otherwise(F.col(f"{RESULT}.label")).alias(names["label"]),
+        *(F.when(failed, F.lit(None)).otherwise(F.col(f"{RESULT}.{c}")).alias(names[c]) for c in extra),
         F.when(without, row_error)
         .when(failed, F.substring(F.col(f"{RESULT}.label"), len(ERROR_PREFIX) + 1, 10_000))
         .otherwise(F.lit(""))
         .alias(names["error"]),
     )
+    return out, names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,9 +312,11 @@ def run_batch(
     images = read_images(spark, source, path_column=path_column, catalogue=catalogue)
     if partitions:
         images = images.repartition(partitions)
-    scored = classify(spark, images, ref.uri, tta=tta, threshold=threshold, cfg=cfg, fits=fits)
-    names = output_names([c for c in images.columns if c not in (IMAGE, IMAGE_PATH, ROW_ERROR)])
-    _write_replacing(spark, scored, out, overwrite=overwrite)
+    # one download on the driver: its signature says which columns the model gives; spark_udf ships it on
+    with tempfile.TemporaryDirectory(prefix="galmorph-batch-") as tmp:
+        model_dir = logged_model.download(ref.uri, tmp, cfg)
+        scored, names = classify(spark, images, model_dir, tta=tta, threshold=threshold, cfg=cfg, fits=fits)
+        _write_replacing(spark, scored, out, overwrite=overwrite)
     from pyspark.sql import functions as F  # pyspark is an optional extra, checked by _pyspark()
 
     written = spark.read.parquet(out)

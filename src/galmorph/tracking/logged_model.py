@@ -162,6 +162,17 @@ def classifier_signature(classes: Sequence[str] = CLASSES, *, ood: bool = False)
     )
 
 
+def output_schema(model_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """(name, type) of each output column in a downloaded model's signature (p_<class>..., label, and
+    ood_score when it has an out-of-distribution detector): what a Spark result type must list. A model logged
+    without a signature is taken to have classifier_signature()'s columns."""
+    from mlflow.models import Model
+
+    signature = Model.load(str(model_dir)).signature
+    schema = signature.outputs if signature is not None and signature.outputs else classifier_signature().outputs
+    return [(spec.name, spec.type.name) for spec in schema.inputs]
+
+
 def _pip_requirements() -> list[str]:
     reqs = []
     for dist in PIP_REQUIREMENTS:
@@ -296,14 +307,20 @@ def spark_udf(
     )
 
 
+def download(model_uri: str, dest: str | os.PathLike, cfg: MlflowConfig | None = None) -> Path:
+    """Download a logged model (models:/..., runs:/..., a model folder) into `dest`: its local folder."""
+    import mlflow.artifacts
+
+    store.client(cfg)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+
+
 def checkpoint_file(model_uri: str, dest: str | os.PathLike, cfg: MlflowConfig | None = None) -> Path:
     """Download a logged galmorph model (models:/..., runs:/..., a model folder) into `dest` and return its
     models/model.pt inside it: what evaluate-folder reads, so it can take the same --model as predict."""
-    import mlflow.artifacts
     from mlflow.models import Model
 
-    store.client(cfg)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    local = download(model_uri, dest, cfg)
     flavor = Model.load(str(local)).flavors.get("python_function", {})
     artifact = (flavor.get("artifacts") or {}).get("model", {}).get("path")
     if not artifact or not (local / artifact).is_file():
