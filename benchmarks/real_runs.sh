@@ -7,7 +7,8 @@
 #   EPOCHS=4 bash benchmarks/real_runs.sh base="" fast="-S train.loader=cache -S preprocess.decode=draft"
 #
 # EPOCHS (default 4), SEEDS (default 0), SCRATCH (default /tmp/galmorph-runs; an existing one is reused, with its
-# prepared split, when REUSE=1). Each run's minutes go to SCRATCH/runs/NAME/minutes.txt.
+# prepared split, when REUSE=1). Each run's minutes go to SCRATCH/runs/NAME/minutes.txt. STABILITY=1 also refits
+# each recipe on the repeated splits split_1..split_3 in its evaluate (the stability KPI: 3 more trainings).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=$(cd "$REPO/../shared" && pwd)
@@ -27,7 +28,7 @@ S=(-S data.source=manifest -S "data.manifest.path=$SHARED/galaxyzoo/labels.csv"
   -S 'data.manifest.vote_columns={spiral: gz2_t01_smooth_or_features_a02_features_or_disk_debiased, elliptical: gz2_t01_smooth_or_features_a01_smooth_debiased}'
   -S train.mode=finetune -S model.arch=resnet18 -S preprocess.crop=192 -S "train.epochs=$EPOCHS" -S train.batch_size=64
   -S train.lr=0.001 -S train.weight_decay=0.05 -S train.layer_decay=1.0 -S train.label_smoothing=0.05
-  -S train.early_stopping_patience=0 -S tune.n_trials=0 -S evaluate.stability=false
+  -S train.early_stopping_patience=0 -S tune.n_trials=0 -S "evaluate.stability=$([ "${STABILITY:-0}" = 1 ] && echo true || echo false)"
   -S "evaluate.ood_manifest=$SHARED/ood-dev/labels.csv")
 if [ ! -f data/processed/splits.parquet ]; then
   for stage in fetch join select split; do galmorph "${S[@]}" "$stage"; done
