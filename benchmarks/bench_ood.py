@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="score as `galmorph predict --tta` does (the model's views)")
     ap.add_argument("--identity-tta", action="store_true", help="with --tta: no fitted TTA scale (the fallback)")
     args = ap.parse_args()
+    if args.identity_tta and not args.tta:
+        ap.error("--identity-tta is a way of scoring with --tta: pass both")
     out = Path(args.out)
     classifier = GalaxyClassifier.from_artifacts(args.model, device="cpu")
     if classifier.ood is None:
@@ -143,9 +145,11 @@ def main() -> None:
         loaded = load_model(args.model)
         kw = {"tta_views": DEFAULT_TTA_VIEWS, "features": True, "num_workers": args.workers, "progress": True}
         _, feats = predict_outputs(loaded.model, val, loaded.preprocess, **kw)
-        tta_scale = float(np.quantile(classifier.ood.distances(feats), classifier.ood.quantile))
-        classifier.ood = dataclasses.replace(classifier.ood, tta_views=DEFAULT_TTA_VIEWS, tta_scale=tta_scale)
-        print(f"TTA scale fitted on {len(val)} val images: {tta_scale:.1f} (one view: {classifier.ood.scale:.1f})")
+        classifier.ood = classifier.ood.with_tta_scale(feats, DEFAULT_TTA_VIEWS)
+        print(
+            f"TTA scale fitted on {len(val)} val images: {classifier.ood.tta_scale:.1f} "
+            f"(one view: {classifier.ood.scale:.1f})"
+        )
     if args.identity_tta:
         classifier.ood = dataclasses.replace(classifier.ood, tta_views=(), tta_scale=0.0)
     inside = scored(classifier, [str(resolve_path(str(p), root)) for p in test["image_path"]], args.workers, args.tta)

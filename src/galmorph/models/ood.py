@@ -48,6 +48,12 @@ class OodDetector:
         """Whether mean features over `views` have a scale of their own (else score the identity view)."""
         return bool(views) and len(views) > 1 and tuple(views) == self.tta_views and self.tta_scale > 0
 
+    def with_tta_scale(self, val_tta_features: np.ndarray, views: Sequence[str]) -> OodDetector:
+        """This detector with the scale of mean features over `views`: the same quantile of the validation
+        split's mean features (no refit of the means and covariance)."""
+        tta_scale = float(np.quantile(self.distances(val_tta_features), self.quantile))
+        return dataclasses.replace(self, tta_views=tuple(views), tta_scale=max(tta_scale, 1e-12))
+
     def distances(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """Squared Mahalanobis distance (N,) of each feature row to the nearest class mean, float64."""
         f = torch.as_tensor(np.asarray(features, dtype=np.float32))
@@ -154,8 +160,7 @@ def fit_detector(
     detector = dataclasses.replace(detector, scale=max(scale, 1e-12))
     if val_tta_features is None or len(tta_views) < 2:
         return detector
-    tta_scale = float(np.quantile(detector.distances(val_tta_features), quantile))
-    return dataclasses.replace(detector, tta_views=tuple(tta_views), tta_scale=max(tta_scale, 1e-12))
+    return detector.with_tta_scale(val_tta_features, tta_views)
 
 
 def verdicts(scores: np.ndarray, labels: list[str]) -> list[str]:
