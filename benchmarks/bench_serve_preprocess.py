@@ -1,0 +1,103 @@
+"""One trained model served with other preprocess settings than it was trained with: accuracy on the test split
+and on ../shared/ood-dev, each variant's difference from the stored preprocess on the same images (paired
+bootstrap, 95%), all measured in the same run.
+
+Why: the train/test resolution discrepancy (Touvron et al. 2019, "FixRes") says a network trained with
+scale augmentation often scores better at a slightly larger test resolution, for free at training time; and a
+crop a little tighter or looser than the trained one says how sensitive the model is to framing. A variant is
+`field=value` of the model's stored preprocess (`image_size=72`, `crop=208`, `sky=border`, ...); every variant
+goes through the one inference path (predict_logits) with only that field changed.
+
+    .venv/bin/python benchmarks/bench_serve_preprocess.py --model models/model.pt \\
+        --splits data/processed/splits.parquet image_size=72 image_size=80 crop=176 crop=208
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from galmorph.config import CLASSES, PreprocessConfig
+from galmorph.data.dataset import label_ids
+from galmorph.evaluation.folder import read_labelled
+from galmorph.evaluation.metrics import bootstrap_counts, paired_f1_difference
+from galmorph.models.inference import predict_logits
+from galmorph.models.resnet import load_model
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def variant(text: str, base: PreprocessConfig) -> PreprocessConfig:
+    """`field=value` applied to `base`, the value cast to the field's current type."""
+    field, sep, value = text.partition("=")
+    if not sep or not hasattr(base, field):
+        names = ", ".join(f.name for f in dataclasses.fields(base))
+        raise SystemExit(f"variant {text!r}: expected field=value with a field of {names}")
+    current = getattr(base, field)
+    return dataclasses.replace(base, **{field: type(current)(value) if current is not None else value})
+
+
+def accuracy_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> tuple[float, float, float]:
+    """mean(b) - mean(a) of two 0/1 arrays over the same images, and its paired 95% bootstrap interval."""
+    weights = bootstrap_counts(np.random.default_rng(seed), len(a), resamples)
+    diffs = weights @ (b.astype(np.float64) - a) / len(a)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(b.mean() - a.mean()), float(low), float(high)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+", help="field=value of the stored preprocess, e.g. image_size=72")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--splits", required=True, help="splits.parquet; its `test` rows are scored")
+    parser.add_argument("--ood", default=str(SHARED / "ood-dev" / "labels.csv"), help="a labelled CSV; '' skips")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--resamples", type=int, default=2000)
+    args = parser.parse_args()
+
+    loaded = load_model(args.model)
+    splits = pd.read_parquet(args.splits)
+    sets = {"test": splits[splits["split"] == "test"].reset_index(drop=True)}
+    if args.ood:
+        sets["ood-dev"] = read_labelled(args.ood)
+    presets = {"stored": loaded.preprocess} | {v: variant(v, loaded.preprocess) for v in args.variants}
+    print(f"model {args.model}: stored preprocess {loaded.preprocess}")
+    predicted: dict[str, dict[str, np.ndarray]] = {}
+    for name, preprocess in presets.items():
+        start = time.perf_counter()
+        predicted[name] = {
+            part: predict_logits(loaded.model, rows, preprocess, num_workers=args.workers).argmax(axis=1)
+            for part, rows in sets.items()
+        }
+        print(f"  {name}: scored in {time.perf_counter() - start:.0f} s", flush=True)
+
+    header = ["variant"]
+    for part in sets:
+        header += [f"{part} accuracy", "difference [95%]", "macro F1 difference [95%]", "elliptical recall"]
+    print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+    for name in presets:
+        cells = [name]
+        for part, rows in sets.items():
+            labels = label_ids(rows)
+            base, this = predicted["stored"][part], predicted[name][part]
+            diff, low, high = accuracy_difference(base == labels, this == labels, args.resamples, seed=0)
+            f1 = paired_f1_difference(labels, base, this, n_resamples=args.resamples)
+            elliptical = CLASSES.index("elliptical")
+            ellipticals = labels == elliptical
+            cells += [
+                f"{(this == labels).mean():.3f}",
+                f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]",
+                f"{f1.diff:+.3f} [{f1.low:+.3f}, {f1.high:+.3f}]",
+                f"{(this[ellipticals] == elliptical).mean():.2f}",
+            ]
+        print("| " + " | ".join(cells) + " |")
+    print(f"\n{', '.join(f'{p}: {len(r)} images' for p, r in sets.items())}")
+
+
+if __name__ == "__main__":
+    main()
