@@ -19,7 +19,7 @@ from galmorph.data.transforms import EvalPreset
 from galmorph.errors import UserError
 from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_logits, resolve_device
 from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from galmorph.training.engine import Criterion, class_weights
+from galmorph.training.engine import BatchMix, Criterion, class_weights, train_one_epoch
 from galmorph.training.features import build_feature_cache
 from galmorph.training.loop import fit
 from tests.training_utils import make_catalogue, one_thread, tiny_params
@@ -297,6 +297,88 @@ def test_train_preset_without_augmentation_frames_like_the_eval_preset(params):
     assert train.shape == evaluated.shape == (3, params.preprocess.image_size, params.preprocess.image_size)
     assert params.preprocess.crop > 2 * params.preprocess.image_size  # the downscaled path is the one tested
     assert float((train - evaluated).abs().max()) < 0.1  # normalised units: a few grey levels at most
+
+
+def test_mixup_blends_whole_rows_by_a_share_of_at_least_one_half_and_replays_from_its_seed():
+    x = torch.arange(6 * 3 * 4 * 4, dtype=torch.float32).reshape(6, 3, 4, 4)
+    mixed, partner, share = BatchMix(0.4, 0.0, seed=7)(x)
+    assert 0.5 <= share <= 1.0 and sorted(partner.tolist()) == list(range(6))
+    torch.testing.assert_close(mixed, share * x + (1 - share) * x[partner])
+    again = BatchMix(0.4, 0.0, seed=7)(x)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], partner) and again[2] == share
+    assert BatchMix(0.4, 0.0, seed=8)(x)[2] != share
+    features = torch.randn(5, 8)  # frozen mode: cached features blend the same way
+    f_mixed, f_partner, f_share = BatchMix(0.4, 0.0, seed=1)(features)
+    torch.testing.assert_close(f_mixed, f_share * features + (1 - f_share) * features[f_partner])
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_its_share_is_by_area():
+    x = torch.arange(8 * 3 * 16 * 16, dtype=torch.float32).reshape(8, 3, 16, 16)  # every pixel distinct
+    for seed in range(20):
+        mixed, partner, share = BatchMix(0.0, 1.0, seed=seed)(x)
+        moved = partner != torch.arange(8)
+        assert moved.any()  # a permutation of 8 rows that moves none: 1 in 40,320
+        pasted = (mixed != x).any(dim=1)  # (N, H, W): where a row shows its partner's pixels
+        box = pasted[moved]
+        assert (box == box[0]).all()  # the same box in every row that has a partner
+        rows, cols = box[0].nonzero(as_tuple=True)
+        if len(rows):  # one rectangle
+            assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert float(box[0].float().mean()) == pytest.approx(1 - share)
+        where = pasted.unsqueeze(1).expand_as(x)
+        assert torch.equal(mixed[where], x[partner][where]) and torch.equal(mixed[~where], x[~where])
+
+    def everywhere(mixed: torch.Tensor, partner: torch.Tensor) -> bool:
+        moved = partner != torch.arange(8)
+        return bool((mixed != x).any(dim=1)[moved].all())
+
+    kinds = {everywhere(*BatchMix(0.4, 1.0, seed=s)(x)[:2]) for s in range(30)}
+    assert kinds == {True, False}  # both on: some batches blended everywhere (mixup), some only in a box
+
+
+def test_a_mixed_batch_is_trained_on_the_same_blend_of_both_rows_losses():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    x, labels = torch.randn(6, 4), torch.tensor([0, 1, 1, 0, 1, 0])
+    soft = F.one_hot(labels, 2).float()
+    crit = Criterion("ce", torch.tensor([0.8, 1.3]), 0.05)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    got = train_one_epoch(
+        model,
+        [(x, labels, soft, torch.arange(6))],
+        optimizer,
+        None,
+        crit,
+        device=torch.device("cpu"),
+        progress=False,
+        mix=BatchMix(0.4, 0.0, seed=3),
+    )
+    mixed, partner, share = BatchMix(0.4, 0.0, seed=3)(x)
+    with torch.no_grad():
+        logits = model(mixed)
+        want = share * crit(logits, labels, soft) + (1 - share) * crit(logits, labels[partner], soft[partner])
+    assert got["train_loss"] == pytest.approx(float(want), rel=1e-6)
+    with torch.no_grad():
+        assert float(want) != pytest.approx(float(crit(model(x), labels, soft)), rel=1e-3)
+
+
+def test_mixup_and_cutmix_train_resume_and_refuse_bad_settings(catalogue, params, tmp_path):
+    """Both on in finetune mode: a different model than without, and a run killed after epoch 1 resumes to the
+    same one (the draws come from the epoch's seed). Bad values stop fit before any image is decoded."""
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=2, lr=0.003, mixup=0.4, cutmix=1.0)
+    plain = fit(catalogue, tiny_params(params, tmp_path, mode="finetune", epochs=2, lr=0.003), progress=False)
+    straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
+    assert any(not torch.equal(v, straight.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
+    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    missing = catalogue.assign(image_path=str(tmp_path / "nowhere.jpg"))  # decoding it would fail differently
+    with pytest.raises(UserError, match="train.mixup"):
+        fit(missing, tiny_params(params, tmp_path, mode="finetune", mixup=-0.2), progress=False)
+    with pytest.raises(UserError, match="train.cutmix needs images"):
+        fit(missing, tiny_params(params, tmp_path, mode="frozen", cutmix=1.0), progress=False)
 
 
 def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, tmp_path):

@@ -279,6 +279,10 @@ class TrainConfig:
     # decay of an exponential moving average of the weights, updated every step (e.g. 0.999); validation, the
     # best epoch and the saved model use the average. Blank: off (the last step's weights)
     ema: float | None = None
+    # Beta alphas of mixup (whole images or features blended) and CutMix (a box pasted) on training batches,
+    # each row's loss blended alike (training/engine.BatchMix); 0: off, both > 0: one of them per batch
+    mixup: float = 0.0
+    cutmix: float = 0.0
     # the out-of-distribution detector (models.ood) fitted after training: the share of validation galaxies whose
     # score stays under 1 (ood_score > 1 = "unlike training data"); 0: no detector
     ood_quantile: float = 0.99

@@ -99,6 +99,49 @@ class Criterion(nn.Module):
         return (per_row * w).sum() / w.sum()
 
 
+class BatchMix:
+    """train.mixup / train.cutmix: each training batch blended with a shuffled copy of itself, the loss the same
+    blend of the two rows' losses (Zhang et al. 2018, mixup; Yun et al. 2019, CutMix).
+
+    Why: a network that only ever sees one galaxy per image with a one-hot target learns to be certain; blends
+    with targets in proportion teach it in-between answers, which regularises a small data set and tends to
+    keep the probabilities honest. Mixup blends whole images (or cached features, frozen mode); CutMix pastes a
+    box of the partner image, its share by area. With both on, each batch takes one of them at even odds. The
+    blend's share is drawn from Beta(alpha, alpha) and kept at or above one half, so each row's own label stays
+    the larger part (what train_acc is counted against). Draws come from the epoch's own seed, so a resumed run
+    replays them.
+    """
+
+    def __init__(self, mixup: float, cutmix: float, seed: int) -> None:
+        for name, alpha in (("mixup", mixup), ("cutmix", cutmix)):
+            if not alpha >= 0:
+                raise UserError(f"params: train.{name}: expected a Beta alpha >= 0 (0 = off, e.g. 0.2), got {alpha!r}")
+        if mixup == cutmix == 0:
+            raise UserError("params: train.mixup and train.cutmix are both 0: there is nothing to mix")
+        self.mixup, self.cutmix = float(mixup), float(cutmix)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(mixed inputs, each row's partner as indices into the batch, each row's own share of the loss)."""
+        use_cutmix = self.cutmix > 0 and (self.mixup == 0 or self.rng.random() < 0.5)
+        alpha = self.cutmix if use_cutmix else self.mixup
+        share = float(self.rng.beta(alpha, alpha))
+        share = max(share, 1.0 - share)
+        partner = torch.randperm(len(x), generator=self.generator).to(x.device)
+        if not use_cutmix:
+            return x * share + x[partner] * (1.0 - share), partner, share
+        if x.ndim != 4:
+            raise UserError("params: train.cutmix needs images (train.mode: finetune); use train.mixup on features")
+        h, w = x.shape[-2:]
+        cut = np.sqrt(1.0 - share)  # the box's side over the image's side, so its area is 1 - share
+        bh, bw = round(h * cut), round(w * cut)
+        y0, x0 = int(self.rng.integers(0, h - bh + 1)), int(self.rng.integers(0, w - bw + 1))
+        mixed = x.clone()
+        mixed[..., y0 : y0 + bh, x0 : x0 + bw] = x[partner][..., y0 : y0 + bh, x0 : x0 + bw]
+        return mixed, partner, 1.0 - bh * bw / (h * w)
+
+
 def _confusion(labels: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:
     k = len(CLASSES)
     return torch.bincount(labels * k + preds, minlength=k * k).reshape(k, k).double()
@@ -128,9 +171,10 @@ def train_one_epoch(
     total: int | None = None,
     progress: bool = True,
     after_step: Callable[[], None] | None = None,
+    mix: BatchMix | None = None,
 ) -> dict[str, float]:
     """One pass over `batches`; returns train_loss, train_acc, images_per_s (summed over processes).
-    `after_step` runs after every optimizer step (the weights' moving average)."""
+    `after_step` runs after every optimizer step (the weights' moving average); `mix` blends each batch."""
     ctx = ctx or DistContext()
     model.train()
     # loss * n, correct, n, accumulated on the device so a GPU step never waits for a .item()
@@ -140,9 +184,14 @@ def train_one_epoch(
     for step, (x, labels, soft, _idx) in enumerate(iterate(batches)):
         x = to_device(x, device, channels_last)
         labels, soft = labels.to(device, non_blocking=True), soft.to(device, non_blocking=True)
+        partner, share = None, 1.0
+        if mix is not None:
+            x, partner, share = mix(x)
         with autocast(device, amp_dtype):
             logits = model(x)
         loss = criterion(logits, labels, soft)
+        if partner is not None:
+            loss = share * loss + (1.0 - share) * criterion(logits, labels[partner], soft[partner])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -51,7 +51,7 @@ from galmorph.training.checkpoint import (
     seed_epoch,
 )
 from galmorph.training.distributed import DistContext, barrier, broadcast_buffers, local_device, process_group
-from galmorph.training.engine import Batch, Criterion, class_weights, describe, evaluate, train_one_epoch
+from galmorph.training.engine import Batch, BatchMix, Criterion, class_weights, describe, evaluate, train_one_epoch
 from galmorph.training.features import FeatureCache, compute_features
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -92,6 +92,7 @@ def fit(
     tcfg, mcfg = params.train, params.model
     train_rows, val_rows = _split_rows(catalogue, split_column)
     _check_targets(train_rows, tcfg, progress)
+    batch_mix(tcfg, 0)  # a bad train.mixup/cutmix stops here, before any image is decoded
     device = resolve_device(tcfg.device)
     with determinism(tcfg.deterministic), process_group(device) as ctx:
         device = local_device(device, ctx)
@@ -147,6 +148,7 @@ def fit(
                 total=data.steps_per_epoch,
                 progress=progress,
                 after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+                mix=batch_mix(tcfg, epoch_seed(tcfg.seed + 2, epoch, ctx.rank)),
             )
             broadcast_buffers(model, ctx)
             val_metrics, val_logits = evaluate(
@@ -494,6 +496,15 @@ def _finetune_setup(
 
 # ---------------------------------------------------------------------------------------------------------
 # optimisation
+
+
+def batch_mix(tcfg: TrainConfig, seed: int) -> BatchMix | None:
+    """The epoch's mixup/CutMix (train.mixup, train.cutmix), or None when both are 0."""
+    if tcfg.mixup == 0 and tcfg.cutmix == 0:
+        return None
+    if tcfg.cutmix and tcfg.mode == "frozen":
+        raise UserError("params: train.cutmix needs images (train.mode: finetune); frozen mode can use train.mixup")
+    return BatchMix(tcfg.mixup, tcfg.cutmix, seed)
 
 
 def moving_average(model: GalaxyNet, decay: float | None) -> AveragedModel | None:
