@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from galmorph.config import CLASSES, PreprocessConfig
-from galmorph.data.dataset import label_ids
+from galmorph.data.dataset import label_ids, read_splits
+from galmorph.errors import UserError
 from galmorph.evaluation.folder import read_labelled
 from galmorph.evaluation.metrics import bootstrap_counts, paired_f1_difference
 from galmorph.models.inference import predict_logits
@@ -39,7 +39,10 @@ def variant(text: str, base: PreprocessConfig) -> PreprocessConfig:
         names = ", ".join(f.name for f in dataclasses.fields(base))
         raise SystemExit(f"variant {text!r}: expected field=value with a field of {names}")
     current = getattr(base, field)
-    return dataclasses.replace(base, **{field: type(current)(value) if current is not None else value})
+    try:
+        return dataclasses.replace(base, **{field: type(current)(value) if current is not None else value})
+    except ValueError:
+        raise SystemExit(f"variant {text!r}: {value!r} is not a {type(current).__name__} like {current!r}") from None
 
 
 def accuracy_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> tuple[float, float, float]:
@@ -61,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = load_model(args.model)
-    splits = pd.read_parquet(args.splits)
+    splits = read_splits(args.splits)
     sets = {"test": splits[splits["split"] == "test"].reset_index(drop=True)}
     if args.ood:
         sets["ood-dev"] = read_labelled(args.ood)
@@ -100,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:  # a missing model or manifest: one line, as galmorph's own commands say it
+        raise SystemExit(f"bench_serve_preprocess: {exc}") from None
