@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 
 from galmorph import cli
-from galmorph.config import replace, with_tuned
+from galmorph.config import params_from_raw, replace, with_tuned
 from galmorph.data.dataset import soft_targets
 from galmorph.data.transforms import EvalPreset
 from galmorph.errors import UserError
@@ -336,12 +337,16 @@ def test_cutmix_pastes_one_box_of_the_partner_and_its_share_is_by_area():
     assert kinds == {True, False}  # both on: some batches blended everywhere (mixup), some only in a box
 
 
-def test_a_mixed_batch_is_trained_on_the_same_blend_of_both_rows_losses():
+@pytest.mark.parametrize("loss", ["ce", "soft", "dirichlet"])
+def test_a_mixed_batch_is_trained_on_the_same_blend_of_both_rows_losses(loss):
+    """Whatever train.loss is: the blend is of the two rows' losses, each against its own targets (labels,
+    vote fractions or vote counts)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     x, labels = torch.randn(6, 4), torch.tensor([0, 1, 1, 0, 1, 0])
-    soft = F.one_hot(labels, 2).float()
-    crit = Criterion("ce", torch.tensor([0.8, 1.3]), 0.05)
+    fractions = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.45, 0.55], [1.0, 0.0], [0.2, 0.8], [0.6, 0.4]])
+    soft = {"ce": F.one_hot(labels, 2).float(), "soft": fractions, "dirichlet": fractions * 40}[loss]
+    crit = Criterion(loss, torch.tensor([0.8, 1.3]), 0.05)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     got = train_one_epoch(
         model,
@@ -374,11 +379,25 @@ def test_mixup_and_cutmix_train_resume_and_refuse_bad_settings(catalogue, params
     assert _without_timing(resumed.history) == _without_timing(straight.history)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
-    missing = catalogue.assign(image_path=str(tmp_path / "nowhere.jpg"))  # decoding it would fail differently
-    with pytest.raises(UserError, match="train.mixup"):
-        fit(missing, tiny_params(params, tmp_path, mode="finetune", mixup=-0.2), progress=False)
-    with pytest.raises(UserError, match="train.cutmix needs images"):
-        fit(missing, tiny_params(params, tmp_path, mode="frozen", cutmix=1.0), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"mixup": -0.2}, "train.mixup: expected a Beta alpha >= 0"),
+        ({"cutmix": float("nan")}, "train.cutmix: expected a Beta alpha >= 0"),
+        ({"mode": "frozen", "cutmix": 1.0}, "train.cutmix needs images"),
+        ({"ema": 1.5}, "train.ema: expected a decay between 0 and 1"),
+        ({"ema": 0}, "train.ema"),
+    ],
+)
+def test_bad_mix_or_ema_settings_stop_when_params_are_read(tmp_path, train, message):
+    """Checked with params.yaml itself, so `galmorph train` stops with one line before it opens an MLflow run
+    or decodes an image (as a -S flag would set them)."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["train"].update(train)
+    with pytest.raises(UserError, match=message):
+        params_from_raw(raw)
 
 
 def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, tmp_path):
@@ -399,5 +418,3 @@ def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, t
     assert _without_timing(resumed.history) == _without_timing(straight.history)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
-    with pytest.raises(UserError, match="train.ema"):
-        fit(catalogue, tiny_params(params, tmp_path, mode="finetune", ema=1.5), progress=False)

@@ -287,6 +287,19 @@ class TrainConfig:
     # score stays under 1 (ood_score > 1 = "unlike training data"); 0: no detector
     ood_quantile: float = 0.99
 
+    def __post_init__(self) -> None:
+        # checked with the rest of params.yaml, so a bad value stops `galmorph train` before its MLflow run opens
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise UserError(
+                f"params: train.ema: expected a decay between 0 and 1 (e.g. 0.999) or blank, got {self.ema!r}"
+            )
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if not 0.0 <= alpha < float("inf"):
+                raise UserError(f"params: train.{name}: expected a Beta alpha >= 0 (0 = off, e.g. 0.2), got {alpha!r}")
+        if self.cutmix and self.mode == "frozen":
+            raise UserError("params: train.cutmix needs images (train.mode: finetune); frozen mode can use train.mixup")
+
 
 @dataclasses.dataclass(frozen=True)
 class MlflowConfig:

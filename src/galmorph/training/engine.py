@@ -113,11 +113,8 @@ class BatchMix:
     """
 
     def __init__(self, mixup: float, cutmix: float, seed: int) -> None:
-        for name, alpha in (("mixup", mixup), ("cutmix", cutmix)):
-            if not alpha >= 0:
-                raise UserError(f"params: train.{name}: expected a Beta alpha >= 0 (0 = off, e.g. 0.2), got {alpha!r}")
-        if mixup == cutmix == 0:
-            raise UserError("params: train.mixup and train.cutmix are both 0: there is nothing to mix")
+        if not (mixup >= 0 and cutmix >= 0 and mixup + cutmix > 0):  # TrainConfig has told the user already
+            raise ValueError(f"BatchMix: expected alphas >= 0, not both 0; got mixup={mixup!r}, cutmix={cutmix!r}")
         self.mixup, self.cutmix = float(mixup), float(cutmix)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
@@ -132,7 +129,7 @@ class BatchMix:
         if not use_cutmix:
             return x * share + x[partner] * (1.0 - share), partner, share
         if x.ndim != 4:
-            raise UserError("params: train.cutmix needs images (train.mode: finetune); use train.mixup on features")
+            raise ValueError(f"BatchMix: CutMix needs a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         cut = np.sqrt(1.0 - share)  # the box's side over the image's side, so its area is 1 - share
         bh, bw = round(h * cut), round(w * cut)

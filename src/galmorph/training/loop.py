@@ -92,7 +92,6 @@ def fit(
     tcfg, mcfg = params.train, params.model
     train_rows, val_rows = _split_rows(catalogue, split_column)
     _check_targets(train_rows, tcfg, progress)
-    batch_mix(tcfg, 0)  # a bad train.mixup/cutmix stops here, before any image is decoded
     device = resolve_device(tcfg.device)
     with determinism(tcfg.deterministic), process_group(device) as ctx:
         device = local_device(device, ctx)
@@ -502,8 +501,6 @@ def batch_mix(tcfg: TrainConfig, seed: int) -> BatchMix | None:
     """The epoch's mixup/CutMix (train.mixup, train.cutmix), or None when both are 0."""
     if tcfg.mixup == 0 and tcfg.cutmix == 0:
         return None
-    if tcfg.cutmix and tcfg.mode == "frozen":
-        raise UserError("params: train.cutmix needs images (train.mode: finetune); frozen mode can use train.mixup")
     return BatchMix(tcfg.mixup, tcfg.cutmix, seed)
 
 
@@ -512,8 +509,6 @@ def moving_average(model: GalaxyNet, decay: float | None) -> AveragedModel | Non
     updated after every step; None when off."""
     if decay is None:
         return None
-    if not 0.0 < decay < 1.0:
-        raise UserError(f"params: train.ema: expected a decay between 0 and 1 (e.g. 0.999) or blank, got {decay!r}")
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
