@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 
 from galmorph import cli
-from galmorph.config import params_from_raw, replace, with_tuned
+from galmorph.config import load_params, params_from_raw, replace, with_tuned
 from galmorph.data.dataset import soft_targets
 from galmorph.data.transforms import EvalPreset
 from galmorph.errors import UserError
@@ -22,7 +22,7 @@ from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_
 from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from galmorph.training.engine import BatchMix, Criterion, class_weights, train_one_epoch
 from galmorph.training.features import build_feature_cache
-from galmorph.training.loop import fit
+from galmorph.training.loop import at_side, fit, progressive_side
 from tests.training_utils import make_catalogue, one_thread, tiny_params
 
 TIMING = ("images_per_s", "epoch_time_s")
@@ -418,3 +418,83 @@ def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, t
     assert _without_timing(resumed.history) == _without_timing(straight.history)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+# ------------------------------------------------------------------------------------------- progressive
+
+
+def test_progressive_side_grows_in_steps_of_8_to_image_size_and_stays():
+    tcfg = replace(tiny_train(), mode="finetune", progressive_start=48, progressive_until=0.7, epochs=10)
+    sides = [progressive_side(tcfg, 80, e) for e in range(1, 11)]
+    assert sides[0] == 48 and sides[6:] == [80] * 4  # round(0.7 x 10) = epoch 7 onwards at image_size
+    assert sides == sorted(sides) and all(s % 8 == 0 for s in sides)
+    assert len(set(sides)) >= 4  # grows through the sides between, not one jump
+    assert [progressive_side(replace(tcfg, progressive_start=None), 80, e) for e in (1, 10)] == [80, 80]
+    with pytest.raises(UserError, match="below preprocess.image_size"):
+        progressive_side(tcfg, 48, 1)
+
+
+def test_at_side_resizes_training_batches_and_leaves_their_side_alone():
+    x = torch.rand(4, 3, 32, 32)
+    batch = (x, torch.zeros(4, dtype=torch.long), torch.zeros(4, 2), torch.arange(4))
+    ((small, *rest),) = list(at_side(iter([batch]), 16))
+    assert small.shape == (4, 3, 16, 16) and rest[0] is batch[1]
+    torch.testing.assert_close(small.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=5e-3, rtol=0)  # antialiased: means kept
+    ((same, *_),) = list(at_side(iter([batch]), 32))
+    assert same is x
+
+
+@pytest.mark.parametrize("loader", ["files", "cache"])
+def test_progressive_resizing_trains_small_first_and_resumes(catalogue, params, tmp_path, loader):
+    """Epoch 1 trains at progressive_start, the last at image_size (validation always there); the network
+    differs from a run without, and a run killed after epoch 1 resumes to the same weights."""
+    p = tiny_params(
+        params,
+        tmp_path,
+        mode="finetune",
+        epochs=3,
+        lr=0.003,
+        loader=loader,
+        progressive_start=16,
+        progressive_until=1.0,
+    )
+    straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
+    assert [row["train_side"] for row in straight.history] == [16.0, 24.0, 32.0]
+    plain = fit(catalogue, replace_train(p, progressive_start=None), progress=False)
+    assert "train_side" not in plain.history[0]
+    assert any(not torch.equal(v, straight.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
+    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"mode": "finetune", "progressive_start": 8}, "train.progressive_start: expected a side in px >= 16"),
+        ({"mode": "finetune", "progressive_start": 48, "progressive_until": 0}, "train.progressive_until"),
+        ({"mode": "frozen", "progressive_start": 48}, "progressive_start needs images"),
+    ],
+)
+def test_bad_progressive_settings_stop_when_params_are_read(train, message):
+    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    raw["train"].update(train)
+    with pytest.raises(UserError, match=message):
+        params_from_raw(raw)
+
+
+def test_a_progressive_start_at_image_size_stops_before_decoding(catalogue, params, tmp_path):
+    missing = catalogue.assign(image_path=str(tmp_path / "nowhere.jpg"))  # decoding it would fail differently
+    with pytest.raises(UserError, match=r"below preprocess.image_size \(32\)"):
+        fit(missing, tiny_params(params, tmp_path, mode="finetune", progressive_start=32), progress=False)
+
+
+def tiny_train():
+    """params.yaml's train section (progressive_side reads only epochs and the progressive keys)."""
+    return load_params(Path(__file__).parents[1] / "params.yaml").train
+
+
+def replace_train(p, **changes):
+    return dataclasses.replace(p, train=replace(p.train, **changes))

@@ -286,6 +286,11 @@ class TrainConfig:
     # the out-of-distribution detector (models.ood) fitted after training: the share of validation galaxies whose
     # score stays under 1 (ood_score > 1 = "unlike training data"); 0: no detector
     ood_quantile: float = 0.99
+    # progressive resizing (finetune): training images shown at progressive_start px in the first epoch, growing
+    # in steps of 8 px to preprocess.image_size by progressive_until of the epochs and kept there (validation
+    # and the saved model always use image_size). Blank: off
+    progressive_start: int | None = None
+    progressive_until: float = 0.7
 
     def __post_init__(self) -> None:
         # checked with the rest of params.yaml, so a bad value stops `galmorph train` before its MLflow run opens
@@ -297,6 +302,19 @@ class TrainConfig:
             alpha = getattr(self, name)
             if not 0.0 <= alpha < float("inf"):
                 raise UserError(f"params: train.{name}: expected a Beta alpha >= 0 (0 = off, e.g. 0.2), got {alpha!r}")
+        if self.progressive_start is not None and self.progressive_start < 16:
+            raise UserError(
+                f"params: train.progressive_start: expected a side in px >= 16 (e.g. 48) or blank, "
+                f"got {self.progressive_start!r}"
+            )
+        if not 0.0 < self.progressive_until <= 1.0:
+            raise UserError(
+                f"params: train.progressive_until: expected a share of the epochs in (0, 1], got {self.progressive_until!r}"
+            )
+        if self.progressive_start is not None and self.mode == "frozen":
+            raise UserError(
+                "params: train.progressive_start needs images (train.mode: finetune); blank it in frozen mode"
+            )
         if self.cutmix and self.mode == "frozen":
             raise UserError("params: train.cutmix needs images (train.mode: finetune); frozen mode can use train.mixup")
 

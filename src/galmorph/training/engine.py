@@ -276,4 +276,6 @@ def describe(metrics: dict[str, Any]) -> str:
         f"{metrics['images_per_s']:.0f} img/s",
         f"{metrics.get('epoch_time_s', 0.0):.1f} s",
     ]
+    if "train_side" in metrics:  # train.progressive_start: the side this epoch trained at
+        parts.insert(2, f"{metrics['train_side']:.0f} px")
     return " | ".join(parts)
