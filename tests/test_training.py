@@ -175,6 +175,15 @@ def _kill_after_first_epoch(catalogue, p, checkpoint_dir):
         fit(catalogue, p, checkpoint_dir=checkpoint_dir, on_epoch=kill_after_first, progress=False)
 
 
+def _assert_resumes_to(straight, catalogue, p, checkpoint_dir):
+    """A run of `p` killed after epoch 1 and resumed ends with `straight`'s history and weights."""
+    _kill_after_first_epoch(catalogue, p, checkpoint_dir)
+    resumed = fit(catalogue, p, checkpoint_dir=checkpoint_dir, resume=True, progress=False)
+    assert _without_timing(resumed.history) == _without_timing(straight.history)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])
 def test_resume_after_a_kill_equals_an_uninterrupted_run(catalogue, params, tmp_path, mode):
     extra = {"num_workers": 1} if mode == "finetune" else {}  # augmentation in a worker process, reseeded per epoch
@@ -374,11 +383,7 @@ def test_mixup_and_cutmix_train_resume_and_refuse_bad_settings(catalogue, params
     plain = fit(catalogue, tiny_params(params, tmp_path, mode="finetune", epochs=2, lr=0.003), progress=False)
     straight = fit(catalogue, p, checkpoint_dir=tmp_path / "a", progress=False)
     assert any(not torch.equal(v, straight.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
-    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
-    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
-    assert _without_timing(resumed.history) == _without_timing(straight.history)
-    for k, v in straight.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[k], v), k
+    _assert_resumes_to(straight, catalogue, p, tmp_path / "b")
 
 
 @pytest.mark.parametrize(
@@ -389,9 +394,12 @@ def test_mixup_and_cutmix_train_resume_and_refuse_bad_settings(catalogue, params
         ({"mode": "frozen", "cutmix": 1.0}, "train.cutmix needs images"),
         ({"ema": 1.5}, "train.ema: expected a decay between 0 and 1"),
         ({"ema": 0}, "train.ema"),
+        ({"mode": "finetune", "progressive_start": 8}, "train.progressive_start: expected a side in px >= 16"),
+        ({"mode": "finetune", "progressive_start": 48, "progressive_until": 0}, "train.progressive_until"),
+        ({"mode": "frozen", "progressive_start": 48}, "progressive_start needs images"),
     ],
 )
-def test_bad_mix_or_ema_settings_stop_when_params_are_read(tmp_path, train, message):
+def test_bad_mix_ema_or_progressive_settings_stop_when_params_are_read(tmp_path, train, message):
     """Checked with params.yaml itself, so `galmorph train` stops with one line before it opens an MLflow run
     or decodes an image (as a -S flag would set them)."""
     raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
@@ -413,11 +421,7 @@ def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, t
     )
     np.testing.assert_allclose(logits, straight.val_logits, rtol=1e-3, atol=1e-3)
 
-    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
-    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
-    assert _without_timing(resumed.history) == _without_timing(straight.history)
-    for k, v in straight.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[k], v), k
+    _assert_resumes_to(straight, catalogue, p, tmp_path / "b")
 
 
 # ------------------------------------------------------------------------------------------- progressive
@@ -463,26 +467,7 @@ def test_progressive_resizing_trains_small_first_and_resumes(catalogue, params, 
     plain = fit(catalogue, replace_train(p, progressive_start=None), progress=False)
     assert "train_side" not in plain.history[0]
     assert any(not torch.equal(v, straight.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
-    _kill_after_first_epoch(catalogue, p, tmp_path / "b")
-    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
-    assert _without_timing(resumed.history) == _without_timing(straight.history)
-    for k, v in straight.model.state_dict().items():
-        assert torch.equal(resumed.model.state_dict()[k], v), k
-
-
-@pytest.mark.parametrize(
-    ("train", "message"),
-    [
-        ({"mode": "finetune", "progressive_start": 8}, "train.progressive_start: expected a side in px >= 16"),
-        ({"mode": "finetune", "progressive_start": 48, "progressive_until": 0}, "train.progressive_until"),
-        ({"mode": "frozen", "progressive_start": 48}, "progressive_start needs images"),
-    ],
-)
-def test_bad_progressive_settings_stop_when_params_are_read(train, message):
-    raw = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    raw["train"].update(train)
-    with pytest.raises(UserError, match=message):
-        params_from_raw(raw)
+    _assert_resumes_to(straight, catalogue, p, tmp_path / "b")
 
 
 def test_a_progressive_start_at_image_size_stops_before_decoding(catalogue, params, tmp_path):
