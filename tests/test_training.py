@@ -446,6 +446,9 @@ def test_at_side_resizes_training_batches_and_leaves_their_side_alone():
     torch.testing.assert_close(small.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=5e-3, rtol=0)  # antialiased: means kept
     ((same, *_),) = list(at_side(iter([batch]), 32))
     assert same is x
+    features = (torch.rand(4, 512), *batch[1:])  # frozen mode's batches: feature vectors, left alone
+    ((kept, *_),) = list(at_side(iter([features]), 16))
+    assert kept is features[0]
 
 
 @pytest.mark.parametrize("loader", ["files", "cache"])

@@ -287,6 +287,20 @@ def test_a_user_error_stops_the_study_after_one_trial(tune_params, tiny_data, ml
     assert [t.state.name for t in study.trials] == ["FAIL"]
 
 
+def test_a_failure_every_trial_shares_stops_the_study_after_5_in_a_row(
+    tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs
+):
+    """Not a UserError (a bug, say), so each failed trial is replaced, but not for ever: five in a row stop
+    the worker with one line naming the error. A success in between resets the count."""
+    catalogue, features = tiny_data
+    boom = ValueError("Input and output must have the same number of spatial dimensions")
+    fake = FakeFit({0: boom, 1: boom, 2: 0.5, **{k: boom for k in range(3, 20)}})
+    monkeypatch.setattr(worker, "fit", fake)
+    with pytest.raises(UserError, match=r"tune: 5 trials in a row failed, the last with ValueError: Input and output"):
+        run_study(catalogue, tune_params, features=features, storage=tune_params.tune.storage, plots=False)
+    assert fake.n_calls == 8  # 2 failed, 1 complete, 5 failed
+
+
 def test_resume_continues_without_redoing_trials(tune_params, tiny_data, mlflow_uri, monkeypatch, quick_runs):
     catalogue, features = tiny_data
     fake = FakeFit({0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8, 4: 0.9})

@@ -135,9 +135,12 @@ def fit(
             start = time.perf_counter()
             metrics: dict[str, float] = {"epoch": float(epoch)}
             side = progressive_side(tcfg, params.preprocess.image_size, epoch)
+            batches = data.train_batches(epoch)
+            if side != params.preprocess.image_size:  # train.progressive_start: an early, smaller epoch
+                batches = at_side(batches, side)
             metrics |= train_one_epoch(
                 train_module,
-                at_side(data.train_batches(epoch), side),
+                batches,
                 optimizer,
                 scheduler,
                 criterion,
@@ -532,9 +535,10 @@ def progressive_side(tcfg: TrainConfig, image_size: int, epoch: int) -> int:
 
 
 def at_side(batches: Iterator[Batch], side: int) -> Iterator[Batch]:
-    """The training batches resized (antialiased bilinear) to side x side; unchanged at their own side."""
+    """The training images resized (antialiased bilinear) to side x side; unchanged at their own side, and
+    feature vectors (frozen mode) unchanged."""
     for x, labels, soft, idx in batches:
-        if x.shape[-1] != side or x.shape[-2] != side:
+        if x.ndim == 4 and (x.shape[-1] != side or x.shape[-2] != side):
             x = x if x.is_floating_point() else x.float()
             x = nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         yield x, labels, soft, idx

@@ -47,6 +47,9 @@ from galmorph.tuning.study import (
 
 POLL_S = 2.0
 PARENT_WAIT_S = 60.0
+# a failed trial is replaced (its values may have been the problem: NaN at a huge lr), but this many failures in a
+# row mean something every trial shares is broken: the worker stops instead of replacing them for ever
+FAILS_IN_A_ROW = 5
 
 
 def _silent(message: str) -> None:
@@ -238,11 +241,14 @@ def _work(
     echo(f"tune: study {study.study_name}: {start['complete'] + start['pruned']} of {budget} trials done{limit}")
     bar = tqdm(total=budget, desc="tune", unit="trial", disable=not progress)
 
+    fails: list[str] = []  # this worker's failed trials since its last one that did not fail
+
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal ran
         if "skipped" in trial.user_attrs:
             return
         ran += 1
+        fails[:] = [*fails, str(trial.user_attrs.get("error", "?"))] if trial.state == TrialState.FAIL else []
         echo(describe_trial(trial, objective.params.tune.metric, objective.params.tune.epochs))
 
     while worker_trials is None or ran < worker_trials:
@@ -260,5 +266,10 @@ def _work(
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[report])
         if objective.user_error is not None:
             raise objective.user_error
+        if len(fails) >= FAILS_IN_A_ROW:
+            raise UserError(
+                f"tune: {len(fails)} trials in a row failed, the last with {fails[-1].splitlines()[0][:300]}; "
+                "stopped instead of replacing them (each trial's error is in its MLflow run, tag optuna.error)"
+            )
     bar.close()
     return ran
