@@ -309,7 +309,8 @@ class TrainConfig:
             )
         if not 0.0 < self.progressive_until <= 1.0:
             raise UserError(
-                f"params: train.progressive_until: expected a share of the epochs in (0, 1], got {self.progressive_until!r}"
+                "params: train.progressive_until: expected a share of the epochs in (0, 1], "
+                f"got {self.progressive_until!r}"
             )
         if self.progressive_start is not None and self.mode == "frozen":
             raise UserError(

@@ -516,9 +516,9 @@ def progressive_side(tcfg: TrainConfig, image_size: int, epoch: int) -> int:
 
     Why: most of what a network learns early is coarse shape, which small images carry at less cost (in pixels
     48 px is 0.56 of 64 px; on 2 CPU cores a ResNet-18 step saves less than that: README); the last epochs at
-    the full side let the weights and BatchNorm statistics settle at the resolution validation and serving use (fast.ai's
-    progressive resizing; FFCV's ResNet recipes). Linear in the epoch, in steps of 8 px, from the start side in
-    epoch 1 to image_size at round(progressive_until x epochs), then constant.
+    the full side let the weights and BatchNorm statistics settle at the resolution validation and serving use
+    (fast.ai's progressive resizing; FFCV's ResNet recipes). Linear in the epoch, in steps of 8 px, from the
+    start side in epoch 1 to image_size at round(progressive_until x epochs), then constant.
     """
     start = tcfg.progressive_start
     if start is None:
