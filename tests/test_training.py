@@ -486,3 +486,22 @@ def tiny_train():
 
 def replace_train(p, **changes):
     return dataclasses.replace(p, train=replace(p.train, **changes))
+
+
+def test_train_stage_refuses_a_progressive_start_at_image_size_before_its_mlflow_run(tmp_path, monkeypatch):
+    from galmorph.stages import train as train_stage
+
+    p = load_params(Path(__file__).parents[1] / "params.yaml")
+    p = dataclasses.replace(
+        p,
+        train=replace(p.train, mode="finetune", progressive_start=p.preprocess.image_size),
+        tune=replace(p.tune, out=str(tmp_path / "none.yaml")),
+        split=replace(p.split, out=str(tmp_path / "no-splits.parquet")),
+    )
+    monkeypatch.setattr(train_stage.runs, "start_run", lambda *a, **k: pytest.fail("an MLflow run was opened"))
+    with pytest.raises(UserError, match="below preprocess.image_size"):
+        train_stage.main(p, SimpleArgs())
+
+
+class SimpleArgs:
+    resume = False
