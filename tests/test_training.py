@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 
 from galmorph import cli
 from galmorph.config import load_params, params_from_raw, replace, with_tuned
@@ -22,7 +23,7 @@ from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_
 from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from galmorph.training.engine import BatchMix, Criterion, class_weights, train_one_epoch
 from galmorph.training.features import build_feature_cache
-from galmorph.training.loop import at_side, fit, progressive_side
+from galmorph.training.loop import at_side, fit, moving_average, progressive_side
 from tests.training_utils import make_catalogue, one_thread, tiny_params
 
 TIMING = ("images_per_s", "epoch_time_s")
@@ -422,6 +423,26 @@ def test_ema_weights_are_what_is_validated_kept_and_resumed(catalogue, params, t
     np.testing.assert_allclose(logits, straight.val_logits, rtol=1e-3, atol=1e-3)
 
     _assert_resumes_to(straight, catalogue, p, tmp_path / "b")
+
+
+def test_ema_is_the_normalised_average_of_the_steps_so_far():
+    """train.ema is bias-corrected: after n steps each step's weights count decay^(n-i), normalised, so a short
+    run's average is not the first step's weights (torch's plain EMA keeps decay^(n-1) of them); integer
+    buffers take the latest value."""
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    values = [1.0, 2.0, 4.0, 8.0]
+    for decay in (0.5, 0.999):
+        ema = moving_average(net, decay)
+        for v in values:
+            with torch.no_grad():
+                net[0].weight.fill_(v)
+                net[1].num_batches_tracked.fill_(int(v))
+            ema.update_parameters(net)
+        w = decay ** np.arange(len(values) - 1, -1, -1)
+        expected = float((w * values).sum() / w.sum())
+        assert ema.module[0].weight.item() == pytest.approx(expected, rel=1e-6)
+        assert ema.module[1].num_batches_tracked.item() == 8
+    assert expected == pytest.approx(np.mean(values), rel=1e-3)  # at 0.999: close to the mean, not the first (1.0)
 
 
 # ------------------------------------------------------------------------------------------- progressive

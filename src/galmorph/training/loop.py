@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
@@ -546,10 +546,34 @@ def at_side(batches: Iterator[Batch], side: int) -> Iterator[Batch]:
 
 def moving_average(model: GalaxyNet, decay: float | None) -> AveragedModel | None:
     """train.ema: an exponential moving average of the weights and BatchNorm statistics (torch's AveragedModel),
-    updated after every step; None when off."""
+    updated after every step, bias-corrected (debiased_ema); None when off."""
     if decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=debiased_ema(decay), use_buffers=True)
+
+
+def debiased_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """AveragedModel's multi_avg_fn: after n steps, the average of the n steps' weights w_i, each
+    weighted decay^(n-i) and the weights normalised to sum to 1 (Adam's bias correction).
+
+    Why: torch's plain EMA starts from the first step's weights and keeps decay^(n-1) of them, still 60% after
+    512 steps at 0.999, so the model validated and saved in the first epochs of a run (and at the end of a short
+    one) was mostly the random start. Corrected, the first steps weigh what any step of their age weighs. In
+    the update, n - 1 = `n_averaged` steps are already averaged; the kept share is decay (1 - decay^(n-1)) /
+    (1 - decay^n). Integer buffers (BatchNorm's step counter) take the latest value.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        done = float(n_averaged)
+        keep = decay * (1.0 - decay**done) / (1.0 - decay ** (done + 1.0))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - keep)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    return update
 
 
 def _optimizer(model: GalaxyNet, cfg: TrainConfig) -> torch.optim.Optimizer:
