@@ -54,18 +54,21 @@ def add(run: Path, name: str, load: str) -> dict:
 
 def show() -> None:
     table = pd.read_csv(CSV)
-    print("| run | recipe (on the base of benchmarks/real_runs.sh) | epochs | train min (machine) | test acc [95% CI] "
-          "| macro F1 | confident acc | ood-dev acc [95% CI] |")  # fmt: skip
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    table.insert(0, "key", range(1, len(table) + 1))  # the number that marks the run in the figure
+    print("| # | run | recipe (on the base of benchmarks/real_runs.sh) | epochs | train min (machine) "
+          "| test acc [95% CI] | macro F1 | confident acc | ood-dev acc [95% CI] |")  # fmt: skip
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 
     def fmt(v: float, digits: int = 3) -> str:
         return "—" if pd.isna(v) else f"{v:.{digits}f}"
 
     for r in table.itertuples():
         ood = "—" if pd.isna(r.ood_acc) else f"{r.ood_acc:.3f} [{fmt(r.ood_lo)}, {fmt(r.ood_hi)}]"
-        print(f"| {r.name} | `{r.recipe}` | {r.epochs} | {r.train_min:.1f} ({r.load}) | {r.test_acc:.3f} "
+        print(f"| {r.key} | {r.name} | `{r.recipe}` | {r.epochs} | {r.train_min:.1f} ({r.load}) | {r.test_acc:.3f} "
               f"[{r.test_lo:.3f}, {r.test_hi:.3f}] | {fmt(r.test_f1)} | {fmt(r.confident_acc)} | {ood} |")  # fmt: skip
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    # Points are marked by their row number, with the names in a key below: names next to ~20 points that
+    # share a few minutes and a point of accuracy overlap until they cannot be read.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.22 * ((len(table) + 2) // 3)), sharex=True)
     for ax, (col, lo, hi, title) in zip(
         axes,
         (("test_acc", "test_lo", "test_hi", "SDSS test split"), ("ood_acc", "ood_lo", "ood_hi", "ood-dev (DECaLS)")),
@@ -75,13 +78,19 @@ def show() -> None:
         for r in rows.itertuples():
             quiet = r.load == "quiet"
             y, err = getattr(r, col), [[getattr(r, col) - getattr(r, lo)], [getattr(r, hi) - getattr(r, col)]]
-            ax.errorbar(r.train_min, y, yerr=err, fmt="o" if quiet else "s", mfc=None if quiet else "none", capsize=3)
-            ax.annotate(r.name, (r.train_min, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            colour = f"C{(r.key - 1) % 10}"
+            ax.errorbar(r.train_min, y, yerr=err, fmt="o" if quiet else "s", color=colour, mfc=None if quiet else "none",
+                        capsize=3)  # fmt: skip
+            ax.annotate(str(r.key), (r.train_min, y), textcoords="offset points", xytext=(4, 2), fontsize=7,
+                        color=colour)  # fmt: skip
         ax.set_title(title)
-        ax.set_xlabel("training minutes on 2 CPU cores (hollow: machine shared with other jobs)")
+        ax.set_xlabel("training minutes, 2 CPU cores (hollow: machine shared)")
         ax.set_ylabel("accuracy (95% interval)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], linestyle="none", marker="o", color=f"C{(k - 1) % 10}") for k in table["key"]]
+    labels = [f"{k}  {n}" for k, n in zip(table["key"], table["name"], strict=True)]
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16 * ((len(table) + 2) // 3) / fig.get_figheight() + 0.02, 1, 1))
     FIGURE.parent.mkdir(exist_ok=True)
     fig.savefig(FIGURE, dpi=110)
     print(f"\nwrote {FIGURE.relative_to(REPO)}")
