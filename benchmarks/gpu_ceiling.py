@@ -38,7 +38,7 @@ from tqdm import tqdm
 from galmorph.config import CLASSES, PreprocessConfig, load_params, with_overrides
 from galmorph.data.images import load_rgb
 from galmorph.data.transforms import FixedFrame
-from galmorph.evaluation.calibration import expected_calibration_error, fit_temperature
+from galmorph.evaluation.calibration import fit_temperature
 from galmorph.evaluation.metrics import classification_metrics
 from galmorph.evaluation.subsets import winning_fraction
 from galmorph.models.inference import predict_logits, softmax_t
@@ -55,7 +55,8 @@ MAKE_REAL = {
     "train.layer_decay": 1.0, "train.early_stopping_patience": 0, "train.loader": "cache",
     "preprocess.decode": "draft",
 }  # fmt: skip
-# REAL_GPU's training values (the Makefile, params.yaml's head), without its 12 tuning trials
+# REAL_GPU's training values (the Makefile, params.yaml's head), without its 12 tuning trials; the loader and
+# decoding stay make real's (cache, draft), which change the speed, not what the network sees
 REAL_GPU = {
     "model.arch": "resnet50", "preprocess.image_size": 128, "train.epochs": 40, "train.batch_size": 128,
     "train.lr": 0.001, "train.weight_decay": 0.05, "train.label_smoothing": 0.05, "model.hidden": 1024,
@@ -72,8 +73,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def pack(splits: Path, ood: Path | None, out: Path, side: int, crop: int, resize: int, limit: int | None) -> None:
+def pack(
+    splits: Path, ood: Path | None, out: Path, side: int, crop: int, resize: int, limit: int | None, force: bool
+) -> None:
     """The fixed frame of every image of the main split (and ood-dev's spirals and ellipticals) as JPEG files."""
+    if (out / "index.csv").exists() and not force:
+        sys.exit(f"{out.name}: already holds a pack (index.csv); pass --force to write over it")
     rows = pd.read_parquet(splits)
     rows = rows.assign(galaxy_id=rows["galaxy_id"].astype(str), source=rows["image_path"].astype(str))
     if ood is not None:
@@ -113,7 +118,6 @@ def _scores(model: Any, rows: pd.DataFrame, params: Any, temperature: float, dev
     labels = rows["label_id"].to_numpy()
     kpis = {k: v.to_dict() for k, v in classification_metrics(probs, labels).items()}
     kpis["n"] = len(rows)
-    kpis["ece_calibrated"] = expected_calibration_error(probs, labels)
     return kpis, probs
 
 
@@ -216,6 +220,7 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=192)
     p.add_argument("--resize", type=int, default=424)
     p.add_argument("--limit", type=int, help="at most this many images per split (a quick check)")
+    p.add_argument("--force", action="store_true", help="write over an existing pack in --out")
     r = sub.add_parser("run")
     r.add_argument("packed", type=Path)
     r.add_argument("recipes", nargs="+")
@@ -225,7 +230,7 @@ def main() -> None:
     r.add_argument("--set", action="append", default=[], help="KEY=VALUE (JSON value) on top of every recipe")
     args = ap.parse_args()
     if args.cmd == "pack":
-        pack(args.splits, args.ood, args.out, args.side, args.crop, args.resize, args.limit)
+        pack(args.splits, args.ood, args.out, args.side, args.crop, args.resize, args.limit, args.force)
     else:
         extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
         run(args.packed, args.out, args.recipes, args.budget, args.device, extra)
