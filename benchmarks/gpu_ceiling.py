@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from galmorph.config import CLASSES, PreprocessConfig, load_params, with_overrides
 from galmorph.data.images import load_rgb
 from galmorph.data.transforms import FixedFrame
+from galmorph.errors import UserError
 from galmorph.evaluation.calibration import fit_temperature
 from galmorph.evaluation.metrics import classification_metrics
 from galmorph.evaluation.subsets import winning_fraction
@@ -78,7 +78,7 @@ def pack(
 ) -> None:
     """The fixed frame of every image of the main split (and ood-dev's spirals and ellipticals) as JPEG files."""
     if (out / "index.csv").exists() and not force:
-        sys.exit(f"{out.name}: already holds a pack (index.csv); pass --force to write over it")
+        raise UserError(f"{out}: already holds a pack (index.csv); pass --force to write over it")
     rows = pd.read_parquet(splits)
     rows = rows.assign(galaxy_id=rows["galaxy_id"].astype(str), source=rows["image_path"].astype(str))
     if ood is not None:
@@ -95,7 +95,10 @@ def pack(
     cfg = PreprocessConfig(resize=resize, crop=crop, image_size=side)
     files = []
     for i, src in enumerate(tqdm(rows["source"], desc="pack", unit="img")):
-        img = load_rgb(Path(src))
+        try:
+            img = load_rgb(Path(src))
+        except (OSError, ValueError, UserError) as exc:
+            raise UserError(f"{src}: cannot read image (row {i} of the pack): {exc}") from None
         native = round(min(img.size) * crop / resize)
         name = f"images/{i:05d}.jpg"
         FixedFrame(cfg, min(native, side))(img).save(out / name, "JPEG", quality=90)
@@ -178,11 +181,20 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def run(packed: Path, out: Path, names: list[str], budget_s: float, device: str, extra: dict[str, Any]) -> None:
+def run(
+    packed: Path, out: Path, names: list[str], budget_s: float, device: str, extra: dict[str, Any], force: bool
+) -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
-        sys.exit(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+        raise UserError(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    if not (packed / "index.csv").is_file():
+        raise UserError(f"{packed}: no index.csv (expected a folder written by `gpu_ceiling.py pack`)")
+    if (out / "ceiling.json").exists() and not force:
+        raise UserError(f"{out}: already holds results (ceiling.json); pass --force to write over them")
     index = pd.read_csv(packed / "index.csv", dtype={"galaxy_id": str})
+    missing = set(INDEX_COLUMNS) - set(index.columns)
+    if missing:
+        raise UserError(f"{packed / 'index.csv'}: missing column(s) {', '.join(sorted(missing))}")
     index = index.assign(
         image_path=[str((packed / f).resolve()) for f in index["file"]],
         label_id=index["label"].map({c: i for i, c in enumerate(CLASSES)}).astype("int64"),
@@ -228,12 +240,31 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=480.0, help="seconds for all recipes; one past it stops")
     r.add_argument("--device", default="cuda")
     r.add_argument("--set", action="append", default=[], help="KEY=VALUE (JSON value) on top of every recipe")
+    r.add_argument("--force", action="store_true", help="write over earlier results in --out")
     args = ap.parse_args()
-    if args.cmd == "pack":
-        pack(args.splits, args.ood, args.out, args.side, args.crop, args.resize, args.limit, args.force)
-    else:
-        extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-        run(args.packed, args.out, args.recipes, args.budget, args.device, extra)
+    try:
+        if args.cmd == "pack":
+            if not args.splits.is_file():
+                raise UserError(f"{args.splits}: not found (expected the split stage's splits.parquet)")
+            pack(args.splits, args.ood, args.out, args.side, args.crop, args.resize, args.limit, args.force)
+        else:
+            run(args.packed, args.out, args.recipes, args.budget, args.device, _sets(args.set), args.force)
+    except UserError as exc:
+        ap.exit(2, f"gpu_ceiling: {exc}\n")
+
+
+def _sets(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE: the value as JSON (numbers, true/false), else as the plain string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. train.seed=1")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 if __name__ == "__main__":
