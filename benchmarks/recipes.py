@@ -30,13 +30,33 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+class RunFolderError(Exception):
+    """A run folder that real_runs.sh did not finish writing (the message names the file and what is missing)."""
+
+
+def shorten(recipe: str) -> str:
+    """Tuned values to 3 significant digits (lr=0.0007447144904083078 -> 0.000745), as the README shows them."""
+    return re.sub(r"\d+\.\d{5,}(?:e-?\d+)?", lambda m: f"{float(m.group()):.3g}", recipe)
+
+
 def add(run: Path, name: str, load: str) -> dict:
     """One row from a real_runs.sh run folder: minutes.txt (recipe, train_s), metrics.json (evaluate's)."""
+    for f in ("minutes.txt", "metrics.json"):
+        if not (run / f).is_file():
+            raise RunFolderError(f"{run.name}/{f}: not found (is {run.name} a finished benchmarks/real_runs.sh run?)")
     text = (run / "minutes.txt").read_text()
-    recipe = text.split(";")[0].removeprefix("recipe:").strip()
-    epochs = int(re.search(r"epochs (\d+)", text).group(1))
-    train_s = int(re.search(r"train_s=(\d+)", text).group(1))
-    m = json.loads((run / "metrics.json").read_text())
+    found = {k: re.search(rf"{k}[ =](\d+)", text) for k in ("epochs", "train_s")}
+    if missing := [k for k, v in found.items() if v is None]:
+        raise RunFolderError(f"{run.name}/minutes.txt: no {' or '.join(missing)} (expected real_runs.sh's line)")
+    recipe = shorten(text.split(";")[0].removeprefix("recipe:").strip())
+    epochs, train_s = int(found["epochs"].group(1)), int(found["train_s"].group(1))
+    try:
+        m = json.loads((run / "metrics.json").read_text())
+        m["test_accuracy"], m["test_accuracy_ci_low"], m["test_accuracy_ci_high"]  # noqa: B018  the required KPIs
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise RunFolderError(
+            f"{run.name}/metrics.json: not evaluate's metrics (no test_accuracy with its interval)"
+        ) from err
     seed = int(re.search(r"seed(\d+)$", run.name).group(1)) if re.search(r"seed(\d+)$", run.name) else 0
     row = {
         "name": name, "recipe": recipe or "(base)", "epochs": epochs, "seed": seed, "train_min": round(train_s / 60, 1),
@@ -48,7 +68,9 @@ def add(run: Path, name: str, load: str) -> dict:
     }  # fmt: skip
     table = pd.read_csv(CSV) if CSV.is_file() else pd.DataFrame(columns=COLUMNS)
     table = pd.concat([table[table["name"] != name], pd.DataFrame([row])], ignore_index=True)
-    table.to_csv(CSV, index=False, float_format="%.4f")
+    tmp = CSV.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False, float_format="%.4f")
+    tmp.replace(CSV)
     return row
 
 
@@ -106,7 +128,10 @@ def main() -> None:
     sub.add_parser("show")
     args = ap.parse_args()
     if args.cmd == "add":
-        print(add(args.run, args.name, args.load))
+        try:
+            print(add(args.run, args.name, args.load))
+        except RunFolderError as err:
+            ap.exit(2, f"recipes.py: error: {err}\n")
     else:
         show()
 
