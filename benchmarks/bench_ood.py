@@ -4,7 +4,8 @@ In-distribution: the test split's spirals and ellipticals (real SDSS cut-outs no
 Against them, each group's AUROC (95% bootstrap interval) and the share it flags (ood_score > 1), for the
 Mahalanobis score and, as the baseline measured in the same run, 1 - max calibrated probability (MSP):
 
-  * Galaxy Zoo's own `other` rows (mergers, disturbed, stars and artefacts; ../shared/galaxyzoo/labels.csv);
+  * Galaxy Zoo's own `other` rows (../shared/galaxyzoo/labels.csv: mostly ordinary galaxies under a catch-all
+    label, a few mergers, disturbed galaxies, stars and artefacts; ood_other.py splits them by kind);
   * ../shared/ood-dev: its `other` rows, and its spirals and ellipticals (a survey shift, not a new kind);
   * made-up non-galaxy images: Gaussian and uniform noise, blank frames, stripes and checkerboards, smooth
     gradients, star fields without a galaxy, random shapes and text.
