@@ -97,14 +97,17 @@ def show() -> None:
         strict=True,
     ):
         rows = table.dropna(subset=[col])
+        placed: list[tuple[float, float]] = []  # points already labelled: a label on top of another moves down
         for r in rows.itertuples():
             quiet = r.load == "quiet"
             y, err = getattr(r, col), [[getattr(r, col) - getattr(r, lo)], [getattr(r, hi) - getattr(r, col)]]
             colour = f"C{(r.key - 1) % 10}"
             ax.errorbar(r.train_min, y, yerr=err, fmt="o" if quiet else "s", color=colour, mfc=None if quiet else "none",
                         capsize=3)  # fmt: skip
-            ax.annotate(str(r.key), (r.train_min, y), textcoords="offset points", xytext=(4, 2), fontsize=7,
-                        color=colour)  # fmt: skip
+            near = sum(abs(r.train_min - px) < 1.5 and abs(y - py) < 0.004 for px, py in placed)
+            placed.append((r.train_min, y))
+            ax.annotate(str(r.key), (r.train_min, y), textcoords="offset points", xytext=(4, 2 - 8 * near),
+                        fontsize=7, color=colour)  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("training minutes, 2 CPU cores (hollow: machine shared)")
         ax.set_ylabel("accuracy (95% interval)")
