@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,9 +38,10 @@ from sklearn.neighbors import NearestNeighbors
 
 from bench_ood import auroc_interval
 from galmorph.data.dataset import label_ids
+from galmorph.errors import UserError
 from galmorph.models.inference import prepare_for_inference
 from galmorph.models.ood import fit_detector
-from galmorph.models.resnet import load_model
+from galmorph.models.resnet import LOGITS, load_model
 from galmorph.paths import repo_root, resolve_path
 from ood_features import SHARED, VARIANTS, layer_features
 
@@ -83,7 +85,21 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # LogisticRegressionCV's 1.10 notices
     torch.set_num_threads(2)
-    loaded = load_model(args.model)
+    for what, path in (
+        ("--model", args.model),
+        ("--splits", args.splits),
+        ("labels", SHARED / "galaxyzoo" / "labels.csv"),
+    ):
+        if not Path(path).is_file():
+            parser.error(f"{what}: {Path(path).name} not found")
+    try:
+        loaded = load_model(args.model)
+    except UserError as err:
+        parser.error(f"--model: {err}")
+    if loaded.outputs != LOGITS:  # 1 - max p below is the softmax of logits
+        parser.error(
+            f"--model: outputs {loaded.outputs!r}; this script scores models trained with train.loss ce or soft"
+        )
     net = prepare_for_inference(loaded.model, torch.device("cpu"))
     splits = pd.read_parquet(args.splits)
     labels = pd.read_csv(SHARED / "galaxyzoo" / "labels.csv", low_memory=False)
@@ -103,7 +119,7 @@ def main() -> None:
     start = time.time()
     layers = {name: layer_features(net, loaded.preprocess, p) for name, p in paths.items()}
     feats = {name: f["l4"] for name, f in layers.items()}
-    print(f"layer4 features of {sum(map(len, paths.values())):,} images in {time.time() - start:.0f} s")
+    print(f"pooled layer2-4 features of {sum(map(len, paths.values())):,} images in {time.time() - start:.0f} s")
 
     y_train = label_ids(splits[splits.split == "train"])
     detector = loaded.ood or fit_detector(feats["train"], y_train, feats["val"], 0.99)
