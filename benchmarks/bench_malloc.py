@@ -81,7 +81,8 @@ def main() -> None:
                 env["GLIBC_TUNABLES"] = TUNED
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
-                sys.exit(f"bench_malloc.py: error: the {name} child failed: {out.stderr.strip().splitlines()[-1:]}")
+                last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+                sys.exit(f"bench_malloc.py: error: the {name} child failed: {last}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             runs[name].append(r)
             print(f"| {i + 1} | {name} | {r['ips']:.1f} | {r['sys_s']:.1f} | {r['user_s']:.1f} | {r['minflt']:,} |")
