@@ -101,7 +101,10 @@ def main() -> None:
             f"--model: outputs {loaded.outputs!r}; this script scores models trained with train.loss ce or soft"
         )
     net = prepare_for_inference(loaded.model, torch.device("cpu"))
-    splits = pd.read_parquet(args.splits)
+    try:
+        splits = pd.read_parquet(args.splits, columns=["image_path", "split", "label_id"])
+    except (OSError, ValueError, KeyError) as err:  # pyarrow's errors derive from these
+        parser.error(f"--splits: {Path(args.splits).name} is not a splits.parquet ({type(err).__name__})")
     labels = pd.read_csv(SHARED / "galaxyzoo" / "labels.csv", low_memory=False)
     other = labels[labels["label"] == "other"].copy()
     other["group"] = other.apply(other_group, axis=1)
