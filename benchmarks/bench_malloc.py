@@ -1,11 +1,12 @@
 """Does keeping freed memory in the heap speed up training? (issue 9: training throughput ≥ 2x at 64 px).
 
 glibc returns large freed blocks to the kernel (mmap/munmap and heap trimming), so every training step maps its
-activations afresh and pays a page fault per 4 KiB touched. GLIBC_TUNABLES can raise the mmap and trim thresholds
-so that freed memory is reused instead. This script runs the same short `fit()` (cache loader + draft decoding,
-finetune, batch 64, the bench_loader.py setting) in fresh child processes, alternating glibc's defaults with the
-raised thresholds, and prints each round's training images/s (median of epochs 2+), CPU system time and minor
-page faults, then the ratio of the medians.
+activations afresh and pays a page fault per 4 KiB touched. `train.keep_freed_memory` (training/memory.py) raises
+the mmap and trim thresholds with mallopt(3) at the start of fit(); GLIBC_TUNABLES does the same from the
+environment before Python starts. This script runs the same short `fit()` (cache loader + draft decoding,
+finetune, batch 64: bench_loader.py's setting) in fresh child processes, alternating glibc's defaults, the
+built-in mallopt and the environment variable, and prints each round's training images/s (median of epochs 2+),
+CPU system time and minor page faults, then the ratios of the medians.
 
     .venv/bin/python benchmarks/bench_malloc.py --arch resnet18 --rounds 3
 """
@@ -13,46 +14,17 @@ page faults, then the ratio of the medians.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-import resource
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
-import torch
+from bench_loader import fit_in_child
 
-from bench_loader import REPO, real_catalogue
-from galmorph.config import load_params, replace
-from galmorph.training.loop import fit
-
-TUNED = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-
-
-def child(arch: str, images: int, epochs: int) -> None:
-    """One fit() in this process; prints a JSON line with images/s, system seconds and minor faults."""
-    torch.set_num_threads(2)
-    params = load_params(REPO / "params.yaml")
-    p = dataclasses.replace(
-        params,
-        model=replace(params.model, arch=arch, weights="none"),
-        preprocess=replace(params.preprocess, crop=192, image_size=64, decode="draft"),
-        train=replace(
-            params.train, mode="finetune", epochs=epochs, batch_size=64, num_workers=2, loader="cache",
-            early_stopping_patience=0, checkpoint_dir="/tmp/bench_malloc_ckpt",
-        ),
-    )  # fmt: skip
-    cat = real_catalogue(images)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    result = fit(cat, p, progress=False)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({
-        "ips": statistics.median(h["images_per_s"] for h in result.history[1:]),
-        "sys_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
-        "minflt": after.ru_minflt - before.ru_minflt,
-    }))  # fmt: skip
+TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+ARMS = {  # name: (train.keep_freed_memory, GLIBC_TUNABLES or None)
+    "glibc defaults": (False, None),
+    "keep_freed_memory (mallopt)": (True, None),
+    "GLIBC_TUNABLES": (False, TUNABLES),
+}
 
 
 def main() -> None:
@@ -61,33 +33,26 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        child(args.arch, args.images, args.epochs)
-        return
     if args.epochs < 2 or args.rounds < 1:
         ap.error("--epochs must be at least 2 (epoch 1 is left out) and --rounds at least 1")
-    runs: dict[str, list[dict]] = {"glibc defaults": [], "raised thresholds": []}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--arch", args.arch, "--images", str(args.images),
-           "--epochs", str(args.epochs)]  # fmt: skip
+    runs: dict[str, list[dict]] = {name: [] for name in ARMS}
     print(f"{args.arch}, 64 px, cache + draft, {args.images} images x {args.epochs} epochs, {args.rounds} rounds")
     print("| round | malloc | images/s | system s | user s | minor faults |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for i in range(args.rounds):
-        for name in runs:
+        for name, (keep, tunables) in ARMS.items():
             env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-            if name == "raised thresholds":
-                env["GLIBC_TUNABLES"] = TUNED
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if out.returncode != 0:
-                last = (out.stderr.strip().splitlines() or ["no message"])[-1]
-                sys.exit(f"bench_malloc.py: error: the {name} child failed: {last}")
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            if tunables:
+                env["GLIBC_TUNABLES"] = tunables
+            r = fit_in_child(
+                args.arch, loader="cache", decode="draft", keep=keep, images=args.images, epochs=args.epochs, env=env
+            )
             runs[name].append(r)
             print(f"| {i + 1} | {name} | {r['ips']:.1f} | {r['sys_s']:.1f} | {r['user_s']:.1f} | {r['minflt']:,} |")
-    base, tuned = (statistics.median(r["ips"] for r in runs[n]) for n in runs)
-    print(f"\nmedian images/s: defaults {base:.1f}, raised thresholds {tuned:.1f} ({tuned / base:.2f}x)")
+    medians = {name: statistics.median(r["ips"] for r in rs) for name, rs in runs.items()}
+    base = medians["glibc defaults"]
+    print("\nmedian images/s: " + ", ".join(f"{n} {m:.1f} ({m / base:.2f}x)" for n, m in medians.items()))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from galmorph.training.checkpoint import (
 from galmorph.training.distributed import DistContext, barrier, broadcast_buffers, local_device, process_group
 from galmorph.training.engine import Batch, BatchMix, Criterion, class_weights, describe, evaluate, train_one_epoch
 from galmorph.training.features import FeatureCache, compute_features
+from galmorph.training.memory import keep_freed_memory
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -94,6 +95,8 @@ def fit(
     _check_targets(train_rows, tcfg, progress)
     progressive_side(tcfg, params.preprocess.image_size, 1)  # a start at or above image_size stops here
     device = resolve_device(tcfg.device)
+    if tcfg.keep_freed_memory:
+        keep_freed_memory()
     with determinism(tcfg.deterministic), process_group(device) as ctx:
         device = local_device(device, ctx)
         amp = amp_dtype_for(device, tcfg.precision)

@@ -22,6 +22,7 @@ NOT_HYPERPARAMETERS = {
     "train.device": "a device, not a hyperparameter",
     "train.precision": "a speed setting, not a hyperparameter",
     "train.channels_last": "a speed setting, not a hyperparameter",
+    "train.keep_freed_memory": "a speed setting, not a hyperparameter",
     "train.num_workers": "a speed setting, not a hyperparameter",
     "train.checkpoint_dir": "a path",
     "train.out": "a path",
