@@ -292,7 +292,7 @@ class TrainConfig:
     progressive_start: int | None = None
     progressive_until: float = 0.7
     # raise glibc's mmap and trim thresholds for the training process, so freed activations are reused instead
-    # of mapped afresh every step (training/memory.py; 1.11x on 2 cores); a no-op where libc is not glibc
+    # of mapped afresh every step (training/memory.py; ResNet-18 1.12-1.18x on 2 cores); a no-op without glibc
     keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:

@@ -2,8 +2,8 @@
 
 glibc hands every freed block above its mmap threshold (128 KiB, then grown dynamically) back to the kernel and
 trims the heap's free top, so each training step maps its activations afresh and takes a page fault per 4 KiB it
-touches: 7x the faults and 1.11x slower training on 2 cores here (`benchmarks/bench_malloc.py`). Raising both
-thresholds with mallopt(3) makes glibc reuse that memory instead. The cost is that the process keeps its peak
+touches: 7-8x the faults, and ResNet-18 trains 1.12-1.18x slower on 2 cores here (BENCHMARKS.md). Raising
+both thresholds with mallopt(3) makes glibc reuse that memory instead. The cost is that the process keeps its peak
 memory until it exits, which a training process would reach again at its next step anyway.
 """
 
@@ -24,7 +24,8 @@ def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this whole process (they last until it exits).
 
     Returns whether both were set: False, and nothing changed, where the C library is not glibc (macOS, musl,
-    Windows) or refuses a value. The numbers training computes do not change, only where its memory comes from.
+    Windows) or refuses the mmap threshold. The numbers training computes do not change, only where its memory
+    comes from.
     """
     if platform.libc_ver()[0] != "glibc":
         return False
