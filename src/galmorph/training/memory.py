@@ -23,8 +23,8 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top befor
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this whole process (they last until it exits).
 
-    Returns whether both were set: False, and nothing changed, where the C library is not glibc (macOS, musl,
-    Windows) or refuses the mmap threshold. The numbers training computes do not change, only where its memory
+    Returns whether both were set: False where the C library is not glibc (macOS, musl, Windows; nothing is
+    changed) or glibc refuses a threshold. The numbers training computes do not change, only where its memory
     comes from.
     """
     if platform.libc_ver()[0] != "glibc":
