@@ -142,3 +142,19 @@ def test_dvc_exp_run_set_changes_only_the_line_it_sets(override, tmp_path):
     line = after[changed[0]]
     assert line.strip().startswith(f"{key.rsplit('.', 1)[1]}: {value}"), line
     assert load_params(copy) is not None
+
+
+def test_a_mapping_set_merges_into_the_mapping_as_dvc_exp_run_does(tmp_path):
+    """`-S 'tune.space={...}'` changes the keys it names and keeps the rest, in galmorph and in `dvc exp run -S`
+    alike, so one override means the same study on either path."""
+    from dvc.utils.hydra import apply_overrides
+
+    override = "tune.space={train.lr: {type: float, low: 0.0002, high: 0.004, log: true}}"
+    ours = resolve_params(str(REPO / "params.yaml"), [override]).tune.space
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", copy)
+    apply_overrides(str(copy), [override])
+    theirs = load_params(copy).tune.space
+    assert ours == theirs
+    assert ours["train.lr"] == {"type": "float", "low": 0.0002, "high": 0.004, "log": True}
+    assert ours["model.dropout"] == load_params(REPO / "params.yaml").tune.space["model.dropout"]
