@@ -39,6 +39,19 @@ def shorten(recipe: str) -> str:
     return re.sub(r"\d+\.\d{5,}(?:e-?\d+)?", lambda m: f"{float(m.group()):.3g}", recipe)
 
 
+def last_wins(recipe: str) -> str:
+    """Each -S key once, with its last value (the one galmorph applies) at its first place: a tuned recipe is
+    make real's flags with the best trial's appended, and the table should not show dropout twice.
+
+    >>> last_wins("-S a.x=1 -S b.y=2 -S a.x=3 -S c.z=4")
+    '-S a.x=3 -S b.y=2 -S c.z=4'
+    """
+    flags: dict[str, str] = {}
+    for key, value in re.findall(r"-S (\S+?)=(\S+)", recipe):
+        flags[key] = value
+    return " ".join(f"-S {k}={v}" for k, v in flags.items()) if flags else recipe
+
+
 def add(run: Path, name: str, load: str) -> dict:
     """One row from a real_runs.sh run folder: minutes.txt (recipe, train_s), metrics.json (evaluate's)."""
     for f in ("minutes.txt", "metrics.json"):
@@ -48,7 +61,7 @@ def add(run: Path, name: str, load: str) -> dict:
     found = {k: re.search(rf"{k}[ =](\d+)", text) for k in ("epochs", "train_s")}
     if missing := [k for k, v in found.items() if v is None]:
         raise RunFolderError(f"{run.name}/minutes.txt: no {' or '.join(missing)} (expected real_runs.sh's line)")
-    recipe = shorten(text.split(";")[0].removeprefix("recipe:").strip())
+    recipe = shorten(last_wins(text.split(";")[0].removeprefix("recipe:").strip()))
     epochs, train_s = int(found["epochs"].group(1)), int(found["train_s"].group(1))
     required = {"test_accuracy", "test_accuracy_ci_low", "test_accuracy_ci_high"}
     try:
