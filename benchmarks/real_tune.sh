@@ -7,14 +7,15 @@
 #
 # TRIALS (default 12), TUNE_EPOCHS (epochs per trial, default 8; the median pruner stops unpromising trials after
 # 2), SPACE (a YAML flow mapping merged into params.yaml's tune.space, as `dvc exp run -S` merges it: the keys it
-# names get these ranges, the others keep theirs; default: lr 2e-4..4e-3 and weight decay 1e-6..0.1, both log). A rerun with the same flags resumes the study; trials are ranked by validation
-# macro F1, never by the test split or ood-dev.
+# names get these ranges, the others keep theirs; default: lr 2e-4..4e-3 and weight decay 1e-6..0.1, both log).
+# A rerun with the same flags resumes the study (minutes.txt's tune_s counts only the last invocation; every trial's
+# minutes are in MLflow); trials are ranked by validation macro F1, never by the test split or ood-dev.
 set -euo pipefail
+[[ $# = 1 && $1 == ?*=* ]] || { echo "usage: real_tune.sh NAME=\"<-S flags>\" (one study, named)" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benchmarks/real_env.sh
 source "$REPO/benchmarks/real_env.sh"
 SPACE=${SPACE:-'{train.lr: {type: float, low: 0.0002, high: 0.004, log: true}, train.weight_decay: {type: float, low: 0.000001, high: 0.1, log: true}}'}
-[ $# = 1 ] || { echo "usage: real_tune.sh NAME=\"<-S flags>\"" >&2; exit 2; }
 name=${1%%=*}
 extra=${1#*=}
 T=(-S "tune.n_trials=${TRIALS:-12}" -S "tune.epochs=${TUNE_EPOCHS:-8}" -S "tune.space=$SPACE" -S "tune.study_name=$name")
