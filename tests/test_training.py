@@ -89,10 +89,12 @@ def test_device_and_precision_resolution():
 # --------------------------------------------------------------------------------------------------- fit
 
 
-def test_finetune_learns_a_separable_set(catalogue, params, tmp_path):
+def test_finetune_learns_a_separable_set(catalogue, params, tmp_path, caplog):
     p = tiny_params(params, tmp_path, mode="finetune", epochs=3, lr=0.003)
     seen = []
-    result = fit(catalogue, p, on_epoch=lambda e, m: seen.append((e, m)), progress=False)
+    with caplog.at_level("WARNING", logger="galmorph.training.loop"):
+        result = fit(catalogue, p, on_epoch=lambda e, m: seen.append((e, m)), progress=False)
+    assert "unfreeze_blocks" not in caplog.text  # the whole network trains: nothing stays random
     assert [e for e, _ in seen] == [1, 2, 3]
     keys = {"train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s"}
     assert keys <= set(seen[0][1])
@@ -105,6 +107,15 @@ def test_finetune_learns_a_separable_set(catalogue, params, tmp_path):
         result.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu", precision="fp32"
     )
     np.testing.assert_allclose(logits, result.val_logits, rtol=1e-3, atol=1e-3)
+
+
+def test_finetune_from_scratch_says_when_frozen_stages_stay_random(catalogue, params, tmp_path, caplog):
+    """Freezing stages pays with pretrained weights; from scratch they would keep their random weights."""
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=1, unfreeze_blocks=3)
+    with caplog.at_level("WARNING", logger="galmorph.training.loop"):
+        result = fit(catalogue, p, progress=False)
+    assert "train.unfreeze_blocks: 3 with model.weights: none" in caplog.text
+    assert result.model.frozen_stages == ("stem", "layer1")
 
 
 def test_frozen_mode_learns_and_its_model_is_backbone_plus_head(catalogue, params, tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from galmorph import cli
-from galmorph.config import Params, load_params, replace, with_tuned
+from galmorph.config import Params, load_params, replace, with_overrides, with_tuned
 from galmorph.errors import UserError
 from galmorph.io import write_parquet
 from galmorph.paths import repo_root
@@ -121,6 +121,16 @@ def test_default_space_parses_and_finetune_keys_wait(params):
         "augment.rotation",
         "augment.color_jitter",
     }
+    # finetuned from scratch, a frozen stage would keep its random weights: unfreeze_blocks waits for weights
+    scratch = with_overrides(params, {"train.mode": "finetune", "model.weights": "none"}, "test")
+    assert inactive_params(space, scratch) == ["train.unfreeze_blocks"]
+    drawn = {"train.lr": 1e-3, "train.weight_decay": 1e-4, "model.hidden": 256, "model.dropout": 0.1}
+    drawn |= {"train.label_smoothing": 0.0, "train.batch_size": 64, "augment.rotation": 90.0}
+    drawn |= {"augment.color_jitter": 0.1, "train.unfreeze_blocks": 2}
+    assert "train.unfreeze_blocks" not in suggest(optuna.trial.FixedTrial(drawn), space, scratch)
+    pretrained = with_overrides(params, {"train.mode": "finetune", "model.weights": "imagenet"}, "test")
+    assert inactive_params(space, pretrained) == []
+    assert suggest(optuna.trial.FixedTrial(drawn), space, pretrained)["train.unfreeze_blocks"] == 2
 
 
 @pytest.mark.parametrize(
@@ -154,6 +164,17 @@ def test_default_space_parses_and_finetune_keys_wait(params):
             },
             "train.mode never takes 'finetuned'",
         ),
+        (
+            {
+                "train.mode": {"type": "categorical", "choices": ["frozen", "finetune"]},
+                "augment.rotation": {"type": "float", "low": 0, "high": 90, "when": {"train.mode": {"not": "froze"}}},
+            },
+            "train.mode never takes 'froze'",
+        ),
+        (
+            {"train.lr": {"type": "float", "low": 0.1, "high": 1, "when": {"model.weights": {"except": "none"}}}},
+            r"when.model.weights: expected a value, a list or \{not: value\}",
+        ),
         ({}, "nothing to tune"),
     ],
 )
@@ -180,6 +201,22 @@ def test_conditional_entries_follow_earlier_draws(params):
     assert needs_features(p)
     run = trial_params(p, fine)
     assert (run.train.mode, run.augment.rotation, run.train.epochs) == ("finetune", 45.0, p.tune.epochs)
+
+
+def test_a_negated_condition_holds_for_every_other_value(params):
+    p = _with_space(
+        params,
+        {
+            "model.arch": {"type": "categorical", "choices": ["resnet18", "resnet34", "resnet50"]},
+            "model.hidden": {"type": "categorical", "choices": [256, 512], "when": {"model.arch": {"not": "resnet18"}}},
+        },
+    )
+    p = with_overrides(p, {"train.mode": "finetune"}, "test")
+    space = parse_space(p)
+    assert suggest(optuna.trial.FixedTrial({"model.arch": "resnet18"}), space, p) == {"model.arch": "resnet18"}
+    for arch in ("resnet34", "resnet50"):
+        drawn = {"model.arch": arch, "model.hidden": 512}
+        assert suggest(optuna.trial.FixedTrial(drawn), space, p) == drawn
 
 
 def test_storage_urls(tmp_path):

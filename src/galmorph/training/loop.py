@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,8 @@ from galmorph.training.features import FeatureCache, compute_features
 from galmorph.training.memory import keep_freed_memory
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -456,6 +459,12 @@ def _finetune_setup(
     torch.manual_seed(tcfg.seed)
     model = build_model(params.model)
     set_trainable(model, "finetune", tcfg.unfreeze_blocks)
+    if tcfg.unfreeze_blocks and params.model.weights == "none" and ctx.is_main:
+        log.warning(
+            "train.unfreeze_blocks: %d with model.weights: none keeps the stages below it at their random "
+            "initialisation; 0 trains the whole network",
+            tcfg.unfreeze_blocks,
+        )
     train_ds = ImageDataset(
         train_rows, TrainPreset(params.preprocess, params.augment), targets=targets(train_rows, tcfg)
     )

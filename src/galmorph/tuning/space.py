@@ -39,6 +39,18 @@ SPEC_KEYS["categorical"] = {"choices", "when"}
 
 
 @dataclasses.dataclass(frozen=True)
+class Condition:
+    """One key of a `when`: the param's value must be one of `values`, or, `negated`, none of them."""
+
+    key: str
+    values: tuple[Any, ...]
+    negated: bool = False
+
+    def holds(self, value: Any) -> bool:
+        return (value in self.values) != self.negated
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchParam:
     """One entry of tune.space: the SECTION.KEY it sets, its distribution, and when it is active."""
 
@@ -49,10 +61,10 @@ class SearchParam:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] = ()
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    when: tuple[Condition, ...] = ()
 
     def active(self, value_of: Callable[[str], Any]) -> bool:
-        return all(value_of(key) in allowed for key, allowed in self.when)
+        return all(c.holds(value_of(c.key)) for c in self.when)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.type == "float":
@@ -149,7 +161,9 @@ def _parse_one(name: str, spec: Any, params: Params, earlier: Mapping[str, Searc
 
 def _parse_when(
     raw: Any, name: str, params: Params, earlier: Mapping[str, SearchParam], where: str
-) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+) -> tuple[Condition, ...]:
+    """`when: {KEY: value | [values] | {not: value | [values]}}`; `not` is there for keys such as
+    model.weights, whose meaningful side ("any pretrained file") cannot be listed."""
     if raw is None:
         return ()
     if not isinstance(raw, dict) or not raw:
@@ -162,13 +176,18 @@ def _parse_when(
             raise UserError(f"{where}.when: {key!r} is not a SECTION.KEY of params.yaml")
         if key == name:
             raise UserError(f"{where}.when: an entry cannot depend on itself")
+        negated = isinstance(allowed, dict)
+        if negated:
+            if set(allowed) != {"not"}:
+                raise UserError(f"{where}.when.{key}: expected a value, a list or {{not: value}}, got {allowed!r}")
+            allowed = allowed["not"]
         values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         if key in earlier:
             possible = earlier[key].values()
             impossible = [v for v in values if possible and v not in possible]
             if impossible:
                 raise UserError(f"{where}.when: {key} never takes {impossible[0]!r} (its choices: {list(possible)})")
-        out.append((key, values))
+        out.append(Condition(key, values, negated))
     return tuple(out)
 
 
@@ -178,7 +197,7 @@ def parse_space(params: Params) -> list[SearchParam]:
     names = list(params.tune.space)
     for name, spec in params.tune.space.items():
         param = _parse_one(name, spec, params, space)
-        for key, _ in param.when:
+        for key in (c.key for c in param.when):
             if key in params.tune.space and key not in space:
                 raise UserError(f"params: tune.space.{name}.when: {key} must come before {name} in tune.space")
         space[name] = param
@@ -204,20 +223,13 @@ def parse_space(params: Params) -> list[SearchParam]:
 def _modes_when_active(param: SearchParam, space: Mapping[str, SearchParam], params: Params) -> set[str]:
     mode = space.get("train.mode")
     modes = set(mode.choices) if mode is not None else {params.train.mode}
-    for key, allowed in param.when:
-        if key == "train.mode":
-            modes &= set(allowed)
-    return modes
+    return {m for m in modes if all(c.holds(m) for c in param.when if c.key == "train.mode")}
 
 
 def inactive_params(space: Sequence[SearchParam], params: Params) -> list[str]:
     """Entries whose `when` can never hold with these params (e.g. finetune-only keys in a frozen study)."""
     names = {p.name for p in space}
-    return [
-        p.name
-        for p in space
-        if any(key not in names and _current(params, key) not in allowed for key, allowed in p.when)
-    ]
+    return [p.name for p in space if any(c.key not in names and not c.holds(_current(params, c.key)) for c in p.when)]
 
 
 def suggest(trial: optuna.Trial, space: Sequence[SearchParam], params: Params) -> dict[str, Any]:
