@@ -21,12 +21,13 @@ import csv
 import io
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
+from tests.http_utils import QuietHTTPServer
 from tests.serving_utils import galaxy_image
 
 OFF_FOOTPRINT_DEC = -30.0
@@ -107,8 +108,7 @@ class FakeCutoutService:
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
         self._images: dict[tuple[int | None, int], bytes] = {}
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = QuietHTTPServer(("127.0.0.1", port), _Handler)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
 

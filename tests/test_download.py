@@ -11,12 +11,13 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from galmorph.data.sources.download import download, get_json, part_path, part_record_path
 from galmorph.errors import UserError
+from tests.http_utils import QuietHTTPServer
 
 FAST = {"retries": 3, "timeout_s": 5.0, "backoff_s": 0.001, "progress": False}
 
@@ -90,8 +91,7 @@ class FileServer:
         self.headers: dict[str, dict[str, str]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
 
