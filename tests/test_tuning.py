@@ -217,6 +217,16 @@ def test_a_negated_condition_holds_for_every_other_value(params):
     for arch in ("resnet34", "resnet50"):
         drawn = {"model.arch": arch, "model.hidden": 512}
         assert suggest(optuna.trial.FixedTrial(drawn), space, p) == drawn
+    # `not: frozen` keeps a finetune-only key out of frozen trials as `finetune` does
+    mixed = _with_space(
+        params,
+        {
+            "train.mode": {"type": "categorical", "choices": ["frozen", "finetune"]},
+            "augment.rotation": {"type": "float", "low": 0, "high": 90, "when": {"train.mode": {"not": "frozen"}}},
+        },
+    )
+    space = parse_space(mixed)
+    assert suggest(optuna.trial.FixedTrial({"train.mode": "frozen"}), space, mixed) == {"train.mode": "frozen"}
 
 
 def test_storage_urls(tmp_path):
