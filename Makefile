@@ -10,8 +10,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # REAL_CPU is the best measured on 2 CPU cores (ResNet-18 trained from scratch, 192-px crop, 64 px, 35 epochs with the
 # cached loader and draft decoding, ~24 min of training; benchmarks/recipes.csv has every measured run). Its lr,
 # weight decay, head and label smoothing are the values that run used: the Optuna study's best on the synthetic set
-# as of 2026-12-02 (reports/best_params.yaml at 88d1e81; a later study on the changed tune.space drew others), not
-# tuned on the real data (that study: README "Real-data tuning"). The
+# as of 2026-12-02 (reports/best_params.yaml at 88d1e81; a later rerun of that study ranked another trial first),
+# not tuned on the real data (that study: README "Real-data tuning"). The
 # GZ2 rows' debiased t01 vote fractions ride along for evaluate's by-confidence KPIs (labels come from `label`).
 REAL_CPU := -S data.source=manifest -S train.mode=finetune -S model.arch=resnet18 -S preprocess.crop=192 \
   -S train.epochs=35 -S train.batch_size=64 -S train.lr=0.0007447144904083078 -S train.weight_decay=1.2697111322756417e-06 \
