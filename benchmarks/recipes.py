@@ -45,7 +45,14 @@ def last_wins(recipe: str) -> str:
 
     >>> last_wins("-S a.x=1 -S b.y=2 -S a.x=3 -S c.z=4")
     '-S a.x=3 -S b.y=2 -S c.z=4'
+
+    Anything else (a quoted value with spaces, another option) is kept as written rather than dropped:
+
+    >>> last_wins("-S a.x=1 -S 'b.y={k: 1}' -S a.x=3")
+    "-S a.x=1 -S 'b.y={k: 1}' -S a.x=3"
     """
+    if not re.fullmatch(r"(?:\s*-S [^\s'\"=]+=[^\s'\"]+)*\s*", recipe):
+        return recipe
     flags: dict[str, str] = {}
     for key, value in re.findall(r"-S (\S+?)=(\S+)", recipe):
         flags[key] = value
@@ -87,20 +94,28 @@ def add(run: Path, name: str, load: str) -> dict:
     return row
 
 
-def show() -> None:
-    table = pd.read_csv(CSV)
-    table.insert(0, "key", range(1, len(table) + 1))  # the number that marks the run in the figure
-    print("| # | run | recipe (on the base of benchmarks/real_runs.sh) | epochs | train min (machine) "
-          "| test acc [95% CI] | macro F1 | confident acc | ood-dev acc [95% CI] |")  # fmt: skip
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+def table_lines(table: pd.DataFrame) -> list[str]:
+    """The README's table between its `<!-- recipes -->` markers, one row per run, numbered as in the figure."""
+    lines = [
+        "| # | run | recipe (on the base of benchmarks/real_runs.sh) | epochs | train min (machine) "
+        "| test acc [95% CI] | macro F1 | confident acc | ood-dev acc [95% CI] |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
 
     def fmt(v: float, digits: int = 3) -> str:
         return "—" if pd.isna(v) else f"{v:.{digits}f}"
 
-    for r in table.itertuples():
+    for key, r in enumerate(table.itertuples(), start=1):
         ood = "—" if pd.isna(r.ood_acc) else f"{r.ood_acc:.3f} [{fmt(r.ood_lo)}, {fmt(r.ood_hi)}]"
-        print(f"| {r.key} | {r.name} | `{r.recipe}` | {r.epochs} | {r.train_min:.1f} ({r.load}) | {r.test_acc:.3f} "
-              f"[{r.test_lo:.3f}, {r.test_hi:.3f}] | {fmt(r.test_f1)} | {fmt(r.confident_acc)} | {ood} |")  # fmt: skip
+        lines.append(f"| {key} | {r.name} | `{r.recipe}` | {r.epochs} | {r.train_min:.1f} ({r.load}) | {r.test_acc:.3f} "
+                     f"[{r.test_lo:.3f}, {r.test_hi:.3f}] | {fmt(r.test_f1)} | {fmt(r.confident_acc)} | {ood} |")  # fmt: skip
+    return lines
+
+
+def show() -> None:
+    table = pd.read_csv(CSV)
+    print("\n".join(table_lines(table)))
+    table.insert(0, "key", range(1, len(table) + 1))  # the number that marks the run in the figure
     # Points are marked by their row number, with the names in a key below: names next to ~20 points that
     # share a few minutes and a point of accuracy overlap until they cannot be read.
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2 + 0.22 * ((len(table) + 2) // 3)), sharex=True)
