@@ -175,6 +175,10 @@ def test_default_space_parses_and_finetune_keys_wait(params):
             {"train.lr": {"type": "float", "low": 0.1, "high": 1, "when": {"model.weights": {"except": "none"}}}},
             r"when.model.weights: expected a value, a list or \{not: value\}",
         ),
+        (
+            {"train.lr": {"type": "float", "low": 0.1, "high": 1, "when": {"model.weights": {"not": []}}}},
+            "when.model.weights: expected at least one value",
+        ),
         ({}, "nothing to tune"),
     ],
 )

@@ -182,6 +182,8 @@ def _parse_when(
                 raise UserError(f"{where}.when.{key}: expected a value, a list or {{not: value}}, got {allowed!r}")
             allowed = allowed["not"]
         values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+        if not values:  # `[]` would switch the entry off for good, `{not: []}` would be no condition
+            raise UserError(f"{where}.when.{key}: expected at least one value, got {allowed!r}")
         if key in earlier:
             possible = earlier[key].values()
             impossible = [v for v in values if possible and v not in possible]
