@@ -114,7 +114,7 @@ def test_finetune_from_scratch_says_when_frozen_stages_stay_random(catalogue, pa
     p = tiny_params(params, tmp_path, mode="finetune", epochs=1, unfreeze_blocks=3)
     with caplog.at_level("WARNING", logger="galmorph.training.loop"):
         result = fit(catalogue, p, progress=False)
-    assert "train.unfreeze_blocks: 3 with model.weights: none" in caplog.text
+    assert "train.unfreeze_blocks: 3 with model.weights: none keeps stem, layer1 at their random" in caplog.text
     assert result.model.frozen_stages == ("stem", "layer1")
 
 

@@ -461,9 +461,10 @@ def _finetune_setup(
     set_trainable(model, "finetune", tcfg.unfreeze_blocks)
     if tcfg.unfreeze_blocks and params.model.weights == "none" and ctx.is_main:
         log.warning(
-            "train.unfreeze_blocks: %d with model.weights: none keeps the stages below it at their random "
-            "initialisation; 0 trains the whole network",
+            "train.unfreeze_blocks: %d with model.weights: none keeps %s at their random initialisation; "
+            "0 trains the whole network",
             tcfg.unfreeze_blocks,
+            ", ".join(model.frozen_stages),
         )
     train_ds = ImageDataset(
         train_rows, TrainPreset(params.preprocess, params.augment), targets=targets(train_rows, tcfg)
