@@ -12,9 +12,21 @@ import pytest
 import torch
 from PIL import Image
 
-from galmorph.config import replace
+from galmorph.config import load_params, replace
 from galmorph.data.images import load_rgb, read_image
-from galmorph.data.transforms import VIEWS, BatchAugment, EvalPreset, FramedUint8, TrainPreset, draft_side
+from galmorph.data.transforms import (
+    MEAN,
+    STD,
+    VIEWS,
+    AdaptiveFrame,
+    BatchAugment,
+    EvalPreset,
+    FramedUint8,
+    TrainPreset,
+    draft_side,
+    resample_box,
+)
+from galmorph.errors import UserError
 from galmorph.models.inference import GalaxyClassifier, predict_logits
 from galmorph.models.resnet import load_model, save_model
 from galmorph.training.loop import fit
@@ -44,7 +56,7 @@ def test_draft_side_covers_the_input_and_is_off_by_default(params):
     assert draft_side(fixed, 64) == 106  # the 256-px crop of a 106-px frame still has 64 px
     assert (
         EvalPreset(fixed).draft == 106
-        and FramedUint8(fixed).draft == 212
+        and FramedUint8(fixed, params.augment).draft == 212
         and TrainPreset(fixed, params.augment).draft == 212
     )
     adaptive = replace(fixed, framing="adaptive", frame_min=48)
@@ -94,11 +106,71 @@ def test_batch_augment_with_everything_off_frames_like_the_eval_preset(params):
     data = _galaxy_jpeg()
     cfg = _pre(params, resize=424, crop=256, image_size=64)
     off = replace(params.augment, rotation=0.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
-    framed = FramedUint8(cfg)(load_rgb(data))
+    framed = FramedUint8(cfg, off)(load_rgb(data))
     assert framed.dtype == torch.uint8 and framed.shape == (3, 128, 128)
     out = BatchAugment(cfg, off)(framed[None], torch.Generator().manual_seed(0))[0]
     evaluated = EvalPreset(cfg)(load_rgb(data))
     assert float((out - evaluated).abs().max()) < 0.1
+
+
+def _sky_galaxy(sky: float = 0.4) -> Image.Image:
+    """A galaxy on a flat grey sky that fills the whole 424-px frame: any black pixel is the augmentation's fill."""
+    yy, xx = np.mgrid[:424, :424]
+    blob = np.exp(-((xx - 212.0) ** 2 + (yy - 212.0) ** 2) / (2 * 25.0**2))
+    return Image.fromarray((255 * np.clip(sky + 0.5 * blob[..., None], 0, 1)).astype(np.uint8).repeat(3, 2))
+
+
+def _darkest(x: torch.Tensor) -> torch.Tensor:
+    """Per image, the darkest pixel in [0, 1] of normalised (B, 3, H, W) tensors."""
+    return (x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)).amin((1, 2, 3))
+
+
+@pytest.mark.parametrize("decode", ["draft", "full"])
+def test_context_turns_and_shrinks_galaxies_in_their_own_sky_and_frames_like_the_eval_preset(params, decode):
+    """augment.context: the cache's frames and TrainPreset's carry the sky around the eval frame, so a turned
+    or zoomed-out galaxy has sky in its corners where context 1 leaves black; with every augmentation off the
+    frame cut back out is the eval preset's."""
+    img = _sky_galaxy()
+    cfg = _pre(params, resize=424, crop=192, image_size=32, decode=decode)
+    off = replace(params.augment, rotation=0.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
+    turn = replace(off, rotation=180.0, scale=[0.75, 1.0])
+    wide = FramedUint8(cfg, replace(off, context=1.9))(img)
+    assert wide.shape == (3, 122, 122)  # 64 px of frame + 29 px of sky each side (an even margin)
+    x1 = FramedUint8(cfg, turn)(img)[None].expand(16, -1, -1, -1)
+    x2 = wide[None].expand(16, -1, -1, -1)
+    black = _darkest(BatchAugment(cfg, turn)(x1, torch.Generator().manual_seed(0)))
+    sky = _darkest(BatchAugment(cfg, replace(turn, context=1.9))(x2, torch.Generator().manual_seed(0)))
+    assert float(black.min()) < 0.05 and float(sky.min()) > 0.35  # the flat sky is 0.4
+    plain = BatchAugment(cfg, replace(off, context=1.9))(x2[:1], torch.Generator())[0]
+    assert plain.shape == (3, 32, 32) and float((plain - EvalPreset(cfg)(img)).abs().max()) < 0.1
+
+    torch.manual_seed(0)
+    per_image = torch.stack([TrainPreset(cfg, replace(turn, context=1.9))(img) for _ in range(8)])
+    assert per_image.shape == (8, 3, 32, 32) and float(_darkest(per_image).min()) > 0.35
+    torch.manual_seed(0)
+    assert float(_darkest(torch.stack([TrainPreset(cfg, turn)(img) for _ in range(8)])).min()) < 0.05
+    still = TrainPreset(cfg, replace(off, context=1.9))(img)
+    assert float((still - EvalPreset(cfg)(img)).abs().max()) < 0.1
+
+
+def test_context_beyond_the_image_is_black_and_adaptive_frames_widen_about_the_galaxy(params):
+    img = Image.new("RGB", (100, 100), (200, 100, 50))
+    out = np.asarray(resample_box(img, (-50.0, -50.0, 150.0, 150.0), 40))
+    assert (out[:10, :10] == 0).all() and (out[30:, 30:] == 0).all()  # a quarter of each side is outside
+    assert np.abs(out[12:28, 12:28].astype(int) - [200, 100, 50]).max() <= 1
+    cfg = _pre(params, resize=424, crop=192, framing="adaptive", frame_scale=2.5, frame_min=48)
+    galaxy = _sky_galaxy(sky=0.02)
+    framed = np.asarray(AdaptiveFrame(cfg, 64)(galaxy), dtype=float)
+    widened = np.asarray(AdaptiveFrame(cfg, 128, 2.0)(galaxy), dtype=float)
+    # the same frame, at the same pixels per frame, in the middle of its context
+    assert np.abs(widened[32:96, 32:96] - framed).max() <= 3
+
+
+def test_context_must_be_at_least_the_frame(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(Path("params.yaml").read_text().replace("  context: 1.0 ", "  context: 0.5 "))
+    with pytest.raises(UserError, match=r"augment.context: expected a number in \[1, 3\], got 0.5"):
+        load_params(path)
 
 
 def test_batch_augment_flips_are_exact_and_seeded(params):
@@ -151,6 +223,9 @@ def test_cache_loader_trains_reproducibly_and_its_model_decodes_as_it_was_traine
     assert a.best_metrics["val_acc"] >= 0.875
     for k, v in a.model.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v), k
+    # augment.context: the frames cached wider, cut back out in BatchAugment; it learns as well, differently
+    c = fit(catalogue, dataclasses.replace(p, augment=replace(p.augment, context=1.5)), progress=False)
+    assert c.best_metrics["val_acc"] >= 0.875 and not np.array_equal(c.val_logits, a.val_logits)
     # validation in memory scores exactly what the one inference path scores from the files
     val = catalogue[catalogue["split"] == "val"]
     logits = predict_logits(a.model, val, p.preprocess, batch_size=8, num_workers=0, device="cpu", precision="fp32")
@@ -183,13 +258,24 @@ def test_sky_normalisation_reaches_every_preset_and_survey_effects_the_batches(p
     black = ((0.0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])).view(3, 1)
     corner = EvalPreset(cfg)(img)[:, :2, :2].reshape(3, -1)
     assert torch.allclose(corner, black.expand_as(corner), atol=0.05)  # the sky is gone, in every channel
-    assert int(FramedUint8(cfg)(img)[:, :4, :4].max()) <= 2
+    assert int(FramedUint8(cfg, params.augment)(img)[:, :4, :4].max()) <= 2
     kept = EvalPreset(_pre(params, resize=424, crop=256, image_size=32))(img)[2, 0, 0]
     assert float(kept - black[2, 0]) > 1.0  # sky: none keeps the blue sky
 
-    x = FramedUint8(cfg)(img)[None].expand(4, -1, -1, -1)
+    x = FramedUint8(cfg, params.augment)(img)[None].expand(4, -1, -1, -1)
     off = replace(params.augment, rotation=0.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
     on = dataclasses.replace(off, survey=replace(off.survey, p=1.0))
     plain = BatchAugment(cfg, off)(x, torch.Generator().manual_seed(0))
     a = BatchAugment(cfg, on)(x, torch.Generator().manual_seed(0))
     assert not torch.allclose(a, plain) and torch.equal(a, BatchAugment(cfg, on)(x, torch.Generator().manual_seed(0)))
+
+
+def test_the_context_grid_draws_each_image_at_each_context(params, tmp_path):
+    from galmorph.evaluation.galleries import context_augment_grid
+
+    path = tmp_path / "g.jpg"
+    path.write_bytes(_galaxy_jpeg(size=96))
+    cfg = _pre(params, resize=96, crop=48, image_size=16, decode="draft")
+    assert context_augment_grid([path], cfg, params.augment, [1.0, 2.0], tmp_path / "grid.png", draws=4) == 2
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.format == "PNG" and im.width > 1.5 * im.height  # 4 columns, 2 rows

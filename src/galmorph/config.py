@@ -217,6 +217,10 @@ class SurveyConfig:
                 )
 
 
+MAX_CONTEXT = 3.0
+"""augment.context's ceiling: sqrt(2) / the smallest augment.scale covers any rotation and zoom-out in use."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     rotation: float
@@ -225,6 +229,13 @@ class AugmentConfig:
     translate: float
     color_jitter: float
     survey: SurveyConfig = dataclasses.field(default_factory=SurveyConfig)  # off unless survey.p > 0
+    # training images are framed this many times wider than the eval frame and cut back out after the affine, so
+    # rotated corners and zoomed-out edges show the sky around the galaxy instead of black (1 = no context)
+    context: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.context <= MAX_CONTEXT:
+            raise UserError(f"params: augment.context: expected a number in [1, {MAX_CONTEXT:g}], got {self.context!r}")
 
 
 @dataclasses.dataclass(frozen=True)

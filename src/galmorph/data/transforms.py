@@ -52,14 +52,42 @@ class FixedFrame:
     """PIL image of any size -> the fixed centre crop (`crop` of a `resize` frame) at `size` px in one
     antialiased resample: the same pixels as Resize + CenterCrop + Resize, whatever scale the JPEG was decoded at."""
 
-    def __init__(self, cfg: PreprocessConfig, size: int) -> None:
-        self.cfg, self.size = cfg, size
+    def __init__(self, cfg: PreprocessConfig, size: int, context: float = 1.0) -> None:
+        self.cfg, self.size, self.context = cfg, size, context
 
     def __call__(self, img: Image.Image) -> Image.Image:
         w, h = img.size
         side = min(w, h) * min(self.cfg.crop / self.cfg.resize, 1.0)
         left, top = (w - side) / 2, (h - side) / 2
-        return img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + side, top + side))
+        return resample_box(img, widen((left, top, left + side, top + side), self.context), self.size)
+
+
+Box = tuple[float, float, float, float]
+
+
+def widen(box: Box, context: float) -> Box:
+    """The square `context` times as wide as `box`, about the same centre (training's view of the sky around
+    the frame, augment.context)."""
+    left, top, right, bottom = box
+    x, y, half = (left + right) / 2, (top + bottom) / 2, context * (right - left) / 2
+    return x - half, y - half, x + half, y + half
+
+
+def resample_box(img: Image.Image, box: Box, size: int) -> Image.Image:
+    """`box` of `img` at `size` px in one antialiased resample; where the box runs past the image, black (the
+    affine augmentation's fill)."""
+    w, h = img.size
+    left, top, right, bottom = box
+    if left >= 0 and top >= 0 and right <= w and bottom <= h:
+        return img.resize((size, size), Image.BILINEAR, box=box)
+    per_px = size / (right - left)
+    inside = (max(left, 0.0), max(top, 0.0), min(right, float(w)), min(bottom, float(h)))
+    x0, y0 = round((inside[0] - left) * per_px), round((inside[1] - top) * per_px)
+    x1, y1 = round((inside[2] - left) * per_px), round((inside[3] - top) * per_px)
+    out = Image.new(img.mode, (size, size))
+    if x1 > x0 and y1 > y0:
+        out.paste(img.resize((x1 - x0, y1 - y0), Image.BILINEAR, box=inside), (x0, y0))
+    return out
 
 
 def framed_box(img: Image.Image, cfg: PreprocessConfig) -> tuple[float, float, float, float]:
@@ -71,11 +99,11 @@ class AdaptiveFrame:
     """PIL image -> the square that frames its central source (data/framing.py), resized to `size` px in one
     antialiased resample (the crop and the resize at once: no 424-px intermediate)."""
 
-    def __init__(self, cfg: PreprocessConfig, size: int) -> None:
-        self.cfg, self.size = cfg, size
+    def __init__(self, cfg: PreprocessConfig, size: int, context: float = 1.0) -> None:
+        self.cfg, self.size, self.context = cfg, size, context
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img.resize((self.size, self.size), Image.BILINEAR, box=framed_box(img, self.cfg))
+        return resample_box(img, widen(framed_box(img, self.cfg), self.context), self.size)
 
 
 def _to_tensor() -> list:
@@ -94,21 +122,31 @@ class EvalPreset:
         return self.transforms(img)
 
 
-def train_frame(cfg: PreprocessConfig) -> list:
-    """The framing of training images: EvalPreset's square at twice image_size, where the augmentation works."""
+def context_side(cfg: PreprocessConfig, aug: AugmentConfig) -> int:
+    """Side in px of a training image with its context: EvalPreset's square at twice image_size (where the
+    augmentation works) widened by augment.context, with an even margin so the square itself is whole pixels."""
+    side = 2 * cfg.image_size
+    return side + 2 * round(side * (aug.context - 1.0) / 2)
+
+
+def train_frame(cfg: PreprocessConfig, aug: AugmentConfig) -> list:
+    """The framing of training images: EvalPreset's square at twice image_size with augment.context around it."""
+    side = context_side(cfg, aug)
+    context = side / (2 * cfg.image_size)
     if cfg.framing == "adaptive":  # the augmentation scales and translates around the framed crop
-        return [AdaptiveFrame(cfg, 2 * cfg.image_size)]
-    if cfg.decode == "draft":
-        return [FixedFrame(cfg, 2 * cfg.image_size)]
+        return [AdaptiveFrame(cfg, side, context)]
+    if cfg.decode == "draft" or side != 2 * cfg.image_size:
+        return [FixedFrame(cfg, side, context)]
     return [T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop), T.Resize(2 * cfg.image_size, antialias=True)]
 
 
 class FramedUint8:
-    """PIL image -> uint8 tensor (3, 2*image_size, 2*image_size) framed for training: what train.loader: cache
-    keeps in memory, decoded once per run instead of once per epoch."""
+    """PIL image -> uint8 tensor (3, S, S) framed for training, S = context_side (twice image_size, widened by
+    augment.context): what train.loader: cache keeps in memory, decoded once per run instead of once per epoch.
+    The pixels per frame are those of twice image_size, so the JPEG draft is the same."""
 
-    def __init__(self, cfg: PreprocessConfig) -> None:
-        self.transforms = T.Compose([*sky_steps(cfg), *train_frame(cfg), T.PILToTensor()])
+    def __init__(self, cfg: PreprocessConfig, aug: AugmentConfig) -> None:
+        self.transforms = T.Compose([*sky_steps(cfg), *train_frame(cfg, aug), T.PILToTensor()])
         self.draft = draft_side(cfg, 2 * cfg.image_size)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
@@ -121,8 +159,9 @@ class TrainPreset:
     def __init__(self, cfg: PreprocessConfig, aug: AugmentConfig) -> None:
         self.draft = draft_side(cfg, 2 * cfg.image_size)
         ops: list = [*sky_steps(cfg), T.Resize(cfg.resize, antialias=True), T.CenterCrop(cfg.crop)]
-        if cfg.framing == "adaptive" or cfg.decode == "draft":
-            ops = sky_steps(cfg) + train_frame(cfg)
+        side = context_side(cfg, aug)
+        if cfg.framing == "adaptive" or cfg.decode == "draft" or side != 2 * cfg.image_size:
+            ops = sky_steps(cfg) + train_frame(cfg, aug)
         elif cfg.crop > 2 * cfg.image_size:
             # augment at twice the input size, not at the crop: after the final resize the difference is only
             # resampling order, and the affine/jitter cost ~30% less per image (the loader must keep up on 2 cores)
@@ -136,6 +175,8 @@ class TrainPreset:
                     interpolation=T.InterpolationMode.BILINEAR,
                 )
             )
+        if side != 2 * cfg.image_size:  # the frame itself, out of its turned and scaled context
+            ops.append(T.CenterCrop(2 * cfg.image_size))
         if aug.flip:
             ops += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
         if aug.color_jitter:
@@ -152,12 +193,13 @@ class TrainPreset:
 class BatchAugment:
     """TrainPreset's augmentation on whole batches: uint8 (B, 3, S, S) framed images (FramedUint8) -> normalised
     float (B, 3, image_size, image_size). One affine resample per batch (rotation, flips, scale and translation
-    in one matrix), the same small hue-free jitter, then an antialiased resize: tensor ops on the training
-    process's threads instead of PIL per image in loader processes that compete with the network for 2 cores.
-    Black fill, as RandomAffine's."""
+    in one matrix, which also cuts the frame out of its augment.context), the same small hue-free jitter, then an
+    antialiased resize: tensor ops on the training process's threads instead of PIL per image in loader
+    processes that compete with the network for 2 cores. Black fill, as RandomAffine's."""
 
     def __init__(self, cfg: PreprocessConfig, aug: AugmentConfig) -> None:
         self.size, self.aug = cfg.image_size, aug
+        self.context = context_side(cfg, aug) / (2 * cfg.image_size)  # FramedUint8's square over the frame's
         self.mean = torch.tensor(MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(STD).view(1, 3, 1, 1)
 
@@ -176,17 +218,20 @@ class BatchAugment:
         scale = uniform(*a.scale)
         shift = [uniform(-2 * a.translate, 2 * a.translate) for _ in range(2)]  # normalised coords span 2
         flip = [sign(), sign()]
-        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0]:
-            # output -> input coordinates: un-flip, un-rotate, un-scale, un-shift
-            cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        # the cached square spans `context` frames: in its normalised coordinates the frame is 1 / context wide
+        context = self.context
+        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0] or context != 1.0:
+            # output -> input coordinates: un-flip, un-rotate, un-scale, un-shift, into the context
+            cos, sin = torch.cos(angle) / (scale * context), torch.sin(angle) / (scale * context)
             theta = torch.stack(
                 [
-                    torch.stack([cos * flip[0], sin * flip[1], -shift[0]], 1),
-                    torch.stack([-sin * flip[0], cos * flip[1], -shift[1]], 1),
+                    torch.stack([cos * flip[0], sin * flip[1], -shift[0] / context], 1),
+                    torch.stack([-sin * flip[0], cos * flip[1], -shift[1] / context], 1),
                 ],
                 1,
             )
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            side = round(x.shape[-1] / context)
+            grid = F.affine_grid(theta, [b, x.shape[1], side, side], align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if a.color_jitter:
             j = a.color_jitter

@@ -20,11 +20,11 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from galmorph.config import CLASSES, FitsConfig, PreprocessConfig, SurveyConfig
+from galmorph.config import CLASSES, AugmentConfig, FitsConfig, PreprocessConfig, SurveyConfig, replace
 from galmorph.data.images import load_rgb
 from galmorph.data.photometry import normalise_sky
 from galmorph.data.survey import EFFECTS, SurveyAugment, only
-from galmorph.data.transforms import framed_box
+from galmorph.data.transforms import MEAN, STD, BatchAugment, FramedUint8, framed_box
 from galmorph.evaluation.plots import CLASS_COLOURS, plt, save_figure
 
 COLOUR_NAMES = {CLASS_COLOURS["spiral"]: "blue", CLASS_COLOURS["elliptical"]: "red"}
@@ -234,3 +234,37 @@ def survey_augment_grid(
     )
     save_figure(fig, path, dpi=50)  # 64-px tiles need no more; keeps the PNG small
     return len(originals)
+
+
+def context_augment_grid(
+    paths: Sequence[str | os.PathLike],
+    preprocess: PreprocessConfig,
+    augment: AugmentConfig,
+    contexts: Sequence[float],
+    path: str | os.PathLike,
+    *,
+    draws: int = 6,
+    seed: int = 0,
+) -> int:
+    """Write a PNG grid of what training shows the network (train.loader: cache's frames through BatchAugment,
+    without the survey effects) for each image of `paths` at each augment.context: one row per (image,
+    context), the same seeded turns, scales and shifts along a row's `draws` columns, so the rows of one image
+    differ only in what fills the corners. Returns the number of rows."""
+    plain = dataclasses.replace(augment, survey=replace(augment.survey, p=0.0))
+    images: list[Image.Image] = []
+    captions: list[str] = []
+    for p in paths:
+        img = load_rgb(p)
+        for context in contexts:
+            aug = replace(plain, context=context)
+            x = FramedUint8(preprocess, aug)(img)[None].expand(draws, -1, -1, -1)
+            y = BatchAugment(preprocess, aug)(x, torch.Generator().manual_seed(seed))
+            y = y * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+            images += [Image.fromarray(a) for a in (y.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+            captions += [f"context {context:g}"] + [""] * (draws - 1)
+    title = (
+        f"augment: rotation {augment.rotation:g}, scale {augment.scale[0]:g}-{augment.scale[1]:g}, "
+        f"{preprocess.image_size} px (seed {seed})"
+    )
+    save_figure(gallery_figure(images, captions, title, ncols=draws), path, dpi=50)
+    return len(paths) * len(contexts)

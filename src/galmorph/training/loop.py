@@ -421,7 +421,7 @@ def _cached_batches(
     tcfg = params.train
     train_ds, val_ds = datasets
     train_x = decode_once(
-        rows[0], FramedUint8(params.preprocess), tcfg.num_workers, progress=progress, desc="cache train"
+        rows[0], FramedUint8(params.preprocess, params.augment), tcfg.num_workers, progress=progress, desc="cache train"
     )
     val_x = decode_once(rows[1], EvalPreset(params.preprocess), tcfg.num_workers, progress=progress, desc="cache val")
     augment = BatchAugment(params.preprocess, params.augment)
