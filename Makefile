@@ -8,7 +8,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # The real-data recipes (README "The real Galaxy Zoo images"; tests/test_readme.py keeps the README's copy in sync).
 # REAL_CPU is the best measured on 2 CPU cores (ResNet-18 trained from scratch, 192-px crop, 64 px, 35 epochs with the
-# cached loader and draft decoding, ~24 min of training; benchmarks/recipes.csv has every measured run). Its lr,
+# cached loader and draft decoding, galaxies shown at 0.7-1.4x their size (augment.scale, since 2026-12-05), ~24 min of
+# training; benchmarks/recipes.csv has every measured run). Its lr,
 # weight decay, head and label smoothing are the values that run used: the Optuna study's best on the synthetic set
 # as of 2026-12-02 (reports/best_params.yaml at 88d1e81; a later rerun of that study ranked another trial first),
 # not tuned on the real data (that study: README "Real-data tuning"). The
@@ -17,7 +18,8 @@ REAL_CPU := -S data.source=manifest -S train.mode=finetune -S model.arch=resnet1
   -S train.epochs=35 -S train.batch_size=64 -S train.lr=0.0007447144904083078 -S train.weight_decay=1.2697111322756417e-06 \
   -S model.hidden=256 -S model.dropout=0.16516741050193706 -S train.label_smoothing=0.030697295105676373 \
   -S train.layer_decay=1.0 -S train.early_stopping_patience=0 -S tune.n_trials=0 -S evaluate.stability=false \
-  -S train.loader=cache -S preprocess.decode=draft -S evaluate.ood_manifest=../shared/ood-dev/labels.csv \
+  -S train.loader=cache -S preprocess.decode=draft -S 'augment.scale=[0.7,1.4]' \
+  -S evaluate.ood_manifest=../shared/ood-dev/labels.csv \
   -S 'data.manifest.vote_columns={spiral: gz2_t01_smooth_or_features_a02_features_or_disk_debiased, elliptical: gz2_t01_smooth_or_features_a01_smooth_debiased}'
 # REAL_GPU: for a machine with a CUDA GPU. ResNet-50 at 128 px, tuned (12 trials), bf16, 40 epochs; the repeated
 # splits' stability refits stay on. Its training without the tuning trials was measured once on an H200 (test 0.904,
