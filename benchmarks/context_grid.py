@@ -12,18 +12,10 @@ scales at augment.context 1 (black corners) and at a wider context (the sky arou
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
-
-import pandas as pd
-from PIL import Image
 
 from galmorph.config import load_params, replace
 from galmorph.evaluation.galleries import context_augment_grid
-from galmorph.io import atomic_path
-
-REPO = Path(__file__).resolve().parents[1]
-GALAXYZOO = REPO.parent / "shared" / "galaxyzoo"
+from survey_augment_grid import GALAXYZOO, REPO, gz1_rows
 
 
 def main() -> int:
@@ -34,22 +26,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "augment_context.png"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not (GALAXYZOO / "labels.csv").is_file():
-        print(f"needs the real images: {GALAXYZOO}/labels.csv not found", file=sys.stderr)
+    rows = gz1_rows(1, args.seed)
+    if rows is None:
         return 2
     params = load_params(REPO / "params.yaml", required=("preprocess", "augment"))
     preprocess = replace(params.preprocess, crop=args.crop, decode="draft")
     augment = replace(params.augment, scale=list(args.scale))
-    labels = pd.read_csv(GALAXYZOO / "labels.csv", usecols=["filename", "label", "dataset"])
-    gz1 = labels[labels["dataset"] == "gz1_sdss"]
-    rows = pd.concat([gz1[gz1["label"] == c].sample(n=1, random_state=args.seed) for c in ("elliptical", "spiral")])
     n = context_augment_grid(
         [GALAXYZOO / f for f in rows["filename"]], preprocess, augment, [1.0, args.context], args.out, seed=args.seed
     )
-    with Image.open(args.out) as im:  # a 256-colour palette: a third of the file, for the docs in git
-        small = im.convert("RGB").quantize(256)
-    with atomic_path(args.out) as tmp:
-        small.save(tmp, format="PNG", optimize=True)
     print(f"{args.out}: {n} rows ({', '.join(rows['label'])})")
     return 0
 

@@ -15,14 +15,23 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from galmorph.config import SurveyConfig, load_params
 from galmorph.evaluation.galleries import survey_augment_grid
-from galmorph.io import atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 GALAXYZOO = REPO.parent / "shared" / "galaxyzoo"
+
+
+def gz1_rows(per_class: int, seed: int) -> pd.DataFrame | None:
+    """`per_class` real GZ1 cut-outs of each class (elliptical first), seeded; None (said on stderr) without
+    ../shared/galaxyzoo. The docs' image grids (this script, context_grid.py) show these."""
+    if not (GALAXYZOO / "labels.csv").is_file():
+        print(f"needs the real images: {GALAXYZOO}/labels.csv not found", file=sys.stderr)
+        return None
+    labels = pd.read_csv(GALAXYZOO / "labels.csv", usecols=["filename", "label", "dataset"])
+    gz1 = labels[labels["dataset"] == "gz1_sdss"]
+    return pd.concat([gz1[gz1["label"] == c].sample(n=per_class, random_state=seed) for c in ("elliptical", "spiral")])
 
 
 def main() -> int:
@@ -31,23 +40,14 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "survey_augment.png"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not (GALAXYZOO / "labels.csv").is_file():
-        print(f"needs the real images: {GALAXYZOO}/labels.csv not found", file=sys.stderr)
+    rows = gz1_rows(args.per_class, args.seed)
+    if rows is None:
         return 2
     params = load_params(REPO / "params.yaml", required=("preprocess", "augment"))
-    labels = pd.read_csv(GALAXYZOO / "labels.csv", usecols=["filename", "label", "dataset"])
-    gz1 = labels[labels["dataset"] == "gz1_sdss"]
-    rows = pd.concat(
-        [gz1[gz1["label"] == c].sample(n=args.per_class, random_state=args.seed) for c in ("elliptical", "spiral")]
-    )
     survey = params.augment.survey if params.augment.survey.p > 0 else SurveyConfig(p=1.0)
     n = survey_augment_grid(
         [GALAXYZOO / f for f in rows["filename"]], params.preprocess, survey, args.out, seed=args.seed
     )
-    with Image.open(args.out) as im:  # a 256-colour palette: a third of the file, for the docs in git
-        small = im.convert("RGB").quantize(256)
-    with atomic_path(args.out) as tmp:
-        small.save(tmp, format="PNG", optimize=True)
     print(f"{args.out}: {n} images ({', '.join(rows['label'])})")
     return 0
 

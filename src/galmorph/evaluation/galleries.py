@@ -232,7 +232,7 @@ def survey_augment_grid(
     fig = gallery_figure(
         images, captions, f"augment.survey on real SDSS cut-outs, {size} px (seed {seed})", ncols=len(columns)
     )
-    save_figure(fig, path, dpi=50)  # 64-px tiles need no more; keeps the PNG small
+    save_figure(fig, path, dpi=50, palette=True)  # 64-px tiles need no more; keeps the PNG small
     return len(originals)
 
 
@@ -266,5 +266,5 @@ def context_augment_grid(
         f"augment: rotation {augment.rotation:g}, scale {augment.scale[0]:g}-{augment.scale[1]:g}, "
         f"{preprocess.image_size} px (seed {seed})"
     )
-    save_figure(gallery_figure(images, captions, title, ncols=draws), path, dpi=50)
+    save_figure(gallery_figure(images, captions, title, ncols=draws), path, dpi=50, palette=True)
     return len(paths) * len(contexts)

@@ -7,6 +7,7 @@ talk stands on its own. The same data also goes to CSV files that `dvc plots` dr
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from galmorph.config import CLASSES  # noqa: E402
 from galmorph.evaluation.calibration import ReliabilityCurve  # noqa: E402
@@ -30,11 +32,18 @@ CALIBRATED_COLOUR = "#1b7f3b"
 RAW_COLOUR = "#8c8c8c"
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 130) -> None:
-    """Write a figure atomically (format from the file's suffix) and close it."""
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 130, palette: bool = False) -> None:
+    """Write a figure atomically (format from the file's suffix) and close it. `palette`: a PNG in 256 colours,
+    about a third of the bytes, for image grids kept in git."""
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        if palette and fmt == "png":
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+            with Image.open(buf) as im:
+                im.convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
+        else:
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
