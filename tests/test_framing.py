@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.optimize import brentq
 from torchvision.transforms import v2 as T
 
-from galmorph.config import PreprocessConfig, replace, stored_preprocess
+from galmorph.config import AugmentConfig, PreprocessConfig, replace, stored_preprocess
 from galmorph.data import framing
 from galmorph.data.transforms import MEAN, STD, EvalPreset, TrainPreset
 from galmorph.errors import UserError
@@ -155,9 +155,9 @@ def test_eval_and_train_presets_give_the_network_its_input_size():
     fixed = EvalPreset(replace(ADAPTIVE, framing="fixed"))(img)
     assert fixed.shape == (3, 64, 64)
     assert x[:, :, :4].mean() > fixed[:, :, :4].mean()
-    aug = dataclasses.make_dataclass("Aug", ["rotation", "flip", "scale", "translate", "color_jitter"])
-    train = TrainPreset(ADAPTIVE, aug(rotation=180.0, flip=True, scale=[0.9, 1.1], translate=0.05, color_jitter=0.05))
-    assert train(img).shape == (3, 64, 64)
+    aug = AugmentConfig(rotation=180.0, flip=True, scale=[0.9, 1.1], translate=0.05, color_jitter=0.05)
+    assert TrainPreset(ADAPTIVE, aug)(img).shape == (3, 64, 64)
+    assert TrainPreset(ADAPTIVE, replace(aug, context=1.5))(img).shape == (3, 64, 64)  # widened about the galaxy
     assert EvalPreset(ADAPTIVE)(galaxy(0.0)).shape == (3, 64, 64)  # the fallback too
 
 
