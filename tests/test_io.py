@@ -92,3 +92,32 @@ def test_dvc_ignores_temporary_files():
     assert done.returncode == 0 and done.stdout.split() == leftovers
     kept = subprocess.run([dvc, "check-ignore", "data/raw/source.json"], cwd=REPO, capture_output=True, text=True)
     assert kept.returncode == 1
+
+
+def test_palette_png_is_a_256_colour_png_a_fraction_of_the_rgba_bytes_and_the_same_every_time():
+    """The one encoder of the PNGs kept in git (evaluation's image grids, the study's comparison plots)."""
+    import io as stdio
+
+    import numpy as np
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    def figure() -> Figure:
+        fig = Figure(figsize=(4, 3))
+        ax = fig.add_subplot()
+        ax.imshow(np.random.default_rng(0).random((48, 64, 3)))  # many colours: the quantiser has work to do
+        ax.plot([0, 63], [0, 47], color="tab:red")
+        return fig
+
+    data = io.palette_png(figure(), dpi=80)
+    rgba = stdio.BytesIO()
+    figure().savefig(rgba, format="png", dpi=80)
+    with Image.open(stdio.BytesIO(data)) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "P", (320, 240))
+        assert len(im.getcolors(maxcolors=256)) <= 256
+        assert not {k for k in im.info if k.lower() in {"software", "creation time"}}  # no metadata: stable bytes
+    assert len(data) < 0.6 * len(rgba.getvalue())
+    assert io.palette_png(figure(), dpi=80) == data
+    tight = io.palette_png(figure(), dpi=80, bbox_inches="tight")  # savefig's options pass through
+    with Image.open(stdio.BytesIO(tight)) as im:
+        assert im.size != (320, 240)

@@ -7,7 +7,6 @@ talk stands on its own. The same data also goes to CSV files that `dvc plots` dr
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping, Sequence
 
@@ -19,12 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from galmorph.config import CLASSES  # noqa: E402
 from galmorph.evaluation.calibration import ReliabilityCurve  # noqa: E402
 from galmorph.evaluation.metrics import Interval  # noqa: E402
-from galmorph.io import atomic_path  # noqa: E402
+from galmorph.io import atomic_path, palette_png  # noqa: E402
 
 #: one colour per class everywhere (galleries too): spirals blue (young stars), ellipticals red (old ones)
 CLASS_COLOURS = {"spiral": "#1f5fbf", "elliptical": "#c0392b"}
@@ -38,10 +36,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 130, palette: b
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
     with atomic_path(path) as tmp:
         if palette and fmt == "png":
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-            with Image.open(buf) as im:
-                im.convert("RGB").quantize(256).save(tmp, format="PNG", optimize=True)
+            tmp.write_bytes(palette_png(fig, dpi, bbox_inches="tight"))
         else:
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
     plt.close(fig)

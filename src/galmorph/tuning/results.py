@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import os
 import tempfile
 import warnings
@@ -20,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from galmorph.config import Params
 from galmorph.errors import UserError
-from galmorph.io import atomic_path, write_text
+from galmorph.io import atomic_path, palette_png, write_text
 from galmorph.tracking import runs
 from galmorph.tuning.study import RUN_ATTR, StudyOutcome, redact, trial_counts
 
@@ -138,23 +137,11 @@ def write_comparison(
         fig = figures.get(name)
         if fig is None:
             fig = _note_figure(f"{name}: not drawn ({skipped.get(name, 'no study')})")
-        images[name] = _png(fig)
+        images[name] = palette_png(fig, dpi=100)  # git keeps one per tuning run
         with atomic_path(folder / f"{name}.png") as tmp:
             tmp.write_bytes(images[name])
     write_text(folder / COMPARISON_PAGE, comparison_page(study, images, skipped))
     return [folder / f"{name}.png" for name in COMPARISON] + [folder / COMPARISON_PAGE]
-
-
-def _png(fig: Any) -> bytes:
-    """The figure as a 256-colour PNG: a third of matplotlib's RGBA size, and git keeps one per tuning run."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    with Image.open(buf) as im:
-        out = io.BytesIO()
-        im.convert("RGB").quantize(256).save(out, format="PNG", optimize=True)  # no metadata: same plot, same bytes
-    return out.getvalue()
 
 
 def _note_figure(text: str) -> Any:
