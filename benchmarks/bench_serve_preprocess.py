@@ -6,7 +6,9 @@ Why: the train/test resolution discrepancy (Touvron et al. 2019, "FixRes") says 
 scale augmentation often scores better at a slightly larger test resolution, for free at training time; and a
 crop a little tighter or looser than the trained one says how sensitive the model is to framing. A variant is
 `field=value` of the model's stored preprocess (`image_size=72`, `crop=208`, `sky=border`, ...); every variant
-goes through the one inference path (predict_logits) with only that field changed.
+goes through the one inference path (predict_logits) with only that field changed. The variant `grey` is the
+stored preprocess on one-band copies of the same images (luminance in all three channels, lossless PNG): how much
+the model leans on colour, and what a single-band image loses.
 
     .venv/bin/python benchmarks/bench_serve_preprocess.py --model models/model.pt \\
         --splits data/processed/splits.parquet image_size=72 image_size=80 crop=176 crop=208
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from galmorph.config import CLASSES, PreprocessConfig
 from galmorph.data.dataset import label_ids, read_splits
@@ -45,6 +50,20 @@ def variant(text: str, base: PreprocessConfig) -> PreprocessConfig:
         raise SystemExit(f"variant {text!r}: {value!r} is not a {type(current).__name__} like {current!r}") from None
 
 
+GREY = "grey"
+
+
+def grey_copies(rows: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """`rows` with each image_path replaced by a greyscale copy in `folder` (L converted back to RGB)."""
+    paths = []
+    for i, path in enumerate(rows["image_path"]):
+        out = folder / f"{i}.png"
+        with Image.open(path) as im:
+            im.convert("L").convert("RGB").save(out)
+        paths.append(str(out))
+    return rows.assign(image_path=paths)
+
+
 def accuracy_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> tuple[float, float, float]:
     """mean(b) - mean(a) of two 0/1 arrays over the same images, and its paired 95% bootstrap interval."""
     weights = bootstrap_counts(np.random.default_rng(seed), len(a), resamples)
@@ -55,7 +74,7 @@ def accuracy_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="+", help="field=value of the stored preprocess, e.g. image_size=72")
+    parser.add_argument("variants", nargs="+", help="field=value of the stored preprocess, e.g. image_size=72, or grey")
     parser.add_argument("--model", required=True)
     parser.add_argument("--splits", required=True, help="splits.parquet; its `test` rows are scored")
     parser.add_argument("--ood", default=str(SHARED / "ood-dev" / "labels.csv"), help="a labelled CSV; '' skips")
@@ -68,16 +87,22 @@ def main() -> None:
     sets = {"test": splits[splits["split"] == "test"].reset_index(drop=True)}
     if args.ood:
         sets["ood-dev"] = read_labelled(args.ood)
-    presets = {"stored": loaded.preprocess} | {v: variant(v, loaded.preprocess) for v in args.variants}
+    presets = {"stored": loaded.preprocess} | {
+        v: loaded.preprocess if v == GREY else variant(v, loaded.preprocess) for v in args.variants
+    }
     print(f"model {args.model}: stored preprocess {loaded.preprocess}")
     predicted: dict[str, dict[str, np.ndarray]] = {}
-    for name, preprocess in presets.items():
-        start = time.perf_counter()
-        predicted[name] = {
-            part: predict_logits(loaded.model, rows, preprocess, num_workers=args.workers).argmax(axis=1)
-            for part, rows in sets.items()
-        }
-        print(f"  {name}: scored in {time.perf_counter() - start:.0f} s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="grey-") as tmp:
+        for name, preprocess in presets.items():
+            start = time.perf_counter()
+            predicted[name] = {}
+            for part, rows in sets.items():
+                if name == GREY:
+                    (Path(tmp) / part).mkdir()
+                    rows = grey_copies(rows, Path(tmp) / part)
+                logits = predict_logits(loaded.model, rows, preprocess, num_workers=args.workers)
+                predicted[name][part] = logits.argmax(axis=1)
+            print(f"  {name}: scored in {time.perf_counter() - start:.0f} s", flush=True)
 
     header = ["variant"]
     for part in sets:
