@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from galmorph.config import CLASSES, PreprocessConfig
 from galmorph.data.dataset import label_ids, read_splits
+from galmorph.data.image_errors import ImageError
+from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
 from galmorph.evaluation.folder import read_labelled
 from galmorph.evaluation.metrics import bootstrap_counts, paired_f1_difference
@@ -54,12 +55,15 @@ GREY = "grey"
 
 
 def grey_copies(rows: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    """`rows` with each image_path replaced by a greyscale copy in `folder` (L converted back to RGB)."""
+    """`rows` with each image_path replaced by a greyscale copy in `folder` (L converted back to RGB), read through
+    the project's one loader (its size and format limits); an unreadable image is a one-line exit naming it."""
     paths = []
     for i, path in enumerate(rows["image_path"]):
         out = folder / f"{i}.png"
-        with Image.open(path) as im:
-            im.convert("L").convert("RGB").save(out)
+        try:
+            load_rgb(path).convert("L").convert("RGB").save(out)
+        except (ImageError, OSError) as exc:
+            raise SystemExit(f"grey: {path}: {exc}") from None
         paths.append(str(out))
     return rows.assign(image_path=paths)
 
