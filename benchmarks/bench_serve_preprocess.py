@@ -31,7 +31,7 @@ from galmorph.data.image_errors import ImageError
 from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
 from galmorph.evaluation.folder import read_labelled
-from galmorph.evaluation.metrics import bootstrap_counts, paired_f1_difference
+from galmorph.evaluation.metrics import mean_interval, paired_f1_difference
 from galmorph.models.inference import predict_logits
 from galmorph.models.resnet import load_model
 
@@ -66,14 +66,6 @@ def grey_copies(rows: pd.DataFrame, folder: Path) -> pd.DataFrame:
             raise SystemExit(f"grey: {path}: {exc}") from None
         paths.append(str(out))
     return rows.assign(image_path=paths)
-
-
-def accuracy_difference(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> tuple[float, float, float]:
-    """mean(b) - mean(a) of two 0/1 arrays over the same images, and its paired 95% bootstrap interval."""
-    weights = bootstrap_counts(np.random.default_rng(seed), len(a), resamples)
-    diffs = weights @ (b.astype(np.float64) - a) / len(a)
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return float(b.mean() - a.mean()), float(low), float(high)
 
 
 def main() -> None:
@@ -117,13 +109,14 @@ def main() -> None:
         for part, rows in sets.items():
             labels = label_ids(rows)
             base, this = predicted["stored"][part], predicted[name][part]
-            diff, low, high = accuracy_difference(base == labels, this == labels, args.resamples, seed=0)
+            gain = (this == labels).astype(float) - (base == labels)
+            diff = mean_interval(gain, np.random.default_rng(0), n_resamples=args.resamples)
             f1 = paired_f1_difference(labels, base, this, n_resamples=args.resamples)
             elliptical = CLASSES.index("elliptical")
             ellipticals = labels == elliptical
             cells += [
                 f"{(this == labels).mean():.3f}",
-                f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]",
+                f"{diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]",
                 f"{f1.diff:+.3f} [{f1.low:+.3f}, {f1.high:+.3f}]",
                 f"{(this[ellipticals] == elliptical).mean():.2f}",
             ]

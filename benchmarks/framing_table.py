@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galmorph.evaluation.metrics import mean_interval
+
 LABELS = ("spiral", "elliptical")
 
 
@@ -26,12 +28,6 @@ def load(directory: Path, part: str) -> pd.DataFrame:
     rows = pd.read_csv(path, usecols=["galaxy_id", "label", "predicted", "dataset"])
     rows = rows[rows["label"].isin(LABELS)]
     return rows.assign(correct=rows["label"] == rows["predicted"]).set_index("galaxy_id")
-
-
-def interval(values: np.ndarray, rng: np.random.Generator, n: int) -> tuple[float, float]:
-    idx = rng.integers(0, len(values), (n, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def table(runs: dict[str, Path], part: str, resamples: int, seed: int) -> list[str]:
@@ -49,12 +45,11 @@ def table(runs: dict[str, Path], part: str, resamples: int, seed: int) -> list[s
         cells = []
         ok = {n: frames[n].loc[index, "correct"].to_numpy(dtype=float) for n in names}
         for n in names:
-            lo, hi = interval(ok[n], rng, resamples)
-            cells.append(f"{ok[n].mean():.3f} [{lo:.3f}, {hi:.3f}]")
+            iv = mean_interval(ok[n], rng, n_resamples=resamples)
+            cells.append(f"{iv.value:.3f} [{iv.low:.3f}, {iv.high:.3f}]")
         for n in names[1:]:
-            diff = ok[n] - ok[names[0]]
-            lo, hi = interval(diff, rng, resamples)
-            cells.append(f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            iv = mean_interval(ok[n] - ok[names[0]], rng, n_resamples=resamples)
+            cells.append(f"{iv.value:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]")
         lines.append(f"| {part}: {label} | {len(index)} | " + " | ".join(cells) + " |")
     return lines
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galmorph.evaluation.metrics import mean_interval
+
 CLASSES = ("spiral", "elliptical")
 
 
@@ -41,13 +43,12 @@ def compare(first: Path, second: Path, name: str, resamples: int = 2000, seed: i
     mean_p = (a["p_spiral"] + b["p_spiral"]) / 2
     ensemble = np.where(mean_p >= 0.5, "spiral", "elliptical") == a["label"].to_numpy()
     right_a = ~wrong_a.to_numpy()
-    idx = np.random.default_rng(seed).integers(0, len(a), (resamples, len(a)))
-    lo, hi = np.percentile(ensemble[idx].mean(1) - right_a[idx].mean(1), [2.5, 97.5])
+    gain = mean_interval(ensemble.astype(float) - right_a, np.random.default_rng(seed), n_resamples=resamples)
     shared = wrong_a & wrong_b
     print(f"## {name} ({len(a)} galaxies)")
     print(
         f"accuracy: first {right_a.mean():.3f}, second {1 - wrong_b.mean():.3f}, "
-        f"mean of both {ensemble.mean():.3f} ({ensemble.mean() - right_a.mean():+.3f} [{lo:+.3f}, {hi:+.3f}])"
+        f"mean of both {ensemble.mean():.3f} ({gain.value:+.3f} [{gain.low:+.3f}, {gain.high:+.3f}])"
     )
     print(f"mistakes: first {wrong_a.sum()}, second {wrong_b.sum()}, both {shared.sum()}")
     if "dataset" in a.columns:

@@ -4,6 +4,7 @@ processes that are always stopped (`spawn`), with a check at the end that no pro
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import psutil
 import pytest
@@ -20,6 +22,15 @@ from galmorph.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GALAXYZOO = REPO.parent / "shared" / "galaxyzoo"
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """benchmarks/<name>.py imported as a module (the folder is scripts, not a package), for its tests."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 #: Markers whose tests may skip on a developer's machine (no PostgreSQL, chromium, Java or ../shared) but

@@ -18,6 +18,7 @@ from galmorph.evaluation.metrics import (
     confusion_table,
     coverage_curve,
     flat_metrics,
+    mean_interval,
     metric_names,
     roc_curve_table,
     vote_agreement,
@@ -102,6 +103,25 @@ def test_bootstrap_counts_are_resamples():
     assert counts.mean() == pytest.approx(1.0)
     # P(a galaxy is left out of a resample) = (1 - 1/n)^n, about 0.364 for n = 50
     assert (counts == 0).mean() == pytest.approx((1 - 1 / 50) ** 50, abs=0.02)
+
+
+def test_mean_interval_is_the_accuracy_interval_and_pairs_differences():
+    probs, labels = scored_set(400)
+    correct = (probs.argmax(axis=1) == labels).astype(float)
+    iv = mean_interval(correct, np.random.default_rng(7), n_resamples=1000)
+    # the same resamples as classification_metrics draws give its accuracy interval
+    assert iv == classification_metrics(probs, labels, n_resamples=1000, seed=7)["accuracy"]
+    assert iv.low < iv.value == correct.mean() < iv.high
+    # a second model wrong on 20 galaxies the first gets right: only those 20 vary between resamples, so the
+    # paired interval is about +-1.96 sqrt(20)/400 wide (half the accuracy's own) and excludes 0
+    other = correct.copy()
+    other[np.flatnonzero(correct)[:20]] = 0
+    diff = mean_interval(other - correct, np.random.default_rng(7), n_resamples=1000)
+    assert diff.value == pytest.approx(-20 / 400)
+    assert diff.high < 0
+    assert diff.high - diff.low == pytest.approx(2 * 1.96 * math.sqrt(20) / 400, rel=0.2)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        mean_interval(np.array([]), np.random.default_rng(0))
 
 
 def test_bootstrap_blocks_give_the_same_intervals_as_one_block(monkeypatch):

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 
 import pandas as pd
 
-from .conftest import REPO
+from .conftest import REPO, benchmark_module
 
 
 def _recipes_module():
-    spec = importlib.util.spec_from_file_location("recipes", REPO / "benchmarks" / "recipes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("recipes")
 
 
 def test_doctests_pass():

@@ -146,6 +146,21 @@ def bootstrap_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
 
 
+def mean_interval(
+    values: np.ndarray, rng: np.random.Generator, *, n_resamples: int = 2000, level: float = 0.95
+) -> Interval:
+    """The mean of one number per galaxy with its bootstrap percentile interval: accuracy from 0/1 correctness,
+    or a paired accuracy difference from correct_B - correct_A over the same galaxies (each resample draws the
+    same galaxies for both models, so what they agree on cancels). The benchmarks' comparisons all use this."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError("mean_interval: expected a non-empty 1-D array of per-galaxy values")
+    means = bootstrap_counts(rng, len(values), n_resamples) @ values / len(values)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return Interval(float(values.mean()), float(low), float(high))
+
+
 def classification_metrics(
     probs: np.ndarray,
     labels: np.ndarray,

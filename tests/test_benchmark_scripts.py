@@ -1,0 +1,122 @@
+"""The benchmark scripts whose numbers BENCHMARKS.md and the README quote: their tables are computed as they say,
+on tiny made-up runs, and bad arguments end in one line naming what was expected."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from galmorph.models import resnet
+from tests.conftest import benchmark_module
+from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, tiny_network
+from tests.training_utils import make_catalogue
+
+
+def _run_folder(root, name, test_wrong, ood_wrong=(), p_spiral=None):
+    """An evaluate folder with predictions.csv for 10 test galaxies (two sources) and ood/predictions.csv for 4;
+    the galaxies at the indices in *_wrong are predicted as the other class."""
+    folder = root / name
+    (folder / "ood").mkdir(parents=True)
+    for path, n, wrong in (
+        (folder / "predictions.csv", 10, test_wrong),
+        (folder / "ood/predictions.csv", 4, ood_wrong),
+    ):
+        labels = np.array(["spiral", "elliptical"] * (n // 2))
+        predicted = labels.copy()
+        for i in wrong:
+            predicted[i] = "elliptical" if labels[i] == "spiral" else "spiral"
+        p = np.where(predicted == "spiral", 0.9, 0.1) if p_spiral is None or n != 10 else p_spiral
+        pd.DataFrame(
+            {
+                "galaxy_id": [f"g{i}" for i in range(n)],
+                "label": labels,
+                "predicted": predicted,
+                "p_spiral": p,
+                "dataset": ["a"] * (n // 2) + ["b"] * (n - n // 2),
+            }
+        ).to_csv(path, index=False)
+    return folder
+
+
+def test_framing_table_gives_accuracies_and_paired_differences(tmp_path):
+    framing_table = benchmark_module("framing_table")
+    runs = {"base": _run_folder(tmp_path, "base", []), "new": _run_folder(tmp_path, "new", [0, 6], [1])}
+    lines = framing_table.table(runs, "test", resamples=200, seed=0)
+    assert lines[0] == "| source | n | base | new | new − base |"
+    rows = {line.split(" | ")[0]: line for line in lines[2:]}
+    assert rows["| test: all"].startswith("| test: all | 10 | 1.000 [1.000, 1.000] | 0.800 [")
+    assert "| -0.200 [" in rows["| test: all"]
+    assert rows["| test: a"].startswith("| test: a | 5 | 1.000 [1.000, 1.000] | 0.800 [")
+    ood = framing_table.table(runs, "ood-dev", resamples=200, seed=0)
+    assert ood[2].startswith("| ood-dev: all | 4 | 1.000 [1.000, 1.000] | 0.750 [")
+    assert framing_table.table(runs, "test", 200, 0) == lines  # seeded
+
+
+def test_framing_table_refuses_runs_on_other_images(tmp_path, monkeypatch, capsys):
+    framing_table = benchmark_module("framing_table")
+    base = _run_folder(tmp_path, "base", [])
+    other = _run_folder(tmp_path, "other", [])
+    pd.read_csv(other / "predictions.csv").assign(galaxy_id=lambda f: "x" + f["galaxy_id"]).to_csv(
+        other / "predictions.csv", index=False
+    )
+    with pytest.raises(SystemExit, match="other: not the same test images as base"):
+        framing_table.table({"base": base, "other": other}, "test", 10, 0)
+    monkeypatch.setattr(sys, "argv", ["framing_table.py", f"base={base}", f"missing={tmp_path / 'nowhere'}"])
+    assert framing_table.main() == 2
+    assert "expected NAME=DIR with DIR/predictions.csv" in capsys.readouterr().err
+
+
+def test_shared_errors_counts_shared_mistakes_and_scores_the_mean_of_both(tmp_path, capsys):
+    shared_errors = benchmark_module("shared_errors")
+    first = _run_folder(tmp_path, "first", [0, 1, 2])
+    # the second model is wrong on 2 and 3; on 0 and 1 it is sure of the right class, so the mean of both is right
+    p = np.where(np.array(["spiral", "elliptical"] * 5) == "spiral", 0.99, 0.01)
+    p[2], p[3] = 0.2, 0.8
+    second = _run_folder(tmp_path, "second", [2, 3], p_spiral=p)
+    shared_errors.compare(first, second, "predictions.csv", resamples=200)
+    out = capsys.readouterr().out
+    assert "## predictions.csv (10 galaxies)" in out
+    assert "accuracy: first 0.700, second 0.800, mean of both 0.900 (+0.200 [" in out
+    assert "mistakes: first 3, second 2, both 1" in out
+    assert "shared mistakes by source: {'a': 1}" in out
+    (second / "predictions.csv").write_text("label,predicted\nspiral,spiral\n")
+    with pytest.raises(SystemExit, match="missing column"):
+        shared_errors.compare(first, second, "predictions.csv")
+
+
+def test_serve_preprocess_variants_are_checked(tmp_path):
+    bench = benchmark_module("bench_serve_preprocess")
+    assert bench.variant("image_size=40", TINY_PREPROCESS).image_size == 40
+    with pytest.raises(SystemExit, match="expected field=value with a field of resize, crop"):
+        bench.variant("colour=blue", TINY_PREPROCESS)
+    with pytest.raises(SystemExit, match="'big' is not a int like 32"):
+        bench.variant("image_size=big", TINY_PREPROCESS)
+    (tmp_path / "bad.jpg").write_text("not an image")
+    with pytest.raises(SystemExit, match="grey: .*bad.jpg"):
+        bench.grey_copies(pd.DataFrame({"image_path": [str(tmp_path / "bad.jpg")]}), tmp_path)
+
+
+def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path, monkeypatch, capsys):
+    bench = benchmark_module("bench_serve_preprocess")
+    catalogue = make_catalogue(tmp_path / "cat", n=20, size=48)
+    catalogue.to_parquet(tmp_path / "splits.parquet")
+    model = tmp_path / "model.pt"
+    resnet.save_model(model, tiny_network(), TINY_MODEL, TINY_PREPROCESS)
+    argv = ["x", "grey", "crop=40", "--model", str(model), "--splits", str(tmp_path / "splits.parquet")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--ood", "", "--resamples", "50"])
+    bench.main()
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| variant | test accuracy | difference [95%]")
+    # the stored preprocess against itself is a difference of exactly 0
+    assert table[2].startswith("| stored | ") and "| +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |" in table[2]
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| stored", "| grey", "| crop=40"]
+    assert "test: 4 images" in out
+    # grey copies are one band in three channels
+    grey = bench.grey_copies(catalogue.head(1), tmp_path)
+    pixels = np.asarray(Image.open(grey["image_path"][0]))
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
