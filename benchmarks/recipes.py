@@ -87,7 +87,9 @@ def add(run: Path, name: str, load: str) -> dict:
         "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
     table = pd.read_csv(CSV) if CSV.is_file() else pd.DataFrame(columns=COLUMNS)
-    table = pd.concat([table[table["name"] != name], pd.DataFrame([row])], ignore_index=True)
+    kept = table[table["name"] != name]
+    new = pd.DataFrame([row], columns=COLUMNS)
+    table = new if kept.empty else pd.concat([kept, new], ignore_index=True)  # concat with an empty frame is deprecated
     tmp = CSV.with_suffix(".csv.tmp")
     table.to_csv(tmp, index=False, float_format="%.4f")
     tmp.replace(CSV)

@@ -3,6 +3,7 @@ on tiny made-up runs, and bad arguments end in one line naming what was expected
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -120,3 +121,30 @@ def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path
     grey = bench.grey_copies(catalogue.head(1), tmp_path)
     pixels = np.asarray(Image.open(grey["image_path"][0]))
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_recipes_add_reads_a_run_folder_and_replaces_a_row_of_the_same_name(tmp_path, monkeypatch):
+    recipes = benchmark_module("recipes")
+    monkeypatch.setattr(recipes, "CSV", tmp_path / "recipes.csv")
+    run = tmp_path / "wide-35ep-seed1"
+    run.mkdir()
+    (run / "minutes.txt").write_text(
+        "recipe: -S train.lr=0.0007447144904083078 -S model.dropout=0.1 -S model.dropout=0.2; "
+        "epochs 35; train_s=2841 evaluate_s=61\n"
+    )
+    metrics = {"test_accuracy": 0.9, "test_accuracy_ci_low": 0.89, "test_accuracy_ci_high": 0.91, "ood_accuracy": 0.8}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    row = recipes.add(run, "wide", "quiet")
+    assert row["recipe"] == "-S train.lr=0.000745 -S model.dropout=0.2"
+    assert (row["epochs"], row["seed"], row["train_min"], row["ood_acc"]) == (35, 1, 47.4, 0.8)
+    (run / "metrics.json").write_text(json.dumps({**metrics, "test_accuracy": 0.95}))
+    recipes.add(run, "wide", "shared")
+    table = pd.read_csv(recipes.CSV)
+    assert list(table["name"]) == ["wide"] and table["test_acc"].item() == 0.95 and table["load"].item() == "shared"
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(recipes.RunFolderError, match="wide-35ep-seed1/metrics.json: not evaluate's metrics"):
+        recipes.add(run, "wide", "quiet")
+    (run / "minutes.txt").unlink()
+    with pytest.raises(recipes.RunFolderError, match="wide-35ep-seed1/minutes.txt: not found"):
+        recipes.add(run, "wide", "quiet")
+    assert pd.read_csv(recipes.CSV)["test_acc"].item() == 0.95  # a refused run leaves the table as it was
