@@ -151,7 +151,7 @@ def mean_interval(
 ) -> Interval:
     """The mean of one number per galaxy with its bootstrap percentile interval: accuracy from 0/1 correctness,
     or a paired accuracy difference from correct_B - correct_A over the same galaxies (each resample draws the
-    same galaxies for both models, so what they agree on cancels). The benchmarks' comparisons all use this."""
+    same galaxies for both models, so what they agree on cancels). The benchmarks' accuracy comparisons use it."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0:
         raise ValueError("mean_interval: expected a non-empty 1-D array of per-galaxy values")
