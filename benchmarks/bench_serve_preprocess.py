@@ -8,10 +8,18 @@ crop a little tighter or looser than the trained one says how sensitive the mode
 `field=value` of the model's stored preprocess (`image_size=72`, `crop=208`, `sky=border`, ...); every variant
 goes through the one inference path (predict_logits) with only that field changed. The variant `grey` is the
 stored preprocess on one-band copies of the same images (luminance in all three channels, lossless PNG): how much
-the model leans on colour, and what a single-band image loses.
+the model leans on colour, and what a single-band image loses. The variant `survey:EFFECT` is the stored preprocess
+on copies with one of augment.survey's camera effects applied to the whole decoded image, before the model's own
+preprocess, as another telescope or camera would deliver it: `sky` (a sky level and colour), `colour` (colour
+balance), `gamma` (another stretch), `saturate` (saturated cores); strengths drawn from params.yaml's
+augment.survey ranges, seeded per image, so every model sees the same altered images. Only these effects, whose
+strength does not depend on the pixel scale, are offered (blur, pixels, noise and stars are sized in pixels of
+the network's input).
 
     .venv/bin/python benchmarks/bench_serve_preprocess.py --model models/model.pt \\
         --splits data/processed/splits.parquet image_size=72 image_size=80 crop=176 crop=208
+    .venv/bin/python benchmarks/bench_serve_preprocess.py --model models/model.pt \\
+        --splits data/processed/splits.parquet grey survey:sky survey:colour survey:gamma survey:saturate
 """
 
 from __future__ import annotations
@@ -20,22 +28,31 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from PIL import Image
 
-from galmorph.config import CLASSES, PreprocessConfig
+from galmorph.config import CLASSES, PreprocessConfig, SurveyConfig, load_params
 from galmorph.data.dataset import label_ids, read_splits
 from galmorph.data.image_errors import ImageError
 from galmorph.data.images import load_rgb
+from galmorph.data.survey import SurveyAugment, only
 from galmorph.errors import UserError
 from galmorph.evaluation.folder import read_labelled
 from galmorph.evaluation.metrics import mean_interval, paired_f1_difference
 from galmorph.models.inference import predict_logits
 from galmorph.models.resnet import load_model
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GREY = "grey"
+SURVEY = "survey:"
+SCALE_FREE = ("sky", "colour", "gamma", "saturate")
+"""augment.survey's effects whose strength means the same on a 424-px file as on the network's input."""
 
 
 def variant(text: str, base: PreprocessConfig) -> PreprocessConfig:
@@ -51,31 +68,58 @@ def variant(text: str, base: PreprocessConfig) -> PreprocessConfig:
         raise SystemExit(f"variant {text!r}: {value!r} is not a {type(current).__name__} like {current!r}") from None
 
 
-GREY = "grey"
-
-
-def grey_copies(rows: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    """`rows` with each image_path replaced by a greyscale copy in `folder` (L converted back to RGB), read through
-    the project's one loader (its size and format limits); an unreadable image is a one-line exit naming it."""
+def altered_copies(rows: pd.DataFrame, folder: Path, name: str, change: Callable[[Image.Image, int], Image.Image]):
+    """`rows` with each image_path replaced by `change(image, row number)` saved losslessly (PNG) in `folder`, the
+    images read through the project's one loader (its size and format limits); an unreadable image is a one-line
+    exit naming the variant and the file."""
     paths = []
     for i, path in enumerate(rows["image_path"]):
         out = folder / f"{i}.png"
         try:
-            load_rgb(path).convert("L").convert("RGB").save(out)
+            change(load_rgb(path), i).save(out)
         except (ImageError, OSError) as exc:
-            raise SystemExit(f"grey: {path}: {exc}") from None
+            raise SystemExit(f"{name}: {path}: {exc}") from None
         paths.append(str(out))
     return rows.assign(image_path=paths)
 
 
+def grey(image: Image.Image, _: int) -> Image.Image:
+    """One band (luminance) in all three channels."""
+    return image.convert("L").convert("RGB")
+
+
+def survey_change(effect: str, survey: SurveyConfig) -> Callable[[Image.Image, int], Image.Image]:
+    """The change that applies augment.survey's `effect` alone to a whole image, its strength drawn by a generator
+    seeded with the row number (the same altered image for every model scored)."""
+    if effect not in SCALE_FREE:
+        raise SystemExit(f"variant {SURVEY}{effect}: expected one of {', '.join(SURVEY + e for e in SCALE_FREE)}")
+    cfg = only(survey, effect)
+
+    def change(image: Image.Image, i: int) -> Image.Image:
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        y = SurveyAugment(cfg, torch.Generator().manual_seed(i))(x)[0]
+        return Image.fromarray((y.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
+
+    return change
+
+
+def changes(variants: list[str], survey: SurveyConfig) -> dict[str, Callable[[Image.Image, int], Image.Image]]:
+    """The image-altering variants among `variants` (grey, survey:EFFECT) by name."""
+    found = {v: survey_change(v.removeprefix(SURVEY), survey) for v in variants if v.startswith(SURVEY)}
+    return found | ({GREY: grey} if GREY in variants else {})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="+", help="field=value of the stored preprocess, e.g. image_size=72, or grey")
+    parser.add_argument(
+        "variants", nargs="+", help="field=value of the stored preprocess (e.g. image_size=72), grey, or survey:EFFECT"
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--splits", required=True, help="splits.parquet; its `test` rows are scored")
     parser.add_argument("--ood", default=str(SHARED / "ood-dev" / "labels.csv"), help="a labelled CSV; '' skips")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--params", default=str(REPO / "params.yaml"), help="its augment.survey ranges: survey:*")
     args = parser.parse_args()
 
     loaded = load_model(args.model)
@@ -83,19 +127,21 @@ def main() -> None:
     sets = {"test": splits[splits["split"] == "test"].reset_index(drop=True)}
     if args.ood:
         sets["ood-dev"] = read_labelled(args.ood)
+    altered = changes(args.variants, load_params(args.params, required=("augment",)).augment.survey)
     presets = {"stored": loaded.preprocess} | {
-        v: loaded.preprocess if v == GREY else variant(v, loaded.preprocess) for v in args.variants
+        v: loaded.preprocess if v in altered else variant(v, loaded.preprocess) for v in args.variants
     }
     print(f"model {args.model}: stored preprocess {loaded.preprocess}")
     predicted: dict[str, dict[str, np.ndarray]] = {}
-    with tempfile.TemporaryDirectory(prefix="grey-") as tmp:
-        for name, preprocess in presets.items():
+    with tempfile.TemporaryDirectory(prefix="altered-") as tmp:
+        for k, (name, preprocess) in enumerate(presets.items()):
             start = time.perf_counter()
             predicted[name] = {}
             for part, rows in sets.items():
-                if name == GREY:
-                    (Path(tmp) / part).mkdir()
-                    rows = grey_copies(rows, Path(tmp) / part)
+                if name in altered:
+                    folder = Path(tmp) / f"{k}-{part}"
+                    folder.mkdir()
+                    rows = altered_copies(rows, folder, name, altered[name])
                 logits = predict_logits(loaded.model, rows, preprocess, num_workers=args.workers)
                 predicted[name][part] = logits.argmax(axis=1)
             print(f"  {name}: scored in {time.perf_counter() - start:.0f} s", flush=True)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from galmorph.config import SurveyConfig
 from galmorph.models import resnet
 from tests.conftest import benchmark_module
 from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, tiny_network
@@ -98,7 +99,25 @@ def test_serve_preprocess_variants_are_checked(tmp_path):
         bench.variant("image_size=big", TINY_PREPROCESS)
     (tmp_path / "bad.jpg").write_text("not an image")
     with pytest.raises(SystemExit, match="grey: .*bad.jpg"):
-        bench.grey_copies(pd.DataFrame({"image_path": [str(tmp_path / "bad.jpg")]}), tmp_path)
+        bench.altered_copies(pd.DataFrame({"image_path": [str(tmp_path / "bad.jpg")]}), tmp_path, "grey", bench.grey)
+    with pytest.raises(SystemExit, match="variant survey:blur: expected one of survey:sky, survey:colour"):
+        bench.changes(["survey:blur"], SurveyConfig())
+
+
+def test_serve_preprocess_survey_copies_alter_every_image_the_same_way_each_time(tmp_path):
+    bench = benchmark_module("bench_serve_preprocess")
+    catalogue = make_catalogue(tmp_path / "cat", n=4, size=48)
+    sky = bench.changes(["survey:sky", "crop=40"], SurveyConfig(sky_offset=[0.05, 0.1]))
+    assert list(sky) == ["survey:sky"]
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    twice = [bench.altered_copies(catalogue, tmp_path / d, "survey:sky", sky["survey:sky"]) for d in ("a", "b")]
+    for i, row in catalogue.reset_index(drop=True).iterrows():
+        before = np.asarray(Image.open(row["image_path"]).convert("RGB"), dtype=float)
+        after = [np.asarray(Image.open(t["image_path"][i]), dtype=float) for t in twice]
+        assert (after[0] == after[1]).all()  # seeded by the row: every model sees the same altered image
+        offset = (after[0] - before)[before.max(axis=2) < 200].mean(axis=0)  # below the clip at white
+        assert ((offset > 255 * 0.05 - 1) & (offset < 255 * 0.1 + 1)).all(), offset
 
 
 def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path, monkeypatch, capsys):
@@ -107,7 +126,7 @@ def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path
     catalogue.to_parquet(tmp_path / "splits.parquet")
     model = tmp_path / "model.pt"
     resnet.save_model(model, tiny_network(), TINY_MODEL, TINY_PREPROCESS)
-    argv = ["x", "grey", "crop=40", "--model", str(model), "--splits", str(tmp_path / "splits.parquet")]
+    argv = ["x", "grey", "crop=40", "survey:gamma", "--model", str(model), "--splits", str(tmp_path / "splits.parquet")]
     monkeypatch.setattr(sys, "argv", [*argv, "--ood", "", "--resamples", "50"])
     bench.main()
     out = capsys.readouterr().out
@@ -115,10 +134,10 @@ def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path
     assert table[0].startswith("| variant | test accuracy | difference [95%]")
     # the stored preprocess against itself is a difference of exactly 0
     assert table[2].startswith("| stored | ") and "| +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |" in table[2]
-    assert [row.split(" | ")[0] for row in table[2:]] == ["| stored", "| grey", "| crop=40"]
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| stored", "| grey", "| crop=40", "| survey:gamma"]
     assert "test: 4 images" in out
     # grey copies are one band in three channels
-    grey = bench.grey_copies(catalogue.head(1), tmp_path)
+    grey = bench.altered_copies(catalogue.head(1), tmp_path, "grey", bench.grey)
     pixels = np.asarray(Image.open(grey["image_path"][0]))
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
