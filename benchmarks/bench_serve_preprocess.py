@@ -14,12 +14,14 @@ preprocess, as another telescope or camera would deliver it: `sky` (a sky level 
 balance), `gamma` (another stretch), `saturate` (saturated cores); strengths drawn from params.yaml's
 augment.survey ranges, seeded per image, so every model sees the same altered images. Only these effects, whose
 strength does not depend on the pixel scale, are offered (blur, pixels, noise and stars are sized in pixels of
-the network's input).
+the network's input). The variant `copy` is the same images re-saved unchanged as PNG: the altered variants are
+PNGs, which `decode: draft` cannot decode at reduced scale, so a survey effect's own cost is its difference from
+`copy`, not from `stored`.
 
     .venv/bin/python benchmarks/bench_serve_preprocess.py --model models/model.pt \\
         --splits data/processed/splits.parquet image_size=72 image_size=80 crop=176 crop=208
     .venv/bin/python benchmarks/bench_serve_preprocess.py --model models/model.pt \\
-        --splits data/processed/splits.parquet grey survey:sky survey:colour survey:gamma survey:saturate
+        --splits data/processed/splits.parquet copy grey survey:sky survey:colour survey:gamma survey:saturate
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from galmorph.models.resnet import load_model
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GREY = "grey"
+COPY = "copy"
 SURVEY = "survey:"
 SCALE_FREE = ("sky", "colour", "gamma", "saturate")
 """augment.survey's effects whose strength means the same on a 424-px file as on the network's input."""
@@ -76,7 +79,7 @@ def altered_copies(rows: pd.DataFrame, folder: Path, name: str, change: Callable
     for i, path in enumerate(rows["image_path"]):
         out = folder / f"{i}.png"
         try:
-            change(load_rgb(path), i).save(out)
+            change(load_rgb(path), i).save(out, compress_level=1)
         except (ImageError, OSError) as exc:
             raise SystemExit(f"{name}: {path}: {exc}") from None
         paths.append(str(out))
@@ -86,6 +89,11 @@ def altered_copies(rows: pd.DataFrame, folder: Path, name: str, change: Callable
 def grey(image: Image.Image, _: int) -> Image.Image:
     """One band (luminance) in all three channels."""
     return image.convert("L").convert("RGB")
+
+
+def unchanged(image: Image.Image, _: int) -> Image.Image:
+    """The image as decoded (the `copy` variant: what re-saving as PNG alone does)."""
+    return image
 
 
 def survey_change(effect: str, survey: SurveyConfig) -> Callable[[Image.Image, int], Image.Image]:
@@ -104,15 +112,17 @@ def survey_change(effect: str, survey: SurveyConfig) -> Callable[[Image.Image, i
 
 
 def changes(variants: list[str], survey: SurveyConfig) -> dict[str, Callable[[Image.Image, int], Image.Image]]:
-    """The image-altering variants among `variants` (grey, survey:EFFECT) by name."""
+    """The image-altering variants among `variants` (copy, grey, survey:EFFECT) by name."""
     found = {v: survey_change(v.removeprefix(SURVEY), survey) for v in variants if v.startswith(SURVEY)}
-    return found | ({GREY: grey} if GREY in variants else {})
+    return found | {name: change for name, change in ((COPY, unchanged), (GREY, grey)) if name in variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "variants", nargs="+", help="field=value of the stored preprocess (e.g. image_size=72), grey, or survey:EFFECT"
+        "variants",
+        nargs="+",
+        help="field=value of the stored preprocess (e.g. image_size=72), copy, grey or survey:EFFECT",
     )
     parser.add_argument("--model", required=True)
     parser.add_argument("--splits", required=True, help="splits.parquet; its `test` rows are scored")

@@ -126,7 +126,17 @@ def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path
     catalogue.to_parquet(tmp_path / "splits.parquet")
     model = tmp_path / "model.pt"
     resnet.save_model(model, tiny_network(), TINY_MODEL, TINY_PREPROCESS)
-    argv = ["x", "grey", "crop=40", "survey:gamma", "--model", str(model), "--splits", str(tmp_path / "splits.parquet")]
+    argv = [
+        "x",
+        "grey",
+        "crop=40",
+        "copy",
+        "survey:gamma",
+        "--model",
+        str(model),
+        "--splits",
+        str(tmp_path / "splits.parquet"),
+    ]
     monkeypatch.setattr(sys, "argv", [*argv, "--ood", "", "--resamples", "50"])
     bench.main()
     out = capsys.readouterr().out
@@ -134,10 +144,14 @@ def test_serve_preprocess_scores_variants_against_the_stored_preprocess(tmp_path
     assert table[0].startswith("| variant | test accuracy | difference [95%]")
     # the stored preprocess against itself is a difference of exactly 0
     assert table[2].startswith("| stored | ") and "| +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |" in table[2]
-    assert [row.split(" | ")[0] for row in table[2:]] == ["| stored", "| grey", "| crop=40", "| survey:gamma"]
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| stored", "| grey", "| crop=40", "| copy", "| survey:gamma"]
     assert "test: 4 images" in out
     # grey copies are one band in three channels
     grey = bench.altered_copies(catalogue.head(1), tmp_path, "grey", bench.grey)
+    (tmp_path / "copy").mkdir()
+    copied = bench.altered_copies(catalogue.head(1), tmp_path / "copy", "copy", bench.unchanged)
+    original = Image.open(catalogue["image_path"].iloc[0]).convert("RGB")
+    assert (np.asarray(Image.open(copied["image_path"][0])) == np.asarray(original)).all()
     pixels = np.asarray(Image.open(grey["image_path"][0]))
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
