@@ -36,6 +36,15 @@ def test_readme_real_command_is_the_makefiles():
     assert "$(BIN)/dvc exp run -n real-cpu $(REAL_CPU)" in (REPO / "Makefile").read_text()
 
 
+def test_real_camera_is_real_cpu_with_sky_normalisation(monkeypatch):
+    makefile = (REPO / "Makefile").read_text()
+    assert "REAL_CAMERA := $(REAL_CPU) -S preprocess.sky=border" in makefile
+    assert "$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)" in makefile
+    monkeypatch.chdir(REPO)
+    params = resolve_params(None, [*makefile_overrides("REAL_CPU"), "preprocess.sky=border"])
+    assert params.preprocess.sky == "border" and params.data.source == "manifest"
+
+
 @pytest.mark.parametrize("name", ["REAL_CPU", "REAL_GPU"])
 def test_real_recipes_name_valid_parameters(name, monkeypatch):
     monkeypatch.chdir(REPO)
