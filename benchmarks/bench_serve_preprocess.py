@@ -71,7 +71,9 @@ def variant(text: str, base: PreprocessConfig) -> PreprocessConfig:
         raise SystemExit(f"variant {text!r}: {value!r} is not a {type(current).__name__} like {current!r}") from None
 
 
-def altered_copies(rows: pd.DataFrame, folder: Path, name: str, change: Callable[[Image.Image, int], Image.Image]):
+def altered_copies(
+    rows: pd.DataFrame, folder: Path, name: str, change: Callable[[Image.Image, int], Image.Image]
+) -> pd.DataFrame:
     """`rows` with each image_path replaced by `change(image, row number)` saved losslessly (PNG) in `folder`, the
     images read through the project's one loader (its size and format limits); an unreadable image is a one-line
     exit naming the variant and the file."""
