@@ -42,7 +42,7 @@ from galmorph.config import CLASSES, PreprocessConfig, SurveyConfig, load_params
 from galmorph.data.dataset import label_ids, read_splits
 from galmorph.data.image_errors import ImageError
 from galmorph.data.images import load_rgb
-from galmorph.data.survey import SurveyAugment, only
+from galmorph.data.survey import only, survey_images
 from galmorph.errors import UserError
 from galmorph.evaluation.folder import read_labelled
 from galmorph.evaluation.metrics import mean_interval, paired_f1_difference
@@ -106,9 +106,7 @@ def survey_change(effect: str, survey: SurveyConfig) -> Callable[[Image.Image, i
     cfg = only(survey, effect)
 
     def change(image: Image.Image, i: int) -> Image.Image:
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        y = SurveyAugment(cfg, torch.Generator().manual_seed(i))(x)[0]
-        return Image.fromarray((y.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
+        return survey_images([image], cfg, torch.Generator().manual_seed(i))[0]
 
     return change
 

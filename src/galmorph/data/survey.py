@@ -16,8 +16,10 @@ import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from galmorph.config import SurveyConfig
 
@@ -155,6 +157,14 @@ class SurveyAugment:
         """Greyscale: all three channels the luminance."""
         lum = (x * torch.tensor(LUMA, device=x.device, dtype=x.dtype)[:, None, None]).sum(1, keepdim=True)
         return lum.expand_as(x).clone()
+
+
+def survey_images(images: Sequence[Image.Image], cfg: SurveyConfig, generator: torch.Generator) -> list[Image.Image]:
+    """Same-sized 8-bit RGB pictures -> the same with SurveyAugment applied as one batch: what the docs' grids and
+    the camera-look benchmark show, through the training code's own effects."""
+    x = torch.from_numpy(np.stack([np.asarray(img) for img in images])).permute(0, 3, 1, 2).float() / 255.0
+    y = SurveyAugment(cfg, generator)(x)
+    return [Image.fromarray(a) for a in (y * 255).round().byte().permute(0, 2, 3, 1).numpy()]
 
 
 def augment_normalised(

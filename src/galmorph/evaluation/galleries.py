@@ -23,7 +23,7 @@ from PIL import Image
 from galmorph.config import CLASSES, AugmentConfig, FitsConfig, PreprocessConfig, SurveyConfig, replace
 from galmorph.data.images import load_rgb
 from galmorph.data.photometry import normalise_sky
-from galmorph.data.survey import EFFECTS, SurveyAugment, only
+from galmorph.data.survey import EFFECTS, only, survey_images
 from galmorph.data.transforms import MEAN, STD, BatchAugment, FramedUint8, framed_box
 from galmorph.evaluation.plots import CLASS_COLOURS, plt, save_figure
 
@@ -222,11 +222,9 @@ def survey_augment_grid(
     size = preprocess.image_size
     originals = [display_image(p, preprocess, size=size, fits=fits) for p in paths]
     skies = [display_image(p, dataclasses.replace(preprocess, sky="border"), size=size, fits=fits) for p in paths]
-    x = torch.from_numpy(np.stack([np.asarray(img) for img in originals])).permute(0, 3, 1, 2).float() / 255.0
     columns: dict[str, list[Image.Image]] = {"original": originals, "sky: border": skies}
     for name, cfg in survey_columns(survey).items():
-        y = SurveyAugment(cfg, torch.Generator().manual_seed(seed))(x)
-        columns[name] = [Image.fromarray(a) for a in (y * 255).round().byte().permute(0, 2, 3, 1).numpy()]
+        columns[name] = survey_images(originals, cfg, torch.Generator().manual_seed(seed))
     images = [columns[name][i] for i in range(len(originals)) for name in columns]
     captions = [name if i < len(columns) else "" for i, name in enumerate(list(columns) * len(originals))]
     fig = gallery_figure(
