@@ -36,13 +36,17 @@ def test_readme_real_command_is_the_makefiles():
     assert "$(BIN)/dvc exp run -n real-cpu $(REAL_CPU)" in (REPO / "Makefile").read_text()
 
 
-def test_real_camera_is_real_cpu_with_sky_normalisation(monkeypatch):
-    makefile = (REPO / "Makefile").read_text()
-    assert "REAL_CAMERA := $(REAL_CPU) -S preprocess.sky=border" in makefile
-    assert "$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)" in makefile
+def test_real_camera_is_real_cpu_with_photometric_survey_effects(monkeypatch):
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    assert re.search(r"^REAL_CAMERA := \$\(REAL_CPU\) -S ", text, re.M)
+    assert "$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)" in text
+    extra = shlex.split(re.search(r"^REAL_CAMERA := \$\(REAL_CPU\) (.*)$", text, re.M)[1])[1::2]
     monkeypatch.chdir(REPO)
-    params = resolve_params(None, [*makefile_overrides("REAL_CPU"), "preprocess.sky=border"])
-    assert params.preprocess.sky == "border" and params.data.source == "manifest"
+    params = resolve_params(None, [*makefile_overrides("REAL_CPU"), *extra])
+    survey = params.augment.survey
+    assert survey.p == 0.8 and params.data.source == "manifest" and params.preprocess.sky == "none"
+    assert survey.stars_p == survey.blur_p == survey.pixel_p == survey.noise_p == 0
+    assert min(survey.sky_p, survey.colour_p, survey.gamma_p, survey.saturate_p, survey.grey_p) > 0
 
 
 @pytest.mark.parametrize("name", ["REAL_CPU", "REAL_GPU"])
