@@ -14,13 +14,16 @@ from .conftest import REPO
 
 
 def makefile_overrides(name: str) -> list[str]:
-    """The `-S key=value` arguments of a Makefile variable (continuation lines joined)."""
+    """The `-S key=value` arguments of a Makefile variable (continuation lines joined), a leading `$(OTHER)`
+    expanded to OTHER's, as make would."""
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
     match = re.search(rf"^{name} := (.*)$", text, re.M)
     assert match, f"Makefile: no {name}"
-    args = shlex.split(match[1])
+    args, head = shlex.split(match[1]), []
+    if args and (base := re.fullmatch(r"\$\((\w+)\)", args[0])):
+        args, head = args[1:], makefile_overrides(base[1])
     assert args[::2] == ["-S"] * (len(args) // 2), args
-    return args[1::2]
+    return [*head, *args[1::2]]
 
 
 def readme_block(marker: str) -> str:
@@ -37,12 +40,11 @@ def test_readme_real_command_is_the_makefiles():
 
 
 def test_real_camera_is_real_cpu_with_photometric_survey_effects(monkeypatch):
-    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    assert re.search(r"^REAL_CAMERA := \$\(REAL_CPU\) -S ", text, re.M)
-    assert "$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)" in text
-    extra = shlex.split(re.search(r"^REAL_CAMERA := \$\(REAL_CPU\) (.*)$", text, re.M)[1])[1::2]
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^REAL_CAMERA := \$\(REAL_CPU\) -S ", makefile, re.M)
+    assert "$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)" in makefile
     monkeypatch.chdir(REPO)
-    params = resolve_params(None, [*makefile_overrides("REAL_CPU"), *extra])
+    params = resolve_params(None, makefile_overrides("REAL_CAMERA"))
     survey = params.augment.survey
     assert survey.p == 0.8 and params.data.source == "manifest" and params.preprocess.sky == "none"
     assert survey.stars_p == survey.blur_p == survey.pixel_p == survey.noise_p == 0
