@@ -8,8 +8,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # The real-data recipes (README "The real Galaxy Zoo images"; tests/test_readme.py keeps the README's copy in sync).
 # REAL_CPU is the best measured on 2 CPU cores (ResNet-18 trained from scratch, 192-px crop, 64 px, 35 epochs with the
-# cached loader and draft decoding, galaxies shown at 0.7-1.4x their size (augment.scale, since 2026-12-05), ~24 min of
-# training; benchmarks/recipes.csv has every measured run). Its lr,
+# cached loader and draft decoding, galaxies shown at 0.7-1.4x their size (augment.scale, since 2026-12-05), 21-34 min of
+# training by the machine's speed on the day (BENCHMARKS.md "training minutes"); benchmarks/recipes.csv has every measured run). Its lr,
 # weight decay, head and label smoothing are the values that run used: the Optuna study's best on the synthetic set
 # as of 2026-12-02 (reports/best_params.yaml at 88d1e81; a later rerun of that study ranked another trial first),
 # not tuned on the real data (that study: README "Real-data tuning"). The
@@ -63,9 +63,9 @@ real: venv    ## the best measured CPU recipe on ../shared/galaxyzoo, as the DVC
 
 # REAL_CAMERA: REAL_CPU with the survey augmentation's photometric effects (sky level and colour, colour balance,
 # stretch, saturated cores, one band) on 80% of the training images and its resolution effects (stars, blur, coarse
-# pixels, noise) off, for pictures whose sky, colour and stretch differ from SDSS's. Two seeds: ~0.9 point of SDSS
-# accuracy, DECaLS unchanged (-0.6 both seeds), another camera's look costs it 0-2 points against 1-8 for REAL_CPU's
-# model. It replaced sky normalisation (preprocess.sky: border), which costs DECaLS' ellipticals (README "Which
+# pixels, noise) off, for pictures whose sky, colour and stretch differ from SDSS's. Three seeds: 0.3-1.0 point of SDSS
+# accuracy, DECaLS -0.6 to -2.6 (no interval excludes zero), another camera's look costs it 0-2.3 points against 1-10
+# for REAL_CPU's model. It replaced sky normalisation (preprocess.sky: border), which costs DECaLS' ellipticals (README "Which
 # images to trust it on", BENCHMARKS.md "Another camera's look").
 REAL_CAMERA := $(REAL_CPU) -S augment.survey.p=0.8 -S augment.survey.stars_p=0 -S augment.survey.blur_p=0 \
 	-S augment.survey.pixel_p=0 -S augment.survey.noise_p=0
