@@ -8,8 +8,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # The real-data recipes (README "The real Galaxy Zoo images"; tests/test_readme.py keeps the README's copy in sync).
 # REAL_CPU is the best measured on 2 CPU cores (ResNet-18 trained from scratch, 192-px crop, 64 px, 35 epochs with the
-# cached loader and draft decoding, galaxies shown at 0.7-1.4x their size (augment.scale, since 2026-12-05), 21-34 min of
-# training by the machine's speed on the day (BENCHMARKS.md "training minutes"); benchmarks/recipes.csv has every measured run). Its lr,
+# cached loader and draft decoding, galaxies shown at 0.7-1.4x their size (augment.scale, since 2026-12-05), 21-39 min of
+# training measured, by the machine's speed on the day (BENCHMARKS.md "training minutes"); benchmarks/recipes.csv has every measured run). Its lr,
 # weight decay, head and label smoothing are the values that run used: the Optuna study's best on the synthetic set
 # as of 2026-12-02 (reports/best_params.yaml at 88d1e81; a later rerun of that study ranked another trial first),
 # not tuned on the real data (that study: README "Real-data tuning"). The
