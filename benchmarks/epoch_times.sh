@@ -9,6 +9,10 @@
 # Prints each run's epoch times, their median and its ratio to the first recipe's median (both of its runs pooled).
 # EPOCHS (default 3), SEED (default 1), SCRATCH and REUSE as in real_runs.sh.
 set -euo pipefail
+for spec in "$@"; do
+  [[ $spec == *=* ]] || { echo "epoch_times.sh: $spec: expected NAME=\"-S flags\" (NAME= for the base recipe)" >&2; exit 2; }
+done
+[ $# -ge 1 ] || { echo "epoch_times.sh: expected at least one NAME=\"-S flags\" recipe (the first is the baseline)" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 EPOCHS=${EPOCHS:-3}
 SEED=${SEED:-1}
