@@ -58,8 +58,11 @@ lint: venv
 ui: venv
 	$(BIN)/galmorph ui
 
-real: venv    ## the best measured CPU recipe on ../shared/galaxyzoo, as the DVC experiment real-cpu
-	$(BIN)/dvc exp run -n real-cpu $(REAL_CPU)
+# EXTRA: more -S flags on top of a real-data recipe, NAME: the DVC experiment's name (README "train.outliers")
+EXTRA ?=
+
+real: venv    ## the best measured CPU recipe on ../shared/galaxyzoo, as the DVC experiment real-cpu (or NAME)
+	$(BIN)/dvc exp run -n $(or $(NAME),real-cpu) $(REAL_CPU) $(EXTRA)
 
 # REAL_CAMERA: REAL_CPU with the survey augmentation's photometric effects (sky level and colour, colour balance,
 # stretch, saturated cores, one band) on 80% of the training images and its resolution effects (stars, blur, coarse
@@ -70,8 +73,8 @@ real: venv    ## the best measured CPU recipe on ../shared/galaxyzoo, as the DVC
 REAL_CAMERA := $(REAL_CPU) -S augment.survey.p=0.8 -S augment.survey.stars_p=0 -S augment.survey.blur_p=0 \
 	-S augment.survey.pixel_p=0 -S augment.survey.noise_p=0
 
-real-camera: venv    ## the CPU recipe trained on other cameras' looks, for their pictures, as the DVC experiment real-camera
-	$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)
+real-camera: venv    ## the CPU recipe trained on other cameras' looks, for their pictures, as the DVC experiment real-camera (or NAME)
+	$(BIN)/dvc exp run -n $(or $(NAME),real-camera) $(REAL_CAMERA) $(EXTRA)
 
 real-gpu: venv    ## the GPU recipe (needs CUDA), as the DVC experiment real-gpu
 	$(BIN)/dvc exp run -n real-gpu $(REAL_GPU)

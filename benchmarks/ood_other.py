@@ -76,13 +76,47 @@ def other_group(row: pd.Series) -> str:
     return "GZ2 featured, no spiral or edge-on majority"
 
 
+def halves(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The `other` rows with their group, split in halves stratified by group: the same halves for a seed."""
+    labels = pd.read_csv(SHARED / "galaxyzoo" / "labels.csv", low_memory=False)
+    other = labels[labels["label"] == "other"].copy()
+    other["group"] = other.apply(other_group, axis=1)
+    fit_half, held = train_test_split(other, test_size=0.5, stratify=other["group"], random_state=seed)
+    return other, fit_half, held
+
+
+def write_outliers(path: Path, seed: int) -> None:
+    """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table."""
+    _, fit_half, _ = halves(seed)
+    unusual = fit_half[fit_half["group"].isin(UNUSUAL)]
+    table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
+                          "group": unusual["group"].to_numpy()})  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
+    print(
+        f"{path}: {len(table)} rows (" + "; ".join(f"{g} {n}" for g, n in table["group"].value_counts().items()) + ")"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a models/model.pt trained on --splits")
-    parser.add_argument("--splits", required=True, help="the data/processed/splits.parquet it was trained on")
+    parser.add_argument("--model", help="a models/model.pt trained on --splits")
+    parser.add_argument("--splits", help="the data/processed/splits.parquet it was trained on")
     parser.add_argument("--k", type=int, default=50, help="neighbour whose distance is the kNN score")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--write-outliers",
+        metavar="CSV",
+        help="only write the fit half's unusual rows (image_path, group) for train.outliers, and stop; "
+        "the tables then score the other half, which that training never saw",
+    )
     args = parser.parse_args()
+    if args.write_outliers:
+        write_outliers(Path(args.write_outliers), args.seed)
+        return
+    if not (args.model and args.splits):
+        parser.error("--model and --splits are required (or --write-outliers CSV)")
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # LogisticRegressionCV's 1.10 notices
     torch.set_num_threads(2)
     for what, path in (
@@ -105,12 +139,9 @@ def main() -> None:
         splits = pd.read_parquet(args.splits, columns=["image_path", "split", "label_id"])
     except (OSError, ValueError, KeyError) as err:  # pyarrow's errors derive from these
         parser.error(f"--splits: {Path(args.splits).name} is not a splits.parquet ({type(err).__name__})")
-    labels = pd.read_csv(SHARED / "galaxyzoo" / "labels.csv", low_memory=False)
-    other = labels[labels["label"] == "other"].copy()
-    other["group"] = other.apply(other_group, axis=1)
+    other, fit_half, held = halves(args.seed)
     counts = other["group"].value_counts()
     print(f"{len(other):,} `other` rows: " + "; ".join(f"{g} {n:,}" for g, n in counts.items()))
-    fit_half, held = train_test_split(other, test_size=0.5, stratify=other["group"], random_state=args.seed)
 
     root = repo_root()
     paths = {

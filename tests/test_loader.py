@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -279,3 +280,64 @@ def test_the_context_grid_draws_each_image_at_each_context(params, tmp_path):
     assert context_augment_grid([path], cfg, params.augment, [1.0, 2.0], tmp_path / "grid.png", draws=4) == 2
     with Image.open(tmp_path / "grid.png") as im:
         assert im.format == "PNG" and im.width > 1.5 * im.height  # 4 columns, 2 rows
+
+
+def _outlier_table(folder: Path, n: int = 6) -> Path:
+    """n images that are neither class (stripes and noise) and a train.outliers table listing them, relative."""
+    rng = np.random.default_rng(5)
+    (folder / "odd").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        stripes = np.zeros((48, 48, 3), np.uint8)
+        stripes[:, i % 4 :: 4] = 255
+        img = stripes if i % 2 else rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(img).save(folder / "odd" / f"o{i}.png")
+    table = folder / "outliers.csv"
+    table.write_text("image_path\n" + "".join(f"odd/o{i}.png\n" for i in range(n)))
+    return table
+
+
+def test_outlier_exposure_makes_the_model_unsure_on_the_outliers_and_keeps_the_galaxies(catalogue, params, tmp_path):
+    """train.outliers: the listed images join each batch with a uniform target; the galaxies still train (train_acc
+    counts only them) and the model's answer on the outliers moves toward 50/50, against the same fit without."""
+    table = _outlier_table(tmp_path)
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=5, lr=0.003, loader="cache")
+    plain = fit(catalogue, p, progress=False)
+    exposed_p = dataclasses.replace(p, train=replace(p.train, outliers=str(table), outlier_batch=4, outlier_weight=1.0))
+    exposed = fit(catalogue, exposed_p, progress=False)
+    assert exposed.best_metrics["val_acc"] >= 0.875
+    assert 0.0 <= exposed.history[-1]["train_acc"] <= 1.0
+
+    def max_p(model) -> float:
+        clf_logits = predict_logits(
+            model, pd.DataFrame({"image_path": sorted(str(f) for f in (tmp_path / "odd").iterdir())}), p.preprocess,
+            batch_size=8, num_workers=0, device="cpu", precision="fp32",
+        )  # fmt: skip
+        return float(torch.softmax(torch.from_numpy(clf_logits), 1).max(1).values.mean())
+
+    assert max_p(exposed.model) < max_p(plain.model) - 0.05
+    assert max_p(exposed.model) < 0.75
+
+
+def test_outlier_settings_and_tables_fail_in_one_line(params, tmp_path):
+    from galmorph.data.dataset import outlier_paths
+
+    with pytest.raises(UserError, match="train.outliers needs train.loader: cache"):
+        replace(params.train, mode="finetune", loader="files", outliers="x.csv")
+    with pytest.raises(UserError, match="train.outliers needs train.mode: finetune"):
+        replace(params.train, mode="frozen", loader="cache", outliers="x.csv")
+    with pytest.raises(UserError, match="uniform target"):
+        replace(params.train, mode="finetune", loader="cache", loss="dirichlet", outliers="x.csv")
+    with pytest.raises(UserError, match="outlier_batch: expected an integer >= 1"):
+        replace(params.train, outlier_batch=0)
+    with pytest.raises(UserError, match="outlier_weight"):
+        replace(params.train, outlier_weight=0.0)
+    table = _outlier_table(tmp_path, n=2)
+    assert outlier_paths(table) == [tmp_path / "odd" / "o0.png", tmp_path / "odd" / "o1.png"]
+    table.write_text("image_path\nodd/o0.png\nodd/missing.png\n")
+    with pytest.raises(UserError, match=r"outliers.csv: row 2, column image_path: expected an image file, got 'odd/m"):
+        outlier_paths(table)
+    table.write_text("path\nodd/o0.png\n")
+    with pytest.raises(UserError, match="image_path"):
+        outlier_paths(table)
+    with pytest.raises(UserError, match="not found"):
+        outlier_paths(tmp_path / "none.csv")

@@ -36,13 +36,13 @@ def test_readme_real_command_is_the_makefiles():
     command = shlex.split(block.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " "))
     assert command[:5] == ["dvc", "exp", "run", "-n", "real-cpu"]
     assert command[5::2] == ["-S"] * len(command[6::2]) and command[6::2] == makefile_overrides("REAL_CPU")
-    assert "$(BIN)/dvc exp run -n real-cpu $(REAL_CPU)" in (REPO / "Makefile").read_text()
+    assert "$(BIN)/dvc exp run -n $(or $(NAME),real-cpu) $(REAL_CPU) $(EXTRA)" in (REPO / "Makefile").read_text()
 
 
 def test_real_camera_is_real_cpu_with_photometric_survey_effects(monkeypatch):
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^REAL_CAMERA := \$\(REAL_CPU\) -S ", makefile, re.M)
-    assert "$(BIN)/dvc exp run -n real-camera $(REAL_CAMERA)" in makefile
+    assert "$(BIN)/dvc exp run -n $(or $(NAME),real-camera) $(REAL_CAMERA) $(EXTRA)" in makefile
     monkeypatch.chdir(REPO)
     params = resolve_params(None, makefile_overrides("REAL_CAMERA"))
     survey = params.augment.survey

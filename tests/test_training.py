@@ -537,3 +537,18 @@ def test_train_stage_refuses_a_progressive_start_at_image_size_before_its_mlflow
 
 class SimpleArgs:
     resume = False
+
+
+def test_criterion_gives_outlier_rows_the_uniform_cross_entropy_weighted():
+    """Rows labelled -1 (train.outliers) add outlier_weight x the mean cross-entropy to 50/50; the galaxies' term
+    is the same as without them."""
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.3], [3.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1, -1, -1])
+    soft = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])
+    for loss in ("ce", "soft"):
+        crit = Criterion(loss, torch.tensor([0.8, 1.3]), 0.05, outlier_weight=0.7)
+        galaxies = crit(logits[:2], labels[:2], soft[:2])
+        uniform = -F.log_softmax(logits[2:], 1).mean()
+        torch.testing.assert_close(crit(logits, labels, soft), galaxies + 0.7 * uniform)
+    # at 50/50 the outlier term is its minimum, log 2
+    torch.testing.assert_close(-F.log_softmax(logits[3:], 1).mean(), torch.tensor(np.log(2.0), dtype=torch.float32))

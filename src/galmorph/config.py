@@ -305,9 +305,16 @@ class TrainConfig:
     # raise glibc's mmap and trim thresholds for the training process, so freed activations are reused instead
     # of mapped afresh every step (training/memory.py; ResNet-18 1.12-1.18x on 2 cores); a no-op without glibc
     keep_freed_memory: bool = True
+    # outlier exposure (Hendrycks et al. 2019): a CSV whose image_path column lists images that are neither class
+    # (mergers, artefacts); outlier_batch of them join every training batch with a uniform target, weighted
+    # outlier_weight, so the model learns to be unsure on such things. Blank: off. Needs train.loader: cache
+    outliers: str | None = None
+    outlier_batch: int = 8
+    outlier_weight: float = 0.5
 
     def __post_init__(self) -> None:
         # checked with the rest of params.yaml, so a bad value stops `galmorph train` before its MLflow run opens
+        self._check_outliers()
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise UserError(
                 f"params: train.ema: expected a decay between 0 and 1 (e.g. 0.999) or blank, got {self.ema!r}"
@@ -332,6 +339,25 @@ class TrainConfig:
             )
         if self.cutmix and self.mode == "frozen":
             raise UserError("params: train.cutmix needs images (train.mode: finetune); frozen mode can use train.mixup")
+
+    def _check_outliers(self) -> None:
+        if not (isinstance(self.outlier_batch, int) and self.outlier_batch >= 1):
+            raise UserError(f"params: train.outlier_batch: expected an integer >= 1, got {self.outlier_batch!r}")
+        if not 0.0 < self.outlier_weight < float("inf"):
+            raise UserError(
+                f"params: train.outlier_weight: expected a weight > 0 (e.g. 0.5), got {self.outlier_weight!r}"
+            )
+        if not self.outliers:
+            return
+        needs = {
+            "train.mode: finetune": self.mode == "finetune",
+            "train.loader: cache": self.loader == "cache",
+            "train.loss ce or soft (a uniform target is no vote count)": self.loss in ("ce", "soft"),
+            "train.mixup and train.cutmix 0": not (self.mixup or self.cutmix),
+        }
+        missing = [what for what, ok in needs.items() if not ok]
+        if missing:
+            raise UserError(f"params: train.outliers needs {'; '.join(missing)}; or blank train.outliers")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from galmorph.config import CLASSES, FitsConfig
 from galmorph.data.images import load_rgb
+from galmorph.data.tables import find_column, read_table
 from galmorph.errors import UserError
 from galmorph.io import read_stage_table
 from galmorph.paths import repo_root, resolve_path
@@ -79,6 +80,23 @@ def label_ids(catalogue: pd.DataFrame) -> np.ndarray:
     if "label_id" not in catalogue.columns:
         return np.full(len(catalogue), -1, dtype=np.int64)
     return catalogue["label_id"].fillna(-1).to_numpy(dtype=np.int64)
+
+
+def outlier_paths(path: str | os.PathLike) -> list[Path]:
+    """train.outliers: the images in the table's image_path column (a relative path is from the table's folder,
+    as in a manifest), each an existing file; a one-line UserError naming the table and row otherwise."""
+    table = read_table(path, "train.outliers table")
+    column = find_column(table, "image_path", path)
+    paths: list[Path] = []
+    for row, value in enumerate(table[column]):
+        text = str(value).strip() if not np.ma.is_masked(value) else ""
+        p = resolve_path(text, Path(path).parent) if text else None
+        if p is None or not p.is_file():
+            raise UserError(
+                f"{path}: row {row + 1}, column {column}: expected an image file, got {text or '(blank)'!r}"
+            )
+        paths.append(p)
+    return paths
 
 
 def read_splits(path: str | os.PathLike) -> pd.DataFrame:

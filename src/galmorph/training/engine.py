@@ -73,18 +73,32 @@ class Criterion(nn.Module):
     concentrations: a galaxy with 60 votes constrains the predicted vote fraction far more than one with 3,
     and a 30/30 split teaches "volunteers disagree" instead of a coin-flip label. Class weights weigh each
     row by its label as for `soft`; label smoothing moves a share of each galaxy's votes to uniform.
+
+    Rows labelled -1 are outliers (train.outliers): their term is the cross-entropy to the uniform distribution,
+    weighted `outlier_weight` against the galaxies' mean loss (outlier exposure, Hendrycks et al. 2019).
     """
 
-    def __init__(self, loss: str, weights: torch.Tensor | None, label_smoothing: float) -> None:
+    def __init__(
+        self, loss: str, weights: torch.Tensor | None, label_smoothing: float, outlier_weight: float = 0.5
+    ) -> None:
         super().__init__()
         if loss not in ("ce", "soft", "dirichlet"):
             raise UserError(f"params: train.loss: expected ce, soft or dirichlet, got {loss!r}")
         self.loss = loss
         self.label_smoothing = label_smoothing
+        self.outlier_weight = outlier_weight
         self.register_buffer("weights", weights if weights is not None else torch.ones(len(CLASSES)))
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        outlier = labels < 0
+        if not outlier.any():
+            return self._galaxies(logits, labels, soft)
+        galaxies = ~outlier
+        uniform = -F.log_softmax(logits[outlier], dim=1).mean(dim=1).mean()
+        return self._galaxies(logits[galaxies], labels[galaxies], soft[galaxies]) + self.outlier_weight * uniform
+
+    def _galaxies(self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         if self.loss == "ce":
             return F.cross_entropy(logits, labels, weight=self.weights, label_smoothing=self.label_smoothing)
         k = logits.shape[1]
@@ -196,9 +210,10 @@ def train_one_epoch(
             scheduler.step()
         if after_step is not None:
             after_step()
-        n = len(labels)
+        galaxies = labels >= 0  # outliers (train.outliers) have no class to be right about
+        n = galaxies.sum()
         sums[0] += loss.detach() * n
-        sums[1] += (logits.detach().argmax(1) == labels).sum()
+        sums[1] += (logits.detach().argmax(1) == labels)[galaxies].sum()
         sums[2] += n
         bar.update(1)
         if step % 20 == 0 and not bar.disable:

@@ -27,7 +27,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from galmorph.config import ModelConfig, Params, TrainConfig
-from galmorph.data.dataset import ImageDataset, has_vote_counts, label_ids, soft_targets, vote_counts
+from galmorph.data.dataset import (
+    ImageDataset,
+    has_vote_counts,
+    label_ids,
+    outlier_paths,
+    soft_targets,
+    vote_counts,
+)
 from galmorph.data.survey import SurveyAugment, survey_batches
 from galmorph.data.transforms import MEAN, STD, BatchAugment, EvalPreset, FramedUint8, TrainPreset, check_views
 from galmorph.errors import UserError
@@ -41,6 +48,7 @@ from galmorph.models.resnet import (
     param_groups,
     set_trainable,
 )
+from galmorph.paths import repo_root, resolve_path
 from galmorph.training.checkpoint import (
     CHECKPOINT_NAME,
     TrainState,
@@ -117,7 +125,10 @@ def fit(
         ema = moving_average(model, tcfg.ema)
         scored = ema.module if ema is not None else model  # what is validated, kept and returned
         criterion = Criterion(
-            tcfg.loss, class_weights(label_ids(train_rows), tcfg.class_weights), tcfg.label_smoothing
+            tcfg.loss,
+            class_weights(label_ids(train_rows), tcfg.class_weights),
+            tcfg.label_smoothing,
+            tcfg.outlier_weight,
         ).to(device)
         train_module = (
             DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
@@ -389,7 +400,12 @@ def _standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, chunk: int = 
 
 
 def decode_once(
-    rows: pd.DataFrame, transform: Callable, num_workers: int, *, progress: bool = True, desc: str = "cache"
+    rows: pd.DataFrame | list[Path],
+    transform: Callable,
+    num_workers: int,
+    *,
+    progress: bool = True,
+    desc: str = "cache",
 ) -> torch.Tensor:
     """Every image of `rows` through `transform`, decoded once (num_workers processes), as one tensor in the
     rows' order: train.loader: cache keeps the training images framed as uint8 and the validation images as
@@ -428,15 +444,24 @@ def _cached_batches(
     labels, soft = torch.from_numpy(train_ds.labels), torch.from_numpy(train_ds.soft)
     val_labels, val_soft = torch.from_numpy(val_ds.labels), torch.from_numpy(val_ds.soft)
     pin = device.type == "cuda"
+    outliers = _cached_outliers(params, progress)
 
     def train_batches(epoch: int) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, ctx.rank))
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, 0)))
         mine = order[ctx.rank :: ctx.world_size]
+        draw = torch.Generator().manual_seed(epoch_seed(tcfg.seed + 3, epoch, ctx.rank))
         for k in range(len(mine) // bs):
             j = mine[k * bs : (k + 1) * bs]
-            x = train_x[j].pin_memory() if pin else train_x[j]
-            yield augment(x.to(device, non_blocking=True), g), labels[j], soft[j], j
+            x, y, t = train_x[j], labels[j], soft[j]
+            if outliers is not None:  # train.outliers: drawn with replacement, label -1, uniform target
+                o = torch.randint(len(outliers), (tcfg.outlier_batch,), generator=draw)
+                x = torch.cat([x, outliers[o]])
+                y = torch.cat([y, torch.full((len(o),), -1, dtype=y.dtype)])
+                t = torch.cat([t, torch.full((len(o), t.shape[1]), 1.0 / t.shape[1], dtype=t.dtype)])
+                j = torch.cat([j, torch.full((len(o),), -1, dtype=j.dtype)])
+            x = x.pin_memory() if pin else x
+            yield augment(x.to(device, non_blocking=True), g), y, t, j
 
     def val_batches() -> Iterator[Batch]:
         mine = torch.arange(ctx.rank, len(val_x), ctx.world_size)
@@ -445,6 +470,18 @@ def _cached_batches(
             yield val_x[j], val_labels[j], val_soft[j], j
 
     return train_batches, val_batches
+
+
+def _cached_outliers(params: Params, progress: bool) -> torch.Tensor | None:
+    """train.outliers' images, framed as the training images are (uint8, twice image_size), or None when off."""
+    if not params.train.outliers:
+        return None
+    paths = outlier_paths(resolve_path(params.train.outliers, repo_root()))
+    transform = FramedUint8(params.preprocess, params.augment)
+    x = decode_once(paths, transform, params.train.num_workers, progress=progress, desc="cache outliers")
+    if progress:
+        tqdm.write(f"train.outliers: {len(x):,} images, {params.train.outlier_batch} in every batch")
+    return x
 
 
 def _finetune_setup(
