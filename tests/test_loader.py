@@ -305,7 +305,6 @@ def test_outlier_exposure_makes_the_model_unsure_on_the_outliers_and_keeps_the_g
     exposed_p = dataclasses.replace(p, train=replace(p.train, outliers=str(table), outlier_batch=4, outlier_weight=1.0))
     exposed = fit(catalogue, exposed_p, progress=False)
     assert exposed.best_metrics["val_acc"] >= 0.875
-    assert 0.0 <= exposed.history[-1]["train_acc"] <= 1.0
 
     def max_p(model) -> float:
         clf_logits = predict_logits(

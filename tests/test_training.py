@@ -552,3 +552,23 @@ def test_criterion_gives_outlier_rows_the_uniform_cross_entropy_weighted():
         torch.testing.assert_close(crit(logits, labels, soft), galaxies + 0.7 * uniform)
     # at 50/50 the outlier term is its minimum, log 2
     torch.testing.assert_close(-F.log_softmax(logits[3:], 1).mean(), torch.tensor(np.log(2.0), dtype=torch.float32))
+
+
+def test_train_acc_counts_only_the_galaxies_not_the_outliers():
+    """Outlier rows (label -1) have no class: one galaxy right and one wrong is 0.5, not 1 of 4."""
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, -1, -1])
+    soft = torch.full((4, 2), 0.5)
+    got = train_one_epoch(
+        model,
+        [(x, labels, soft, torch.arange(4))],
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        None,
+        Criterion("ce", None, 0.0),
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    assert got["train_acc"] == 0.5

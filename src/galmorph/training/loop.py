@@ -436,6 +436,7 @@ def _cached_batches(
     from uint8 images in memory (~49 KB each at 128 px: 0.7 GB for 15,000 galaxies)."""
     tcfg = params.train
     train_ds, val_ds = datasets
+    outliers = _cached_outliers(params, progress)  # first: a bad table fails before minutes of decoding
     train_x = decode_once(
         rows[0], FramedUint8(params.preprocess, params.augment), tcfg.num_workers, progress=progress, desc="cache train"
     )
@@ -444,7 +445,6 @@ def _cached_batches(
     labels, soft = torch.from_numpy(train_ds.labels), torch.from_numpy(train_ds.soft)
     val_labels, val_soft = torch.from_numpy(val_ds.labels), torch.from_numpy(val_ds.soft)
     pin = device.type == "cuda"
-    outliers = _cached_outliers(params, progress)
 
     def train_batches(epoch: int) -> Iterator[Batch]:
         g = torch.Generator().manual_seed(epoch_seed(tcfg.seed, epoch, ctx.rank))
