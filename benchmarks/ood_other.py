@@ -111,8 +111,13 @@ def main() -> None:
         help="only write the fit half's unusual rows (image_path, group) for train.outliers, and stop; "
         "the tables then score the other half, which that training never saw",
     )
+    parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file")
     args = parser.parse_args()
     if args.write_outliers:
+        if Path(args.write_outliers).exists() and not args.force:
+            parser.error(
+                f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)"
+            )
         write_outliers(Path(args.write_outliers), args.seed)
         return
     if not (args.model and args.splits):
