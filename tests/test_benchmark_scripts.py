@@ -79,15 +79,44 @@ def test_shared_errors_counts_shared_mistakes_and_scores_the_mean_of_both(tmp_pa
     p = np.where(np.array(["spiral", "elliptical"] * 5) == "spiral", 0.99, 0.01)
     p[2], p[3] = 0.2, 0.8
     second = _run_folder(tmp_path, "second", [2, 3], p_spiral=p)
-    shared_errors.compare(first, second, "predictions.csv", resamples=200)
+    _, n_wrong, mean_p = shared_errors.compare([first, second], "predictions.csv", resamples=200)
     out = capsys.readouterr().out
-    assert "## predictions.csv (10 galaxies)" in out
-    assert "accuracy: first 0.700, second 0.800, mean of both 0.900 (+0.200 [" in out
-    assert "mistakes: first 3, second 2, both 1" in out
-    assert "shared mistakes by source: {'a': 1}" in out
+    assert "## predictions.csv (10 galaxies, 2 models)" in out
+    assert "accuracy: first 0.700, second 0.800" in out
+    assert "mean of all 2: 0.900 (+0.200 [" in out
+    assert "galaxies wrong in k models: k=0 6, k=1 3, k=2 1" in out
+    assert "oracle (a right model per galaxy, if any): 0.900; all 2 right: 0.600" in out
+    assert "mistakes: 3, 2; shared by all 2: 1" in out
+    assert "shared mistakes by source: a 1 of 5, b 0 of 5" in out
+    assert n_wrong.tolist() == [1, 1, 2, 1, 0, 0, 0, 0, 0, 0]
+    assert mean_p[2] == pytest.approx((0.1 + 0.2) / 2)
     (second / "predictions.csv").write_text("label,predicted\nspiral,spiral\n")
     with pytest.raises(SystemExit, match="missing column"):
-        shared_errors.compare(first, second, "predictions.csv")
+        shared_errors.compare([first, second], "predictions.csv")
+
+
+def test_shared_errors_draws_the_mistakes_all_models_share_and_keeps_an_existing_gallery(tmp_path, capsys):
+    shared_errors = benchmark_module("shared_errors")
+    folders = [_run_folder(tmp_path, f"m{k}", [0, 7] + ([3] if k else [])) for k in range(3)]
+    frame = pd.read_csv(folders[0] / "predictions.csv")
+    frame["image_path"] = [str(tmp_path / f"g{i}.png") for i in range(10)]
+    frame["votes_own_class"] = [0.65, np.nan, 0.95, 0.85, np.nan, 0.75, 0.9, 0.62, np.nan, 0.99]
+    for i in range(10):
+        Image.new("RGB", (20, 20), (10 * i, 0, 0)).save(tmp_path / f"g{i}.png")
+    frame.to_csv(folders[0] / "predictions.csv", index=False)
+    gallery = tmp_path / "shared.png"
+    assert shared_errors.main([*map(str, folders), "--gallery", str(gallery)]) == 0
+    out = capsys.readouterr().out
+    assert "galaxies wrong in k models: k=0 7, k=1 0, k=2 1, k=3 2" in out
+    assert "shared mistakes by own-class vote: (0.6, 0.7] 2 of 2, (0.7, 0.8] 0 of 1" in out
+    assert f"gallery: 2 shared mistakes drawn to {gallery}" in out
+    assert Image.open(gallery).size[0] > 100
+    with pytest.raises(SystemExit):
+        shared_errors.main([*map(str, folders), "--gallery", str(gallery)])
+    assert "exists; pass --force to replace it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        shared_errors.main([str(folders[0])])
+    assert "expected two or more evaluate folders" in capsys.readouterr().err
 
 
 def test_serve_preprocess_variants_are_checked(tmp_path):
