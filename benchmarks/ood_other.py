@@ -9,6 +9,9 @@ the real test galaxies with:
 
   * the product's detector (the model file's Mahalanobis score on pooled layer4 features) and, as a baseline,
     1 - max calibrated probability;
+  * their maximum, each in units of its validation quantile (a combined `unlike training data` verdict), and
+    the share of each group that a user of predict sees flagged at all: `unlike training data` or `uncertain`
+    (top probability under params.yaml's evaluate.abstain_threshold);
   * a post hoc k-nearest-neighbour distance (cosine, k-th nearest of the train galaxies; Sun et al. 2022);
   * a supervised probe: logistic regression on the same frozen features, fitted on half of the `other` rows
     (stratified by group) against the train galaxies, scored on the other half. It shows what a model told
@@ -37,6 +40,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 
 from bench_ood import auroc_interval
+from galmorph.config import load_params
 from galmorph.data.dataset import label_ids
 from galmorph.errors import UserError
 from galmorph.models.inference import prepare_for_inference
@@ -135,6 +139,7 @@ def main() -> None:
         loaded = load_model(args.model)
     except UserError as err:
         parser.error(f"--model: {err}")
+    abstain = load_params(repo_root() / "params.yaml").evaluate.abstain_threshold
     if loaded.outputs != LOGITS:  # 1 - max p below is the softmax of logits
         parser.error(
             f"--model: outputs {loaded.outputs!r}; this script scores models trained with train.loss ce or soft"
@@ -163,8 +168,14 @@ def main() -> None:
     y_train = label_ids(splits[splits.split == "train"])
     detector = loaded.ood or fit_detector(feats["train"], y_train, feats["val"], 0.99)
     with torch.inference_mode():
-        logits = {g: net.head(torch.from_numpy(feats[g])).float() / loaded.temperature for g in ("test", "other held")}
-    msp = {g: 1 - torch.softmax(v, 1).max(1).values.numpy() for g, v in logits.items()}
+        logits = {
+            g: net.head(torch.from_numpy(feats[g])).float() / loaded.temperature for g in ("val", "test", "other held")
+        }
+    msp = {g: 1 - torch.softmax(v, 1).max(1).values.numpy().astype(np.float64) for g, v in logits.items()}
+    det = {g: detector.scores(feats[g]) for g in ("test", "other held")}
+    # both scores in units of their own validation quantile: the larger one says how far past "ordinary" either is
+    msp_scale = max(float(np.quantile(msp["val"], detector.quantile)), 1e-12)
+    del msp["val"]
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -176,15 +187,20 @@ def main() -> None:
     x_fit = np.vstack([feats["train"], feats["other fit"]])
     probe.fit((x_fit - mean) / std, np.r_[np.zeros(len(feats["train"])), np.ones(len(feats["other fit"]))])
     scores = {
-        "detector (product)": {g: detector.scores(feats[g]) for g in ("test", "other held")},
+        "detector (product)": det,
         "1 - max p": msp,
+        "max(detector, 1 - max p)": {g: np.maximum(det[g], msp[g] / msp_scale) for g in det},
         f"kNN, k = {args.k}": {g: knn.kneighbors(unit(feats[g]))[0][:, -1] for g in ("test", "other held")},
         "probe (told half the rows)": {
             g: probe.decision_function((feats[g] - mean) / std) for g in ("test", "other held")
         },
     }
+    # what a user of predict sees: `unlike training data` (detector > 1) or `uncertain` (top probability under
+    # evaluate.abstain_threshold), either of them
+    flags = {g: (det[g] > 1) | (1 - msp[g] < abstain) for g in det}
     print(f"probe C = {probe.C_[0]:g} (3-fold CV on the fit half); test galaxies flagged by the detector: "
-          f"{np.mean(scores['detector (product)']['test'] > 1):.1%}")  # fmt: skip
+          f"{np.mean(det['test'] > 1):.1%}; `unlike` or `uncertain` (top p < {abstain:g}): "
+          f"{np.mean(flags['test']):.1%}; 1 - max p scale (val {detector.quantile:g} quantile) {msp_scale:.3f}")  # fmt: skip
 
     held = held.assign(row=np.arange(len(held)))
     # groups too small for an interval (the two GZ2 rows without debiased votes) count only in the totals
@@ -195,15 +211,16 @@ def main() -> None:
     rows.append(("all `other` rows", held["row"].to_numpy()))
     print(f"\nheld-out half ({len(held):,} rows; {len(fit_half):,} in the probe's fit half) against "
           f"{len(feats['test']):,} test galaxies: AUROC [95% interval]")  # fmt: skip
-    print("| `other` group | n (held out) | " + " | ".join(scores) + " | detector flags |")
-    print("| --- | ---: |" + " ---: |" * (len(scores) + 1))
+    print("| `other` group | n (held out) | " + " | ".join(scores) + " | detector flags | unlike or uncertain |")
+    print("| --- | ---: |" + " ---: |" * (len(scores) + 2))
     for name, idx in rows:
         cells = []
         for s in scores.values():
             auc, lo, hi = auroc_interval(s["test"], s["other held"][idx])
             cells.append(f"{auc:.3f} [{lo:.3f}, {hi:.3f}]")
-        flagged = np.mean(scores["detector (product)"]["other held"][idx] > 1)
-        print(f"| {name} | {len(idx)} | " + " | ".join(cells) + f" | {flagged:.1%} |")
+        flagged = np.mean(det["other held"][idx] > 1)
+        either = np.mean(flags["other held"][idx])
+        print(f"| {name} | {len(idx)} | " + " | ".join(cells) + f" | {flagged:.1%} | {either:.1%} |")
 
     # The detector refitted on other layers (ood_features.py's variants): does any find the unusual rows better?
     unusual = held.loc[held.group.isin(UNUSUAL), "row"].to_numpy()
