@@ -89,6 +89,21 @@ def halves(seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     return other, fit_half, held
 
 
+def combined_scores(
+    det: dict[str, np.ndarray], msp: dict[str, np.ndarray], msp_val: np.ndarray, quantile: float
+) -> dict[str, np.ndarray]:
+    """max(detector, 1 - max p), both in units of their own validation `quantile` (the detector's ood_score already
+    is): the larger one says how far past "ordinary" either score is, so > 1 stays a verdict."""
+    msp_scale = max(float(np.quantile(msp_val, quantile)), 1e-12)
+    return {g: np.maximum(det[g], msp[g] / msp_scale) for g in det}
+
+
+def flagged_rows(det: np.ndarray, msp: np.ndarray, abstain: float) -> np.ndarray:
+    """What a user of predict sees flagged: `unlike training data` (ood_score > 1) or `uncertain` (top
+    probability under `abstain`, evaluate.abstain_threshold)."""
+    return (det > 1) | (1 - msp < abstain)
+
+
 def write_outliers(path: Path, seed: int) -> None:
     """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table."""
     _, fit_half, _ = halves(seed)
@@ -173,9 +188,7 @@ def main() -> None:
         }
     msp = {g: 1 - torch.softmax(v, 1).max(1).values.numpy().astype(np.float64) for g, v in logits.items()}
     det = {g: detector.scores(feats[g]) for g in ("test", "other held")}
-    # both scores in units of their own validation quantile: the larger one says how far past "ordinary" either is
-    msp_scale = max(float(np.quantile(msp["val"], detector.quantile)), 1e-12)
-    del msp["val"]
+    msp_val = msp.pop("val")
 
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -189,15 +202,14 @@ def main() -> None:
     scores = {
         "detector (product)": det,
         "1 - max p": msp,
-        "max(detector, 1 - max p)": {g: np.maximum(det[g], msp[g] / msp_scale) for g in det},
+        "max(detector, 1 - max p)": combined_scores(det, msp, msp_val, detector.quantile),
         f"kNN, k = {args.k}": {g: knn.kneighbors(unit(feats[g]))[0][:, -1] for g in ("test", "other held")},
         "probe (told half the rows)": {
             g: probe.decision_function((feats[g] - mean) / std) for g in ("test", "other held")
         },
     }
-    # what a user of predict sees: `unlike training data` (detector > 1) or `uncertain` (top probability under
-    # evaluate.abstain_threshold), either of them
-    flags = {g: (det[g] > 1) | (1 - msp[g] < abstain) for g in det}
+    flags = {g: flagged_rows(det[g], msp[g], abstain) for g in det}
+    msp_scale = float(np.quantile(msp_val, detector.quantile))
     print(f"probe C = {probe.C_[0]:g} (3-fold CV on the fit half); test galaxies flagged by the detector: "
           f"{np.mean(det['test'] > 1):.1%}; `unlike` or `uncertain` (top p < {abstain:g}): "
           f"{np.mean(flags['test']):.1%}; 1 - max p scale (val {detector.quantile:g} quantile) {msp_scale:.3f}")  # fmt: skip
