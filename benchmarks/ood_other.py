@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
+from tqdm import tqdm
 
 from bench_ood import auroc_interval
 from galmorph.config import load_params
@@ -104,18 +106,102 @@ def flagged_rows(det: np.ndarray, msp: np.ndarray, abstain: float) -> np.ndarray
     return (det > 1) | (1 - msp < abstain)
 
 
-def write_outliers(path: Path, seed: int) -> None:
-    """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table."""
+def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None) -> None:
+    """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table, with
+    `extra` (image_path, group) rows after them (write_blends')."""
     _, fit_half, _ = halves(seed)
     unusual = fit_half[fit_half["group"].isin(UNUSUAL)]
     table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
                           "group": unusual["group"].to_numpy()})  # fmt: skip
+    if extra is not None:
+        table = pd.concat([table, extra[["image_path", "group"]]], ignore_index=True)
     tmp = path.with_name(path.name + ".tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(path)
     print(
         f"{path}: {len(table)} rows (" + "; ".join(f"{g} {n}" for g, n in table["group"].value_counts().items()) + ")"
     )
+
+
+def sources_of(paths: list[str]) -> np.ndarray:
+    """Each image's labels.csv `dataset` (gz1_sdss, gz2_sdss_cutout128, ...), by resolved path; "" if not there."""
+    labels = pd.read_csv(SHARED / "galaxyzoo" / "labels.csv", usecols=["filename", "dataset"])
+    root = (SHARED / "galaxyzoo").resolve()
+    by_path = {str(root / f): d for f, d in zip(labels["filename"], labels["dataset"], strict=True)}
+    return np.array([by_path.get(str(Path(p).resolve()), "") for p in paths], dtype=object)
+
+
+def same_source_aurocs(
+    scores: dict[str, dict[str, np.ndarray]], test_source: np.ndarray, held_source: np.ndarray, unusual: np.ndarray
+) -> list[tuple[str, int, int, dict[str, tuple[float, float, float]]]]:
+    """Per source, the AUROC of its unusual held-out rows against the test galaxies of the same source only.
+
+    The outlier table is 62% GZ1 rows, and GZ1's 424-px frames differ from GZ2's 128-px cut-outs. A score that
+    learned "framed like GZ1" rather than "merger" ranks GZ1 unusual rows well against all test galaxies (most of
+    which it can push down by source) but falls to chance against the GZ1 test galaxies alone. Sources with fewer
+    than 10 rows on either side are left out. Returns (source, n unusual, n test, {score: (auroc, lo, hi)})."""
+    out = []
+    for source in sorted(set(held_source[unusual])):
+        u, t = unusual & (held_source == source), test_source == source
+        if u.sum() < 10 or t.sum() < 10:
+            continue
+        aucs = {name: auroc_interval(s["test"][t], s["other held"][u]) for name, s in scores.items()}
+        out.append((source, int(u.sum()), int(t.sum()), aucs))
+    return out
+
+
+def blend_pair(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two galaxies in one frame, a synthetic stand-in for a close pair or merger that any source can provide.
+
+    `b` (uint8 RGB) is shrunk by 0.5-1.0, its sky (border median) subtracted, tapered to zero at its edge, and centred 8-18% of the frame from
+    `a`'s centre in a random direction, inside the fixed 192/424 crop; the two are screen-blended,
+    1 - (1 - a)(1 - b), which adds light as a second source on the sky would without clipping to white."""
+    h, w = a.shape[:2]
+    s = rng.uniform(0.5, 1.0)
+    small = np.asarray(Image.fromarray(b).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
+    small = small.astype(np.float64) / 255
+    border = np.concatenate([small[0], small[-1], small[:, 0], small[:, -1]])
+    small = np.clip(small - np.median(border, axis=0), 0, 1)
+    # a taper to zero at the frame's edge: a galaxy that fills its cut-out would otherwise leave a straight-edged
+    # rectangle, a mark of the blending itself that a model could learn instead of "two galaxies"
+    yy, xx = np.mgrid[: small.shape[0], : small.shape[1]]
+    r = np.hypot((yy + 0.5) / small.shape[0] - 0.5, (xx + 0.5) / small.shape[1] - 0.5)
+    small = small * (0.5 + 0.5 * np.cos(np.pi * np.clip((r - 0.3) / 0.2, 0, 1)))[..., None]
+    angle, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.08, 0.18) * w
+    top = round(h / 2 + d * np.sin(angle) - small.shape[0] / 2)
+    left = round(w / 2 + d * np.cos(angle) - small.shape[1] / 2)
+    canvas = np.zeros((h, w, 3))
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + small.shape[0], h), min(left + small.shape[1], w)
+    canvas[y0:y1, x0:x1] = small[y0 - top : y1 - top, x0 - left : x1 - left]
+    out = 1 - (1 - a.astype(np.float64) / 255) * (1 - canvas)
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def write_blends(out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, force: bool = False) -> pd.DataFrame:
+    """`n` blends of two galaxies of the same `dataset` and size from `images` (image_path, dataset), written as
+    JPEGs (each through a temporary name) into `out_dir`; the (image_path, group) rows for train.outliers.
+    Pass only training-split galaxies: a test galaxy shown as an outlier would be trained toward "unsure"."""
+    if not force and out_dir.is_dir() and any(out_dir.glob("blend_*.jpg")):
+        raise UserError(f"{out_dir.name}: already holds blend_*.jpg files (pass --force to replace them)")
+    groups = [g for _, g in images.groupby("dataset") if len(g) >= 2]
+    if not groups:
+        raise UserError("no dataset has two galaxies to blend")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    weights = np.array([len(g) for g in groups], dtype=np.float64)
+    rows = []
+    for k in tqdm(range(n), desc="blends", unit="img"):
+        group = groups[rng.choice(len(groups), p=weights / weights.sum())]
+        i, j = rng.choice(len(group), size=2, replace=False)
+        with Image.open(group["image_path"].iloc[i]) as ia, Image.open(group["image_path"].iloc[j]) as ib:
+            a, b = np.asarray(ia.convert("RGB")), np.asarray(ib.convert("RGB"))
+        path = out_dir / f"blend_{k:05d}.jpg"
+        tmp = path.with_name(path.stem + ".tmp.jpg")
+        Image.fromarray(blend_pair(a, b, rng)).save(tmp, quality=95)
+        tmp.replace(path)
+        rows.append((str(path), "synthetic blend of two train galaxies"))
+    return pd.DataFrame(rows, columns=["image_path", "group"])
 
 
 def main() -> None:
@@ -130,14 +216,36 @@ def main() -> None:
         help="only write the fit half's unusual rows (image_path, group) for train.outliers, and stop; "
         "the tables then score the other half, which that training never saw",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file")
+    parser.add_argument(
+        "--blends",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write-outliers: add N synthetic two-galaxy blends of --splits' training galaxies, written "
+        "as JPEGs into --blend-dir",
+    )
+    parser.add_argument("--blend-dir", help="where --blends writes its images")
+    parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file or blends")
     args = parser.parse_args()
     if args.write_outliers:
         if Path(args.write_outliers).exists() and not args.force:
             parser.error(
                 f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)"
             )
-        write_outliers(Path(args.write_outliers), args.seed)
+        extra = None
+        if args.blends:
+            if args.blends < 0 or not (args.blend_dir and args.splits):
+                parser.error("--blends N needs N > 0, --blend-dir and --splits (whose train rows it blends)")
+            if not Path(args.splits).is_file():
+                parser.error(f"--splits: {Path(args.splits).name} not found")
+            train = pd.read_parquet(args.splits, columns=["image_path", "split"]).query("split == 'train'")
+            paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
+            images = pd.DataFrame({"image_path": paths, "dataset": sources_of(paths)})
+            try:
+                extra = write_blends(Path(args.blend_dir), images, args.blends, args.seed, force=args.force)
+            except UserError as err:
+                parser.error(f"--blend-dir: {err}")
+        write_outliers(Path(args.write_outliers), args.seed, extra)
         return
     if not (args.model and args.splits):
         parser.error("--model and --splits are required (or --write-outliers CSV)")
@@ -233,6 +341,23 @@ def main() -> None:
         flagged = np.mean(det["other held"][idx] > 1)
         either = np.mean(flags["other held"][idx])
         print(f"| {name} | {len(idx)} | " + " | ".join(cells) + f" | {flagged:.1%} | {either:.1%} |")
+
+    # A source shortcut? The unusual rows against the test galaxies of their own source only, and how often the
+    # test galaxies of each source are flagged (a model that keys on GZ1's framing flags GZ1 galaxies more).
+    test_source, held_source = sources_of(paths["test"]), held["dataset"].to_numpy(dtype=object)
+    is_unusual = held.group.isin(UNUSUAL).to_numpy()
+    print("\nthe unusual rows against the test galaxies of the same source only: AUROC [95% interval]")
+    print("| source | n unusual | n test | " + " | ".join(scores) + " |")
+    print("| --- | ---: | ---: |" + " ---: |" * len(scores))
+    for source, n_u, n_t, aucs in same_source_aurocs(scores, test_source, held_source, is_unusual):
+        cells = [f"{auc:.3f} [{lo:.3f}, {hi:.3f}]" for auc, lo, hi in aucs.values()]
+        print(f"| {source} | {n_u} | {n_t} | " + " | ".join(cells) + " |")
+    print("\n| test source | n | detector flags | unlike or uncertain | mean 1 - max p |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for source in sorted(set(test_source)):
+        t = test_source == source
+        print(f"| {source or '(not in labels.csv)'} | {t.sum()} | {np.mean(det['test'][t] > 1):.1%} | "
+              f"{np.mean(flags['test'][t]):.1%} | {np.mean(msp['test'][t]):.3f} |")  # fmt: skip
 
     # The detector refitted on other layers (ood_features.py's variants): does any find the unusual rows better?
     unusual = held.loc[held.group.isin(UNUSUAL), "row"].to_numpy()

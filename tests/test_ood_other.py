@@ -4,6 +4,8 @@ fit half of Galaxy Zoo's unusual `other` rows, so the half its tables score was 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from galmorph.data.dataset import outlier_paths
 
@@ -42,3 +44,93 @@ def test_the_combined_score_and_the_flags_are_what_the_tables_say(monkeypatch):
         True,
         False,
     ]
+
+
+def test_same_source_aurocs_see_a_score_that_keys_on_the_source(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    rng = np.random.default_rng(0)
+    # 40 GZ1 and 40 GZ2 test galaxies; 20 unusual GZ1 rows, 20 unusual GZ2 rows and 5 usual ones
+    test_source = np.array(["gz1"] * 40 + ["gz2"] * 40, dtype=object)
+    held_source = np.array(["gz1"] * 20 + ["gz2"] * 20 + ["gz1"] * 5, dtype=object)
+    unusual = np.r_[np.ones(40, bool), np.zeros(5, bool)]
+    # "source": high for everything GZ1 (a shortcut); "merger": high for the unusual rows only
+    scores = {
+        "source": {
+            "test": (test_source == "gz1") + rng.uniform(0, 0.1, 80),
+            "other held": (held_source == "gz1") * 1.0,
+        },
+        "merger": {"test": rng.uniform(0, 0.5, 80), "other held": np.r_[np.ones(40), np.zeros(5)]},
+    }
+    got = ood_other.same_source_aurocs(scores, test_source, held_source, unusual)
+    assert [(s, n_u, n_t) for s, n_u, n_t, _ in got] == [("gz1", 20, 40), ("gz2", 20, 40)]
+    gz1, gz2 = (dict((k, v[0]) for k, v in aucs.items()) for *_, aucs in got)
+    assert gz1["merger"] == gz2["merger"] == 1.0
+    # against all test galaxies the source score would rank GZ1 unusual rows above half of them; within GZ1 the
+    # unusual rows (score exactly 1) sit below the GZ1 galaxies (1 + noise) and within GZ2 level with them
+    assert gz1["source"] == 0.0 and gz2["source"] == 0.0
+    # a source with fewer than 10 unusual rows is left out
+    few = ood_other.same_source_aurocs(scores, test_source, held_source, np.r_[np.ones(25, bool), np.zeros(20, bool)])
+    assert [s for s, *_ in few] == ["gz1"]
+
+
+def test_blend_pair_adds_a_second_galaxy_off_centre_and_no_edge(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    yy, xx = np.mgrid[:64, :64]
+    blob = (200 * np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / 20.0))[..., None].repeat(3, 2).astype(np.uint8) + 5
+    frame = np.full((64, 64, 3), 255, np.uint8)  # a galaxy that fills its frame to the edge
+    out = ood_other.blend_pair(blob, blob, np.random.default_rng(1))
+    assert out.shape == blob.shape and out.dtype == np.uint8
+    assert (out.astype(int) >= blob.astype(int) - 1).all()  # screen blending only adds light
+    added = out.astype(int) - blob
+    cy, cx = np.unravel_index(added[..., 0].argmax(), added.shape[:2])
+    assert 0.06 * 64 <= np.hypot(cy - 32, cx - 32) <= 0.2 * 64  # the second galaxy sits 8-18% of the frame away
+    edged = ood_other.blend_pair(np.zeros((64, 64, 3), np.uint8), frame, np.random.default_rng(1))
+    assert edged[0].max() == edged[-1].max() == edged[:, 0].max() == edged[:, -1].max() == 0  # tapered to nothing
+
+
+def test_write_blends_writes_jpegs_of_one_source_and_refuses_to_replace(monkeypatch, tmp_path):
+    from PIL import Image
+
+    from galmorph.errors import UserError
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    rows = []
+    for k in range(3):
+        path = tmp_path / f"g{k}.png"
+        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(path)
+        rows.append((str(path), "gz1_sdss" if k < 2 else "gz2_sdss_cutout128"))  # gz2 has one image: never drawn
+    images = pd.DataFrame(rows, columns=["image_path", "dataset"])
+    out = tmp_path / "blends"
+    table = ood_other.write_blends(out, images, 4, seed=0)
+    assert len(table) == 4 and set(table["group"]) == {"synthetic blend of two train galaxies"}
+    assert sorted(p.name for p in out.iterdir()) == [f"blend_{k:05d}.jpg" for k in range(4)]  # no temporaries
+    for p in table["image_path"]:
+        with Image.open(p) as im:
+            assert im.size == (32, 32) and im.mode == "RGB"
+    with pytest.raises(UserError, match="already holds"):
+        ood_other.write_blends(out, images, 1, seed=0)
+    assert len(ood_other.write_blends(out, images, 2, seed=1, force=True)) == 2
+    with pytest.raises(UserError, match="no dataset has two"):
+        ood_other.write_blends(tmp_path / "none", images.iloc[[0, 2]], 1, seed=0)
+    assert not (tmp_path / "none").exists()  # refused before anything is written
+
+
+def test_blends_without_their_inputs_are_refused_before_anything_is_written(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    out = tmp_path / "outliers.csv"
+    for extra, message in (
+        ([], "--blends N needs N > 0, --blend-dir and --splits"),
+        (["--blend-dir", str(tmp_path / "b"), "--splits", str(tmp_path / "nope.parquet")], "nope.parquet not found"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["ood_other.py", "--write-outliers", str(out), "--blends", "3", *extra])
+        with pytest.raises(SystemExit):
+            ood_other.main()
+        err = capsys.readouterr().err
+        assert message in err and str(tmp_path) not in err  # names the file, never the server path
+    assert list(tmp_path.iterdir()) == []
