@@ -26,6 +26,7 @@ from galmorph.data.images import load_rgb
 from galmorph.evaluation.galleries import gallery_figure
 from galmorph.evaluation.metrics import mean_interval
 from galmorph.evaluation.plots import CLASS_COLOURS, save_figure
+from galmorph.paths import resolve_path
 
 CLASSES = ("spiral", "elliptical")
 VOTE_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -101,10 +102,17 @@ def compare(
 
 
 def shared_gallery(
-    first: pd.DataFrame, n_wrong: np.ndarray, mean_p: np.ndarray, n_models: int, path: Path, size: int = 24
+    first: pd.DataFrame,
+    n_wrong: np.ndarray,
+    mean_p: np.ndarray,
+    n_models: int,
+    path: Path,
+    size: int = 24,
+    root: Path = Path("."),
 ) -> int:
     """Draw up to `size` galaxies that every model got wrong, the ones the mean is surest of first; returns the
-    number of tiles (0 writes nothing)."""
+    number of tiles (0 writes nothing). A relative `image_path` is read from `root` (the repository the evaluate
+    ran in: evaluate writes the catalogue's paths as they are)."""
     idx = np.flatnonzero(n_wrong == n_models)
     sure = np.abs(mean_p[idx] - 0.5)
     idx = idx[np.argsort(-sure, kind="stable")][:size]
@@ -114,7 +122,7 @@ def shared_gallery(
     for i in idx:
         row = first.iloc[int(i)]
         try:
-            images.append(load_rgb(row["image_path"]).resize((128, 128)))
+            images.append(load_rgb(resolve_path(str(row["image_path"]), root)).resize((128, 128)))
         except (OSError, ValueError):
             images.append(None)
         call = "spiral" if mean_p[i] >= 0.5 else "elliptical"
@@ -134,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("folders", type=Path, nargs="+", help="two or more evaluate folders scored on the same split")
     ap.add_argument("--gallery", type=Path, help="PNG: the test galaxies all the models got wrong")
     ap.add_argument("--force", action="store_true", help="replace an existing --gallery file")
+    ap.add_argument(
+        "--root", type=Path, default=Path("."), help="where relative image paths start (default: this folder)"
+    )
     args = ap.parse_args(argv)
     if len(args.folders) < 2:
         ap.error("expected two or more evaluate folders")
@@ -143,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (args.folders[0] / name).is_file() or name == "predictions.csv":
             first, n_wrong, mean_p = compare(args.folders, name)
             if name == "predictions.csv" and args.gallery is not None:
-                shown = shared_gallery(first, n_wrong, mean_p, len(args.folders), args.gallery)
+                shown = shared_gallery(first, n_wrong, mean_p, len(args.folders), args.gallery, root=args.root)
                 print(f"gallery: {shown} shared mistakes drawn to {args.gallery}")
     return 0
 

@@ -210,3 +210,16 @@ def test_recipes_add_reads_a_run_folder_and_replaces_a_row_of_the_same_name(tmp_
     with pytest.raises(recipes.RunFolderError, match="wide-35ep-seed1/minutes.txt: not found"):
         recipes.add(run, "wide", "quiet")
     assert pd.read_csv(recipes.CSV)["test_acc"].item() == 0.95  # a refused run leaves the table as it was
+
+
+def test_shared_gallery_reads_relative_image_paths_from_root(tmp_path, monkeypatch):
+    shared_errors = benchmark_module("shared_errors")
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(tmp_path / "imgs" / "a.png")
+    first = pd.DataFrame({"image_path": ["imgs/a.png"], "label": ["spiral"]}, index=["a"])
+    read = []
+    monkeypatch.setattr(shared_errors, "load_rgb", lambda p: read.append(p) or Image.open(p).convert("RGB"))
+    monkeypatch.chdir(tmp_path / "imgs")  # not where the path starts: only --root finds the image
+    out = tmp_path / "g.png"
+    assert shared_errors.shared_gallery(first, np.array([2]), np.array([0.1]), 2, out, root=tmp_path) == 1
+    assert read == [tmp_path / "imgs" / "a.png"] and out.is_file()
