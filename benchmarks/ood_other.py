@@ -106,11 +106,11 @@ def flagged_rows(det: np.ndarray, msp: np.ndarray, abstain: float) -> np.ndarray
     return (det > 1) | (1 - msp < abstain)
 
 
-def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None) -> None:
+def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None, *, unusual_rows: bool = True) -> None:
     """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table, with
-    `extra` (image_path, group) rows after them (write_blends')."""
+    `extra` (image_path, group) rows after them (write_blends'); `unusual_rows=False` writes `extra` alone."""
     _, fit_half, _ = halves(seed)
-    unusual = fit_half[fit_half["group"].isin(UNUSUAL)]
+    unusual = fit_half[fit_half["group"].isin(UNUSUAL)].iloc[: None if unusual_rows else 0]
     table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
                           "group": unusual["group"].to_numpy()})  # fmt: skip
     if extra is not None:
@@ -225,6 +225,9 @@ def main() -> None:
         "as JPEGs into --blend-dir",
     )
     parser.add_argument("--blend-dir", help="where --blends writes its images")
+    parser.add_argument(
+        "--only-blends", action="store_true", help="with --blends: leave Galaxy Zoo's unusual rows out of the table"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file or blends")
     args = parser.parse_args()
     if args.write_outliers:
@@ -245,7 +248,9 @@ def main() -> None:
                 extra = write_blends(Path(args.blend_dir), images, args.blends, args.seed, force=args.force)
             except UserError as err:
                 parser.error(f"--blend-dir: {err}")
-        write_outliers(Path(args.write_outliers), args.seed, extra)
+        elif args.only_blends:
+            parser.error("--only-blends needs --blends N")
+        write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_blends)
         return
     if not (args.model and args.splits):
         parser.error("--model and --splits are required (or --write-outliers CSV)")

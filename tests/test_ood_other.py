@@ -25,6 +25,13 @@ def test_write_outliers_lists_only_the_fit_halfs_unusual_rows(real_galaxyzoo, tm
     names = {p.relative_to(real_galaxyzoo).as_posix() for p in paths}
     assert names == set(fit_unusual["filename"]) and not names & set(held["filename"])
     assert list(out.parent.iterdir()) == [out]  # written through a temporary file, nothing left beside it
+    extra = pd.DataFrame({"image_path": ["/x/blend_00000.jpg"], "group": ["synthetic blend of two train galaxies"]})
+    ood_other.write_outliers(out, seed=0, extra=extra)
+    assert (
+        pd.read_csv(out)["image_path"].tolist()[-1] == "/x/blend_00000.jpg" and len(pd.read_csv(out)) == len(paths) + 1
+    )
+    ood_other.write_outliers(out, seed=0, extra=extra, unusual_rows=False)  # --only-blends
+    assert pd.read_csv(out).to_dict("list") == extra.to_dict("list")
 
 
 def test_the_combined_score_and_the_flags_are_what_the_tables_say(monkeypatch):
@@ -126,6 +133,7 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     out = tmp_path / "outliers.csv"
     for extra, message in (
         ([], "--blends N needs N > 0, --blend-dir and --splits"),
+        (["--blends", "0", "--only-blends"], "--only-blends needs --blends N"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(tmp_path / "nope.parquet")], "nope.parquet not found"),
     ):
         monkeypatch.setattr(sys, "argv", ["ood_other.py", "--write-outliers", str(out), "--blends", "3", *extra])
