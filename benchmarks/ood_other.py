@@ -153,9 +153,10 @@ def same_source_aurocs(
 def blend_pair(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Two galaxies in one frame, a synthetic stand-in for a close pair or merger that any source can provide.
 
-    `b` (uint8 RGB) is shrunk by 0.5-1.0, its sky (border median) subtracted, tapered to zero at its edge, and centred 8-18% of the frame from
-    `a`'s centre in a random direction, inside the fixed 192/424 crop; the two are screen-blended,
-    1 - (1 - a)(1 - b), which adds light as a second source on the sky would without clipping to white."""
+    `b` (uint8 RGB) is resized to 0.5-1.0 of `a`'s frame, its sky (border median) subtracted, tapered to zero at
+    its edge, and centred 8-18% of the frame from `a`'s centre in a random direction, inside the fixed 192/424
+    crop; the two are screen-blended, 1 - (1 - a)(1 - b), which adds light as a second source on the sky would
+    without clipping to white."""
     h, w = a.shape[:2]
     s = rng.uniform(0.5, 1.0)
     small = np.asarray(Image.fromarray(b).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR))
@@ -179,8 +180,8 @@ def blend_pair(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 def write_blends(out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, force: bool = False) -> pd.DataFrame:
-    """`n` blends of two galaxies of the same `dataset` and size from `images` (image_path, dataset), written as
-    JPEGs (each through a temporary name) into `out_dir`; the (image_path, group) rows for train.outliers.
+    """`n` blends of two galaxies of the same `dataset` from `images` (image_path, dataset), written as JPEGs
+    (each through a temporary name) into `out_dir`; the (image_path, group) rows for train.outliers.
     Pass only training-split galaxies: a test galaxy shown as an outlier would be trained toward "unsure"."""
     if not force and out_dir.is_dir() and any(out_dir.glob("blend_*.jpg")):
         raise UserError(f"{out_dir.name}: already holds blend_*.jpg files (pass --force to replace them)")
@@ -194,8 +195,14 @@ def write_blends(out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, forc
     for k in tqdm(range(n), desc="blends", unit="img"):
         group = groups[rng.choice(len(groups), p=weights / weights.sum())]
         i, j = rng.choice(len(group), size=2, replace=False)
-        with Image.open(group["image_path"].iloc[i]) as ia, Image.open(group["image_path"].iloc[j]) as ib:
-            a, b = np.asarray(ia.convert("RGB")), np.asarray(ib.convert("RGB"))
+        pair = []
+        for path in (group["image_path"].iloc[i], group["image_path"].iloc[j]):
+            try:
+                with Image.open(path) as im:
+                    pair.append(np.asarray(im.convert("RGB")))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise UserError(f"{Path(path).name}: not a decodable image ({type(err).__name__})") from None
+        a, b = pair
         path = out_dir / f"blend_{k:05d}.jpg"
         tmp = path.with_name(path.stem + ".tmp.jpg")
         Image.fromarray(blend_pair(a, b, rng)).save(tmp, quality=95)
@@ -241,7 +248,10 @@ def main() -> None:
                 parser.error("--blends N needs N > 0, --blend-dir and --splits (whose train rows it blends)")
             if not Path(args.splits).is_file():
                 parser.error(f"--splits: {Path(args.splits).name} not found")
-            train = pd.read_parquet(args.splits, columns=["image_path", "split"]).query("split == 'train'")
+            try:
+                train = pd.read_parquet(args.splits, columns=["image_path", "split"]).query("split == 'train'")
+            except (OSError, ValueError, KeyError) as err:  # pyarrow's errors derive from these
+                parser.error(f"--splits: {Path(args.splits).name} is not a splits.parquet ({type(err).__name__})")
             paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
             images = pd.DataFrame({"image_path": paths, "dataset": sources_of(paths)})
             try:

@@ -120,6 +120,9 @@ def test_write_blends_writes_jpegs_of_one_source_and_refuses_to_replace(monkeypa
     with pytest.raises(UserError, match="already holds"):
         ood_other.write_blends(out, images, 1, seed=0)
     assert len(ood_other.write_blends(out, images, 2, seed=1, force=True)) == 2
+    (tmp_path / "g1.png").write_bytes(b"not a png")  # a training image that no longer decodes: named, not traced
+    with pytest.raises(UserError, match=r"^g1\.png: not a decodable image"):
+        ood_other.write_blends(tmp_path / "bad", images.iloc[:2], 1, seed=0)
     with pytest.raises(UserError, match="no dataset has two"):
         ood_other.write_blends(tmp_path / "none", images.iloc[[0, 2]], 1, seed=0)
     assert not (tmp_path / "none").exists()  # refused before anything is written
@@ -131,14 +134,18 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     ood_other = benchmark_module("ood_other")
     out = tmp_path / "outliers.csv"
+    bad = tmp_path / "in" / "bad.parquet"
+    bad.parent.mkdir()
+    bad.write_text("not parquet")
     for extra, message in (
         ([], "--blends N needs N > 0, --blend-dir and --splits"),
         (["--blends", "0", "--only-blends"], "--only-blends needs --blends N"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(tmp_path / "nope.parquet")], "nope.parquet not found"),
+        (["--blend-dir", str(tmp_path / "b"), "--splits", str(bad)], "bad.parquet is not a splits.parquet"),
     ):
         monkeypatch.setattr(sys, "argv", ["ood_other.py", "--write-outliers", str(out), "--blends", "3", *extra])
         with pytest.raises(SystemExit):
             ood_other.main()
         err = capsys.readouterr().err
         assert message in err and str(tmp_path) not in err  # names the file, never the server path
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [bad.parent]  # nothing written beside the input
