@@ -123,12 +123,12 @@ def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None, *, 
     )
 
 
-def sources_of(paths: list[str]) -> np.ndarray:
-    """Each image's labels.csv `dataset` (gz1_sdss, gz2_sdss_cutout128, ...), by resolved path; "" if not there."""
-    labels = pd.read_csv(SHARED / "galaxyzoo" / "labels.csv", usecols=["filename", "dataset"])
-    root = (SHARED / "galaxyzoo").resolve()
-    by_path = {str(root / f): d for f, d in zip(labels["filename"], labels["dataset"], strict=True)}
-    return np.array([by_path.get(str(Path(p).resolve()), "") for p in paths], dtype=object)
+def source_column(splits: pd.DataFrame) -> np.ndarray:
+    """Each row's source: the split's own `dataset` column (select carries the manifest's columns), or one
+    unnamed source "" for a split without it."""
+    if "dataset" in splits.columns:
+        return splits["dataset"].fillna("").astype(str).to_numpy(dtype=object)
+    return np.full(len(splits), "", dtype=object)
 
 
 def same_source_aurocs(
@@ -211,6 +211,20 @@ def write_blends(out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, forc
     return pd.DataFrame(rows, columns=["image_path", "group"])
 
 
+def read_splits(parser: argparse.ArgumentParser, path: str, needed: tuple[str, ...]) -> pd.DataFrame:
+    """--splits as a frame with the `needed` columns, or a one-line error naming the file (never the path)."""
+    name = Path(path).name
+    if not Path(path).is_file():
+        parser.error(f"--splits: {name} not found")
+    try:
+        splits = pd.read_parquet(path)
+    except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+        parser.error(f"--splits: {name} is not a splits.parquet ({type(err).__name__})")
+    if missing := [c for c in needed if c not in splits.columns]:
+        parser.error(f"--splits: {name} has no column {', '.join(missing)}; expected a splits.parquet")
+    return splits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a models/model.pt trained on --splits")
@@ -228,8 +242,8 @@ def main() -> None:
         type=int,
         default=0,
         metavar="N",
-        help="with --write-outliers: add N synthetic two-galaxy blends of --splits' training galaxies, written "
-        "as JPEGs into --blend-dir",
+        help="with --write-outliers: add N synthetic two-galaxy blends of --splits' training galaxies (two of one "
+        "`dataset` each, where the split has that column), written as JPEGs into --blend-dir",
     )
     parser.add_argument("--blend-dir", help="where --blends writes its images")
     parser.add_argument(
@@ -246,14 +260,10 @@ def main() -> None:
         if args.blends:
             if args.blends < 0 or not (args.blend_dir and args.splits):
                 parser.error("--blends N needs N > 0, --blend-dir and --splits (whose train rows it blends)")
-            if not Path(args.splits).is_file():
-                parser.error(f"--splits: {Path(args.splits).name} not found")
-            try:
-                train = pd.read_parquet(args.splits, columns=["image_path", "split"]).query("split == 'train'")
-            except (OSError, ValueError, KeyError) as err:  # pyarrow's errors derive from these
-                parser.error(f"--splits: {Path(args.splits).name} is not a splits.parquet ({type(err).__name__})")
+            splits = read_splits(parser, args.splits, ("image_path", "split"))
+            train = splits[splits["split"] == "train"]
             paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
-            images = pd.DataFrame({"image_path": paths, "dataset": sources_of(paths)})
+            images = pd.DataFrame({"image_path": paths, "dataset": source_column(train)})
             try:
                 extra = write_blends(Path(args.blend_dir), images, args.blends, args.seed, force=args.force)
             except UserError as err:
@@ -283,10 +293,7 @@ def main() -> None:
             f"--model: outputs {loaded.outputs!r}; this script scores models trained with train.loss ce or soft"
         )
     net = prepare_for_inference(loaded.model, torch.device("cpu"))
-    try:
-        splits = pd.read_parquet(args.splits, columns=["image_path", "split", "label_id"])
-    except (OSError, ValueError, KeyError) as err:  # pyarrow's errors derive from these
-        parser.error(f"--splits: {Path(args.splits).name} is not a splits.parquet ({type(err).__name__})")
+    splits = read_splits(parser, args.splits, ("image_path", "split", "label_id"))
     other, fit_half, held = halves(args.seed)
     counts = other["group"].value_counts()
     print(f"{len(other):,} `other` rows: " + "; ".join(f"{g} {n:,}" for g, n in counts.items()))
@@ -359,7 +366,8 @@ def main() -> None:
 
     # A source shortcut? The unusual rows against the test galaxies of their own source only, and how often the
     # test galaxies of each source are flagged (a model that keys on GZ1's framing flags GZ1 galaxies more).
-    test_source, held_source = sources_of(paths["test"]), held["dataset"].to_numpy(dtype=object)
+    test_source = source_column(splits[splits.split == "test"])
+    held_source = held["dataset"].to_numpy(dtype=object)
     is_unusual = held.group.isin(UNUSUAL).to_numpy()
     print("\nthe unusual rows against the test galaxies of the same source only: AUROC [95% interval]")
     print("| source | n unusual | n test | " + " | ".join(scores) + " |")

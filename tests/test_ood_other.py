@@ -137,11 +137,14 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     bad = tmp_path / "in" / "bad.parquet"
     bad.parent.mkdir()
     bad.write_text("not parquet")
+    nosplit = bad.parent / "nosplit.parquet"
+    pd.DataFrame({"image_path": ["a.png"]}).to_parquet(nosplit)
     for extra, message in (
         ([], "--blends N needs N > 0, --blend-dir and --splits"),
         (["--blends", "0", "--only-blends"], "--only-blends needs --blends N"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(tmp_path / "nope.parquet")], "nope.parquet not found"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(bad)], "bad.parquet is not a splits.parquet"),
+        (["--blend-dir", str(tmp_path / "b"), "--splits", str(nosplit)], "nosplit.parquet has no column split"),
     ):
         monkeypatch.setattr(sys, "argv", ["ood_other.py", "--write-outliers", str(out), "--blends", "3", *extra])
         with pytest.raises(SystemExit):
@@ -149,3 +152,37 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
         err = capsys.readouterr().err
         assert message in err and str(tmp_path) not in err  # names the file, never the server path
     assert list(tmp_path.iterdir()) == [bad.parent]  # nothing written beside the input
+
+
+def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_dataset(
+    real_galaxyzoo, monkeypatch, tmp_path, capsys
+):
+    """The README's command: the split's own `dataset` column pairs the galaxies; no test galaxy is ever drawn."""
+    import sys
+
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    rows = []
+    for k in range(8):
+        path = tmp_path / f"g{k}.png"
+        Image.fromarray(np.full((32, 32, 3), 20 * k, np.uint8)).save(path)
+        split = "train" if k < 4 else "test"
+        rows.append((str(path), split, "a" if k < 2 else "b" if k < 4 else "a"))
+    splits = tmp_path / "splits.parquet"
+    pd.DataFrame(rows, columns=["image_path", "split", "dataset"]).to_parquet(splits)
+    drawn = []
+    real_blend = ood_other.blend_pair
+    monkeypatch.setattr(
+        ood_other, "blend_pair", lambda a, b, rng: drawn.append((a[0, 0, 0], b[0, 0, 0])) or real_blend(a, b, rng)
+    )
+    out = tmp_path / "blends.csv"
+    argv = ["ood_other.py", "--write-outliers", str(out), "--blends", "6", "--blend-dir", str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--only-blends", "--splits", str(splits)])
+    ood_other.main()
+    table = pd.read_csv(out)
+    assert len(table) == 6 and set(table["group"]) == {"synthetic blend of two train galaxies"}
+    # train galaxies only (grey levels 0, 20, 40, 60), each pair from one dataset: {0, 20} or {40, 60}
+    assert all({a, b} in ({0, 20}, {40, 60}) for a, b in drawn)
+    assert "blends.csv: 6 rows" in capsys.readouterr().out
