@@ -109,10 +109,12 @@ def flagged_rows(det: np.ndarray, msp: np.ndarray, abstain: float) -> np.ndarray
 def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None, *, unusual_rows: bool = True) -> None:
     """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table, with
     `extra` (image_path, group) rows after them (write_blends'); `unusual_rows=False` writes `extra` alone."""
-    _, fit_half, _ = halves(seed)
-    unusual = fit_half[fit_half["group"].isin(UNUSUAL)].iloc[: None if unusual_rows else 0]
-    table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
-                          "group": unusual["group"].to_numpy()})  # fmt: skip
+    table = pd.DataFrame(columns=["image_path", "group"])
+    if unusual_rows:  # --only-blends needs no Galaxy Zoo folder: any survey's split can be blended
+        _, fit_half, _ = halves(seed)
+        unusual = fit_half[fit_half["group"].isin(UNUSUAL)]
+        table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
+                              "group": unusual["group"].to_numpy()})  # fmt: skip
     if extra is not None:
         table = pd.concat([table, extra[["image_path", "group"]]], ignore_index=True)
     tmp = path.with_name(path.name + ".tmp")

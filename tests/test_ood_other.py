@@ -154,9 +154,7 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     assert list(tmp_path.iterdir()) == [bad.parent]  # nothing written beside the input
 
 
-def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_dataset(
-    real_galaxyzoo, monkeypatch, tmp_path, capsys
-):
+def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_dataset(monkeypatch, tmp_path, capsys):
     """The README's command: the split's own `dataset` column pairs the galaxies; no test galaxy is ever drawn."""
     import sys
 
@@ -180,6 +178,7 @@ def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_datase
     out = tmp_path / "blends.csv"
     argv = ["ood_other.py", "--write-outliers", str(out), "--blends", "6", "--blend-dir", str(tmp_path / "b")]
     monkeypatch.setattr(sys, "argv", [*argv, "--only-blends", "--splits", str(splits)])
+    monkeypatch.setattr(ood_other, "SHARED", tmp_path / "no-shared")  # another survey: no Galaxy Zoo folder needed
     ood_other.main()
     table = pd.read_csv(out)
     assert len(table) == 6 and set(table["group"]) == {"synthetic blend of two train galaxies"}
