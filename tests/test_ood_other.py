@@ -104,12 +104,9 @@ def test_write_blends_writes_jpegs_of_one_source_and_refuses_to_replace(monkeypa
 
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     ood_other = benchmark_module("ood_other")
-    rows = []
-    for k in range(3):
-        path = tmp_path / f"g{k}.png"
-        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(path)
-        rows.append((str(path), "gz1_sdss" if k < 2 else "gz2_sdss_cutout128"))  # gz2 has one image: never drawn
-    images = pd.DataFrame(rows, columns=["image_path", "dataset"])
+    paths = _grey_images(tmp_path, [0, 40, 80])
+    datasets = ["gz1_sdss", "gz1_sdss", "gz2_sdss_cutout128"]  # gz2 has one image: never drawn
+    images = pd.DataFrame({"image_path": paths, "dataset": datasets})
     out = tmp_path / "blends"
     table = ood_other.write_blends(out, images, 4, seed=0)
     assert len(table) == 4 and set(table["group"]) == {"synthetic blend of two train galaxies"}
@@ -158,18 +155,13 @@ def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_datase
     """The README's command: the split's own `dataset` column pairs the galaxies; no test galaxy is ever drawn."""
     import sys
 
-    from PIL import Image
-
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     ood_other = benchmark_module("ood_other")
-    rows = []
-    for k in range(8):
-        path = tmp_path / f"g{k}.png"
-        Image.fromarray(np.full((32, 32, 3), 20 * k, np.uint8)).save(path)
-        split = "train" if k < 4 else "test"
-        rows.append((str(path), split, "a" if k < 2 else "b" if k < 4 else "a"))
+    paths = _grey_images(tmp_path, [20 * k for k in range(8)])
     splits = tmp_path / "splits.parquet"
-    pd.DataFrame(rows, columns=["image_path", "split", "dataset"]).to_parquet(splits)
+    pd.DataFrame(
+        {"image_path": paths, "split": ["train"] * 4 + ["test"] * 4, "dataset": list("aabb") + ["a"] * 4}
+    ).to_parquet(splits)
     drawn = []
     real_blend = ood_other.blend_pair
     monkeypatch.setattr(
@@ -185,3 +177,15 @@ def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_datase
     # train galaxies only (grey levels 0, 20, 40, 60), each pair from one dataset: {0, 20} or {40, 60}
     assert all({a, b} in ({0, 20}, {40, 60}) for a, b in drawn)
     assert "blends.csv: 6 rows" in capsys.readouterr().out
+
+
+def _grey_images(folder, levels: list[int]) -> list[str]:
+    """One flat 32-px RGB PNG per grey level, so a test can tell which images a blend was made of."""
+    from PIL import Image
+
+    paths = []
+    for k, level in enumerate(levels):
+        path = folder / f"g{k}.png"
+        Image.fromarray(np.full((32, 32, 3), level, np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
