@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
@@ -44,7 +45,12 @@ from tqdm import tqdm
 from bench_ood import auroc_interval
 from galmorph.config import load_params
 from galmorph.data.dataset import label_ids
+from galmorph.data.framing import measure
+from galmorph.data.image_errors import ImageError
+from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
+from galmorph.evaluation.galleries import display_image, gallery_figure
+from galmorph.evaluation.plots import save_figure
 from galmorph.models.inference import prepare_for_inference
 from galmorph.models.ood import fit_detector
 from galmorph.models.resnet import LOGITS, load_model
@@ -108,9 +114,9 @@ def flagged_rows(det: np.ndarray, msp: np.ndarray, abstain: float) -> np.ndarray
 
 def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None, *, unusual_rows: bool = True) -> None:
     """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table, with
-    `extra` (image_path, group) rows after them (write_blends'); `unusual_rows=False` writes `extra` alone."""
+    `extra` (image_path, group) rows after them (write_synthetic's); `unusual_rows=False` writes `extra` alone."""
     table = pd.DataFrame(columns=["image_path", "group"])
-    if unusual_rows:  # --only-blends needs no Galaxy Zoo folder: any survey's split can be blended
+    if unusual_rows:  # --only-synthetic needs no Galaxy Zoo folder: any survey's split can be used
         _, fit_half, _ = halves(seed)
         unusual = fit_half[fit_half["group"].isin(UNUSUAL)]
         table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
@@ -181,36 +187,121 @@ def blend_pair(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.nda
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
-def write_blends(out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, force: bool = False) -> pd.DataFrame:
-    """`n` blends of two galaxies of the same `dataset` from `images` (image_path, dataset), written as JPEGs
-    (each through a temporary name) into `out_dir`; the (image_path, group) rows for train.outliers.
-    Pass only training-split galaxies: a test galaxy shown as an outlier would be trained toward "unsure"."""
-    if not force and out_dir.is_dir() and any(out_dir.glob("blend_*.jpg")):
-        raise UserError(f"{out_dir.name}: already holds blend_*.jpg files (pass --force to replace them)")
-    groups = [g for _, g in images.groupby("dataset") if len(g) >= 2]
+def disturb(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One galaxy made lopsided and given a tidal tail, a synthetic stand-in for a disturbed galaxy or a merger
+    remnant that any source can provide.
+
+    What sets disturbed galaxies apart from both classes is asymmetry (the A of the CAS system), which a blend of
+    two symmetric galaxies shows only as a second nucleus. The galaxy's light above the sky (border median),
+    smoothed by 1.5 px, is (1) made lopsided: its outer isophotes slide 0.4-0.8 of its Petrosian radius
+    (`framing.measure`; 0.08 of the frame when no central source is found) off the core, which stays, with a
+    small two-fold wobble, and back to nothing by four radii; the residual (the sky's noise) is added back unmoved, so no warped
+    noise marks the image as made; and (2) given a one-sided tail: a copy stretched 2.5-5 times along a random
+    direction, squeezed to 0.3-0.6 across it, bent, at 30-60% of its brightness, rising from 0.8 to 1.8 radii
+    out (radii of at most 0.12 of the frame), screen-blended."""
+    h, w = a.shape[:2]
+    x = a.astype(np.float64) / 255
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    sky = np.median(border, axis=0)
+    source = measure(Image.fromarray(a))
+    cx, cy, r = (w / 2, h / 2, 0.08 * w) if source is None else (source.x, source.y, min(source.radius, 0.25 * w))
+    r = max(r, 2.0)
+    yy, xx = np.mgrid[:h, :w] + 0.5
+    # (1) lopsided: the light at radius rho moves by D (1 - exp(-(rho / r)^2)), so the core stays and the outer
+    # isophotes slide off it, plus a little m = 2 wobble of the same kind along another direction
+    rho2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / r**2
+    angle, size = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 0.8) * r
+    outer = (1 - np.exp(-rho2)) * np.exp(-rho2 / 16)  # back to nothing by about four radii: the sky stays put
+    wobble = rng.uniform(0, 2 * np.pi)
+    twist = rng.uniform(0.05, 0.15) * r * np.sin(2 * np.arctan2(yy - cy, xx - cx) + wobble)
+    shift = [
+        outer * (size * np.sin(angle) + twist * np.cos(wobble)),
+        outer * (size * np.cos(angle) + twist * np.sin(wobble)),
+    ]
+    light = x - sky
+    smooth = ndimage.gaussian_filter(light, (1.5, 1.5, 0))
+    moved = [yy - 0.5 + shift[0], xx - 0.5 + shift[1]]
+    warped = (
+        light
+        - smooth
+        + np.stack([ndimage.map_coordinates(smooth[..., c], moved, order=1, mode="nearest") for c in range(3)], axis=-1)
+    )
+    # (2) the tail: where (u, v) is along and across a random direction, it shows the galaxy at (u / L, v' / q);
+    # its radius is at most 0.12 of the frame, so a galaxy that fills a GZ2 cut-out keeps its tail in the crop
+    rt = min(r, 0.12 * w)
+    theta = rng.uniform(0, 2 * np.pi)
+    stretch, squeeze, bend = rng.uniform(2.5, 5), rng.uniform(0.3, 0.6), rng.uniform(0.1, 0.3) * rng.choice([-1, 1])
+    u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
+    v = -(xx - cx) * np.sin(theta) + (yy - cy) * np.cos(theta) - bend * u**2 / rt
+    us, vs = u / stretch, v / squeeze
+    ys, xs = cy + us * np.sin(theta) + vs * np.cos(theta) - 0.5, cx + us * np.cos(theta) - vs * np.sin(theta) - 0.5
+    one_side = np.clip((u - 0.8 * rt) / rt, 0, 1) * rng.uniform(0.3, 0.6)
+    glow = np.clip(smooth, 0, None)  # the tail carries light, not noise
+    tail = np.stack([ndimage.map_coordinates(glow[..., c], [ys, xs], order=1, mode="constant") for c in range(3)], -1)
+    tail = tail * one_side[..., None]
+    out = 1 - (1 - np.clip(warped + sky, 0, 1)) * (1 - np.clip(tail, 0, 1))
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+SYNTHETIC = {
+    "blend": ("synthetic blend of two train galaxies", 2),
+    "disturbed": ("synthetic disturbed train galaxy", 1),
+}
+"""Each kind of synthetic outlier: its group name in the train.outliers table, and how many galaxies it is made of."""
+
+
+def write_synthetic(
+    out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, kind: str = "blend", force: bool = False
+) -> pd.DataFrame:
+    """`n` synthetic outliers of `kind` (SYNTHETIC) made of galaxies of one `dataset` of `images` (image_path,
+    dataset), written as `{kind}_NNNNN.jpg` (each through a temporary name) into `out_dir`; the (image_path,
+    group, made_from) rows for train.outliers (made_from: the first galaxy's path). Pass only training-split galaxies: a test galaxy shown as an outlier would be
+    trained toward "unsure". Blends draw from `seed` alone, so a seed gives the blends it gave before other kinds
+    existed; every other kind from (seed, its index in SYNTHETIC)."""
+    group_name, k_images = SYNTHETIC[kind]
+    if not force and out_dir.is_dir() and any(out_dir.glob(f"{kind}_*.jpg")):
+        raise UserError(f"{out_dir.name}: already holds {kind}_*.jpg files (pass --force to replace them)")
+    groups = [g for _, g in images.groupby("dataset") if len(g) >= k_images]
     if not groups:
-        raise UserError("no dataset has two galaxies to blend")
+        raise UserError(f"no dataset has {k_images} galaxies to make a {kind} of")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if kind == "blend" else (seed, list(SYNTHETIC).index(kind)))
     weights = np.array([len(g) for g in groups], dtype=np.float64)
     rows = []
-    for k in tqdm(range(n), desc="blends", unit="img"):
+    for k in tqdm(range(n), desc=kind, unit="img"):
         group = groups[rng.choice(len(groups), p=weights / weights.sum())]
-        i, j = rng.choice(len(group), size=2, replace=False)
-        pair = []
-        for path in (group["image_path"].iloc[i], group["image_path"].iloc[j]):
-            try:
-                with Image.open(path) as im:
-                    pair.append(np.asarray(im.convert("RGB")))
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                raise UserError(f"{Path(path).name}: not a decodable image ({type(err).__name__})") from None
-        a, b = pair
-        path = out_dir / f"blend_{k:05d}.jpg"
+        picked = rng.choice(len(group), size=k_images, replace=False)
+        galaxies = [_read_rgb(group["image_path"].iloc[i]) for i in picked]
+        made = blend_pair(*galaxies, rng) if kind == "blend" else disturb(*galaxies, rng)
+        path = out_dir / f"{kind}_{k:05d}.jpg"
         tmp = path.with_name(path.stem + ".tmp.jpg")
-        Image.fromarray(blend_pair(a, b, rng)).save(tmp, quality=95)
+        Image.fromarray(made).save(tmp, quality=95)
         tmp.replace(path)
-        rows.append((str(path), "synthetic blend of two train galaxies"))
-    return pd.DataFrame(rows, columns=["image_path", "group"])
+        rows.append((str(path), group_name, group["image_path"].iloc[picked[0]]))
+    return pd.DataFrame(rows, columns=["image_path", "group", "made_from"])
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    """A training image as uint8 RGB through the product's loader, or a one-line error naming the file."""
+    try:
+        return np.asarray(load_rgb(path))
+    except (OSError, ImageError) as err:
+        raise UserError(f"{Path(path).name}: not a decodable image ({type(err).__name__})") from None
+
+
+def preview_synthetic(table: pd.DataFrame, out: Path, per_kind: int = 8) -> int:
+    """A PNG of the first `per_kind` synthetic outliers of each group beside the galaxy each was made from, both
+    framed as the model sees them (params.yaml's preprocess): look before training on them. Returns the tiles."""
+    preprocess = load_params(repo_root() / "params.yaml").preprocess
+    images, captions = [], []
+    for group, rows in table.groupby("group", sort=False):
+        for _, row in rows.head(per_kind).iterrows():
+            for path, text in ((row["made_from"], "made from"), (row["image_path"], group.split()[1])):
+                images.append(display_image(path, preprocess, size=96))
+                captions.append(text if len(text) <= 24 else text[:23] + "…")
+    title = f"Synthetic outliers beside the training galaxy each was made from (first {per_kind} of each kind)"
+    save_figure(gallery_figure(images, captions, title, ncols=8), out, dpi=60, palette=True)
+    return len(images)
 
 
 def read_splits(parser: argparse.ArgumentParser, path: str, needed: tuple[str, ...]) -> pd.DataFrame:
@@ -245,13 +336,27 @@ def main() -> None:
         default=0,
         metavar="N",
         help="with --write-outliers: add N synthetic two-galaxy blends of --splits' training galaxies (two of one "
-        "`dataset` each, where the split has that column), written as JPEGs into --blend-dir",
+        "`dataset` each, where the split has that column), written as JPEGs into --synthetic-dir",
     )
-    parser.add_argument("--blend-dir", help="where --blends writes its images")
     parser.add_argument(
-        "--only-blends", action="store_true", help="with --blends: leave Galaxy Zoo's unusual rows out of the table"
+        "--disturbed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write-outliers: add N of --splits' training galaxies made lopsided and given a tidal tail, "
+        "written as JPEGs into --synthetic-dir",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file or blends")
+    parser.add_argument("--synthetic-dir", "--blend-dir", help="where --blends and --disturbed write their images")
+    parser.add_argument(
+        "--only-synthetic",
+        "--only-blends",
+        action="store_true",
+        help="with --blends or --disturbed: leave Galaxy Zoo's unusual rows out of the table",
+    )
+    parser.add_argument(
+        "--preview", metavar="PNG", help="with --blends or --disturbed: also draw the first few of each kind (PNG)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file or images")
     args = parser.parse_args()
     if args.write_outliers:
         if Path(args.write_outliers).exists() and not args.force:
@@ -259,20 +364,29 @@ def main() -> None:
                 f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)"
             )
         extra = None
-        if args.blends:
-            if args.blends < 0 or not (args.blend_dir and args.splits):
-                parser.error("--blends N needs N > 0, --blend-dir and --splits (whose train rows it blends)")
+        counts = {"blend": args.blends, "disturbed": args.disturbed}
+        if any(counts.values()):
+            if min(counts.values()) < 0 or not (args.synthetic_dir and args.splits):
+                parser.error(
+                    "--blends/--disturbed N need N > 0, --synthetic-dir and --splits (whose train rows they use)"
+                )
             splits = read_splits(parser, args.splits, ("image_path", "split"))
             train = splits[splits["split"] == "train"]
             paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
             images = pd.DataFrame({"image_path": paths, "dataset": source_column(train)})
             try:
-                extra = write_blends(Path(args.blend_dir), images, args.blends, args.seed, force=args.force)
+                extra = pd.concat(
+                    [write_synthetic(Path(args.synthetic_dir), images, n, args.seed, kind=kind, force=args.force)
+                     for kind, n in counts.items() if n],
+                    ignore_index=True,
+                )  # fmt: skip
             except UserError as err:
-                parser.error(f"--blend-dir: {err}")
-        elif args.only_blends:
-            parser.error("--only-blends needs --blends N")
-        write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_blends)
+                parser.error(f"--synthetic-dir: {err}")
+            if args.preview:
+                print(f"{Path(args.preview).name}: {preview_synthetic(extra, Path(args.preview))} tiles")
+        elif args.only_synthetic or args.preview:
+            parser.error("--only-synthetic and --preview need --blends N or --disturbed N")
+        write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic)
         return
     if not (args.model and args.splits):
         parser.error("--model and --splits are required (or --write-outliers CSV)")
