@@ -300,7 +300,7 @@ def preview_synthetic(table: pd.DataFrame, out: Path, per_kind: int = 8) -> int:
                 images.append(display_image(path, preprocess, size=96))
                 captions.append(text if len(text) <= 24 else text[:23] + "…")
     title = f"Synthetic outliers beside the training galaxy each was made from (first {per_kind} of each kind)"
-    save_figure(gallery_figure(images, captions, title, ncols=8), out, dpi=60, palette=True)
+    save_figure(gallery_figure(images, captions, title, ncols=8), out, dpi=50, palette=True)
     return len(images)
 
 

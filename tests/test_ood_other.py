@@ -198,7 +198,7 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     assert list(tmp_path.iterdir()) == [bad.parent]  # nothing written beside the input
 
 
-def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_dataset(monkeypatch, tmp_path, capsys):
+def test_only_synthetic_from_the_command_line_uses_training_galaxies_of_one_dataset(monkeypatch, tmp_path, capsys):
     """The README's command: the split's own `dataset` column pairs the galaxies; no test galaxy is ever drawn."""
     import sys
 
@@ -209,21 +209,27 @@ def test_only_blends_from_the_command_line_blend_training_galaxies_of_one_datase
     pd.DataFrame(
         {"image_path": paths, "split": ["train"] * 4 + ["test"] * 4, "dataset": list("aabb") + ["a"] * 4}
     ).to_parquet(splits)
-    drawn = []
-    real_blend = ood_other.blend_pair
+    drawn, disturbed = [], []
+    real_blend, real_disturb = ood_other.blend_pair, ood_other.disturb
     monkeypatch.setattr(
         ood_other, "blend_pair", lambda a, b, rng: drawn.append((a[0, 0, 0], b[0, 0, 0])) or real_blend(a, b, rng)
     )
+    monkeypatch.setattr(ood_other, "disturb", lambda a, rng: disturbed.append(a[0, 0, 0]) or real_disturb(a, rng))
     out = tmp_path / "blends.csv"
-    argv = ["ood_other.py", "--write-outliers", str(out), "--blends", "6", "--blend-dir", str(tmp_path / "b")]
-    monkeypatch.setattr(sys, "argv", [*argv, "--only-blends", "--splits", str(splits)])
+    argv = ["ood_other.py", "--write-outliers", str(out), "--blends", "6", "--disturbed", "3"]
+    extra = ["--synthetic-dir", str(tmp_path / "b"), "--only-synthetic", "--preview", str(tmp_path / "p.png")]
+    monkeypatch.setattr(sys, "argv", [*argv, *extra, "--splits", str(splits)])
     monkeypatch.setattr(ood_other, "SHARED", tmp_path / "no-shared")  # another survey: no Galaxy Zoo folder needed
     ood_other.main()
     table = pd.read_csv(out)
-    assert len(table) == 6 and set(table["group"]) == {"synthetic blend of two train galaxies"}
+    assert table["group"].value_counts().to_dict() == {
+        "synthetic blend of two train galaxies": 6,
+        "synthetic disturbed train galaxy": 3,
+    }
     # train galaxies only (grey levels 0, 20, 40, 60), each pair from one dataset: {0, 20} or {40, 60}
-    assert all({a, b} in ({0, 20}, {40, 60}) for a, b in drawn)
-    assert "blends.csv: 6 rows" in capsys.readouterr().out
+    assert all({a, b} in ({0, 20}, {40, 60}) for a, b in drawn) and set(disturbed) <= {0, 20, 40, 60}
+    printed = capsys.readouterr().out
+    assert "blends.csv: 9 rows" in printed and "p.png: 18 tiles" in printed and (tmp_path / "p.png").is_file()
 
 
 def _grey_images(folder, levels: list[int]) -> list[str]:
