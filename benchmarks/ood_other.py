@@ -42,7 +42,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
-from bench_ood import auroc_interval
+from bench_ood import auroc_interval, paired_auroc_difference
 from galmorph.config import load_params
 from galmorph.data.dataset import label_ids
 from galmorph.data.framing import measure
@@ -304,6 +304,71 @@ def preview_synthetic(table: pd.DataFrame, out: Path, per_kind: int = 8) -> int:
     return len(images)
 
 
+SCORE_KEYS = ("part", "group", "image")
+"""The columns that name a --save-scores row; every other column is one score."""
+
+
+def save_scores(
+    path: Path,
+    scores: dict[str, dict[str, np.ndarray]],
+    paths: dict[str, list[str]],
+    held: pd.DataFrame,
+    test_source: np.ndarray,
+) -> None:
+    """Each test galaxy's and held-out `other` row's scores (one column per score) as a parquet, written through
+    a temporary file; rows named by part (test / held), group (the test galaxy's source or the `other` group) and
+    image file name, so --paired can check that two models saw the same rows."""
+    frame = pd.DataFrame(
+        {
+            "part": ["test"] * len(paths["test"]) + ["held"] * len(held),
+            "group": np.r_[test_source, held["group"].to_numpy(dtype=object)],
+            "image": [Path(p).name for p in paths["test"] + paths["other held"]],
+        }
+    )
+    for name, s in scores.items():
+        frame[name] = np.r_[s["test"], s["other held"]]
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    print(f"{path.name}: {len(frame):,} rows of {len(scores)} scores")
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    """A --save-scores file, or a one-line error naming it."""
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path.name}: not a --save-scores parquet ({type(err).__name__})") from None
+    if missing := [c for c in SCORE_KEYS if c not in frame.columns]:
+        raise UserError(f"{path.name}: no column {', '.join(missing)}; expected a --save-scores parquet")
+    return frame
+
+
+def print_paired(a: pd.DataFrame, b: pd.DataFrame, names: list[str]) -> None:
+    """AUROC of B minus A on the same held-out unusual rows against the same test galaxies, per score both
+    files hold, with a paired bootstrap interval (bench_ood.paired_auroc_difference)."""
+    if len(a) != len(b) or not a[list(SCORE_KEYS)].equals(b[list(SCORE_KEYS)]):
+        raise UserError(f"{names[0]} and {names[1]} were not scored on the same rows (same --splits and --seed)")
+    common = [c for c in a.columns if c not in SCORE_KEYS and c in b.columns]
+    test = (a["part"] == "test").to_numpy()
+    held = (a["part"] == "held").to_numpy()
+    groups = [("all unusual", held & a["group"].isin(UNUSUAL).to_numpy())]
+    groups += [(g, held & (a["group"] == g).to_numpy()) for g in UNUSUAL]
+    print(f"AUROC against {test.sum():,} test galaxies, {names[1]} minus {names[0]} [95% paired bootstrap interval]")
+    print(f"| rows | n | score | {names[0]} | {names[1]} | difference |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for label, rows in groups:
+        if rows.sum() < 10:
+            continue
+        for score in common:
+            ins = (a.loc[test, score].to_numpy(), b.loc[test, score].to_numpy())
+            out = (a.loc[rows, score].to_numpy(), b.loc[rows, score].to_numpy())
+            auc_a, auc_b, diff, lo, hi = paired_auroc_difference(ins, out)
+            print(
+                f"| {label} | {rows.sum()} | {score} | {auc_a:.3f} | {auc_b:.3f} | {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] |"
+            )
+
+
 def read_splits(parser: argparse.ArgumentParser, path: str, needed: tuple[str, ...]) -> pd.DataFrame:
     """--splits as a frame with the `needed` columns, or a one-line error naming the file (never the path)."""
     name = Path(path).name
@@ -356,6 +421,18 @@ def main() -> None:
     parser.add_argument(
         "--preview", metavar="PNG", help="with --blends or --disturbed: also draw the first few of each kind (PNG)"
     )
+    parser.add_argument(
+        "--save-scores",
+        metavar="PARQUET",
+        help="also write every scored row's scores (test galaxies and the held-out half) for --paired",
+    )
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("A", "B"),
+        help="only compare two --save-scores files of models scored on the same rows: AUROC of B minus A with "
+        "a paired bootstrap interval, per score and unusual group, and stop",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file or images")
     args = parser.parse_args()
     if args.write_outliers:
@@ -388,8 +465,14 @@ def main() -> None:
             parser.error("--only-synthetic and --preview need --blends N or --disturbed N")
         write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic)
         return
+    if args.paired:
+        try:
+            print_paired(*(read_scores(Path(p)) for p in args.paired), names=[Path(p).stem for p in args.paired])
+        except UserError as err:
+            parser.error(f"--paired: {err}")
+        return
     if not (args.model and args.splits):
-        parser.error("--model and --splits are required (or --write-outliers CSV)")
+        parser.error("--model and --splits are required (or --write-outliers CSV, or --paired A B)")
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # LogisticRegressionCV's 1.10 notices
     torch.set_num_threads(2)
     for what, path in (
@@ -455,6 +538,8 @@ def main() -> None:
         },
     }
     flags = {g: flagged_rows(det[g], msp[g], abstain) for g in det}
+    if args.save_scores:
+        save_scores(Path(args.save_scores), scores, paths, held, source_column(splits[splits.split == "test"]))
     msp_scale = float(np.quantile(msp_val, detector.quantile))
     print(f"probe C = {probe.C_[0]:g} (3-fold CV on the fit half); test galaxies flagged by the detector: "
           f"{np.mean(det['test'] > 1):.1%}; `unlike` or `uncertain` (top p < {abstain:g}): "

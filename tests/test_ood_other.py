@@ -242,3 +242,53 @@ def _grey_images(folder, levels: list[int]) -> list[str]:
         Image.fromarray(np.full((32, 32, 3), level, np.uint8)).save(path)
         paths.append(str(path))
     return paths
+
+
+def test_paired_auroc_difference_is_tight_where_two_models_share_their_rows(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench_ood = benchmark_module("bench_ood")
+    rng = np.random.default_rng(0)
+    inside, outside = rng.normal(0, 1, 300), rng.normal(1, 1, 60)
+    same = bench_ood.paired_auroc_difference((inside, inside), (outside, outside), n_boot=200)
+    assert same[0] == same[1] and same[2:] == (0.0, 0.0, 0.0)  # one model against itself: exactly nothing
+    # B adds a little to every outlier's score: a small gain that the paired interval resolves
+    a_auc, b_auc, diff, lo, hi = bench_ood.paired_auroc_difference(
+        (inside, inside), (outside, outside + 0.2), n_boot=300
+    )
+    assert b_auc > a_auc and diff == pytest.approx(b_auc - a_auc) and 0 < lo < diff < hi
+    separate = bench_ood.auroc_interval(inside, outside)
+    assert hi - lo < (separate[2] - separate[1]) / 2  # far tighter than either model's own interval
+
+
+def test_saved_scores_compare_paired_and_refuse_other_rows(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    rng = np.random.default_rng(1)
+    held = pd.DataFrame({"group": ["GZ1 merger"] * 12 + ["Kaggle non-spiral (smooth and featured)"] * 5})
+    paths = {"test": [f"/srv/t{i}.jpg" for i in range(40)], "other held": [f"/srv/o{i}.jpg" for i in range(17)]}
+    source = np.array(["gz1_sdss"] * 40, dtype=object)
+    for name, shift in (("a", 0.0), ("b", 3.0)):
+        scores = {"detector (product)": {"test": rng.normal(0, 1, 40), "other held": rng.normal(shift, 1, 17)}}
+        ood_other.save_scores(tmp_path / f"{name}.parquet", scores, paths, held, source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "b.parquet"]  # no temporaries left
+    argv = ["ood_other.py", "--paired", str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    monkeypatch.setattr(sys, "argv", argv)
+    ood_other.main()
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("| all unusual | 12 | detector (product) |"))
+    assert float(line.split("|")[6].split()[0]) > 0.3  # B ranks the 12 mergers far above the test galaxies
+    assert "GZ1 don't know" not in out  # groups without 10 rows are left out
+    other = pd.read_parquet(tmp_path / "b.parquet").iloc[1:]
+    other.to_parquet(tmp_path / "c.parquet")
+    (tmp_path / "bad.parquet").write_text("no")
+    for pair, message in (
+        (["a.parquet", "c.parquet"], "a and c were not scored on the same rows"),
+        (["a.parquet", "bad.parquet"], "bad.parquet: not a --save-scores parquet"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["ood_other.py", "--paired", *(str(tmp_path / p) for p in pair)])
+        with pytest.raises(SystemExit):
+            ood_other.main()
+        err = capsys.readouterr().err
+        assert message in err and str(tmp_path) not in err
