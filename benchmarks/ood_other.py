@@ -17,6 +17,11 @@ the real test galaxies with:
     (stratified by group) against the train galaxies, scored on the other half. It shows what a model told
     about these rows (a third class) could reach with the features the spiral/elliptical training built.
 
+Two models are compared on the same rows with `--save-scores S.parquet` on each and then `--paired A B`: B minus A
+per score and unusual group, with one bootstrap of the shared rows (far tighter than two separate intervals).
+`--write-outliers CSV` writes the fit half's unusual rows as a train.outliers table, with `--blends N` and
+`--disturbed N` synthetic outliers made of training galaxies (and `--only-synthetic`: those alone).
+
 AUROCs are on the held-out half of each group, with 95% bootstrap intervals, so all columns see the same images.
 The images go through the model's EvalPreset without TTA (as ood_features.py). A second table refits the detector
 on ood_features.py's layer variants and scores each against the unusual rows.
@@ -195,10 +200,11 @@ def disturb(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     two symmetric galaxies shows only as a second nucleus. The galaxy's light above the sky (border median),
     smoothed by 1.5 px, is (1) made lopsided: its outer isophotes slide 0.4-0.8 of its Petrosian radius
     (`framing.measure`; 0.08 of the frame when no central source is found) off the core, which stays, with a
-    small two-fold wobble, and back to nothing by four radii; the residual (the sky's noise) is added back unmoved, so no warped
-    noise marks the image as made; and (2) given a one-sided tail: a copy stretched 2.5-5 times along a random
-    direction, squeezed to 0.3-0.6 across it, bent, at 30-60% of its brightness, rising from 0.8 to 1.8 radii
-    out (radii of at most 0.12 of the frame), screen-blended."""
+    small two-fold wobble, back to nothing by four radii. The residual (the sky's noise) is added back unmoved,
+    so no smeared noise marks the image as made. (2) It gets a one-sided tail: a copy stretched 2.5-5 times along
+    a random direction, squeezed to 0.3-0.6 across it, bent, at 30-60% of its brightness, rising from 0.8 to 1.8
+    radii out (radii of at most 0.12 of the frame), screen-blended. Measured as a worse outlier set than blends
+    (BENCHMARKS.md "A second kind: disturbed galaxies")."""
     h, w = a.shape[:2]
     x = a.astype(np.float64) / 255
     border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
@@ -255,9 +261,10 @@ def write_synthetic(
 ) -> pd.DataFrame:
     """`n` synthetic outliers of `kind` (SYNTHETIC) made of galaxies of one `dataset` of `images` (image_path,
     dataset), written as `{kind}_NNNNN.jpg` (each through a temporary name) into `out_dir`; the (image_path,
-    group, made_from) rows for train.outliers (made_from: the first galaxy's path). Pass only training-split galaxies: a test galaxy shown as an outlier would be
-    trained toward "unsure". Blends draw from `seed` alone, so a seed gives the blends it gave before other kinds
-    existed; every other kind from (seed, its index in SYNTHETIC)."""
+    group, made_from) rows for train.outliers (made_from: the first galaxy's path). Pass only training-split
+    galaxies: a test galaxy shown as an outlier would be trained toward "unsure". Blends draw from `seed` alone,
+    so a seed gives the blends it gave before other kinds existed; every other kind from (seed, its index in
+    SYNTHETIC)."""
     group_name, k_images = SYNTHETIC[kind]
     if not force and out_dir.is_dir() and any(out_dir.glob(f"{kind}_*.jpg")):
         raise UserError(f"{out_dir.name}: already holds {kind}_*.jpg files (pass --force to replace them)")
