@@ -440,8 +440,17 @@ def main() -> None:
         help="only compare two --save-scores files of models scored on the same rows: AUROC of B minus A with "
         "a paired bootstrap interval, per score and unusual group, and stop",
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing --write-outliers file or images")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --write-outliers file, images, --preview or --save-scores",
+    )
     args = parser.parse_args()
+    for what, path in (("--preview", args.preview), ("--save-scores", args.save_scores)):
+        if path and Path(path).exists() and not args.force:
+            parser.error(f"{what}: {Path(path).name} already exists (pass --force to replace it)")
+        if path and not Path(path).parent.is_dir():
+            parser.error(f"{what}: the folder of {Path(path).name} does not exist")
     if args.write_outliers:
         if Path(args.write_outliers).exists() and not args.force:
             parser.error(
@@ -454,6 +463,12 @@ def main() -> None:
                 parser.error(
                     "--blends/--disturbed N need N > 0, --synthetic-dir and --splits (whose train rows they use)"
                 )
+            out_dir = Path(args.synthetic_dir)
+            if not args.force:  # every refusal before any image is written: no kind replaced, another refused
+                for kind in (k for k, n in counts.items() if n):
+                    if out_dir.is_dir() and any(out_dir.glob(f"{kind}_*.jpg")):
+                        parser.error(f"--synthetic-dir: {out_dir.name} already holds {kind}_*.jpg files "
+                                     "(pass --force to replace them)")  # fmt: skip
             splits = read_splits(parser, args.splits, ("image_path", "split"))
             train = splits[splits["split"] == "train"]
             paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]

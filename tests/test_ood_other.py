@@ -292,3 +292,35 @@ def test_saved_scores_compare_paired_and_refuse_other_rows(monkeypatch, tmp_path
             ood_other.main()
         err = capsys.readouterr().err
         assert message in err and str(tmp_path) not in err
+
+
+def test_nothing_is_replaced_or_half_written_without_force(monkeypatch, tmp_path, capsys):
+    """A folder that already holds one kind refuses before the other kind is written; an existing --preview or
+    --save-scores file is never overwritten, and a missing folder for either is named before any work."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    paths = _grey_images(tmp_path, [0, 20, 40, 60])
+    splits = tmp_path / "splits.parquet"
+    pd.DataFrame({"image_path": paths, "split": ["train"] * 4, "dataset": ["a"] * 4}).to_parquet(splits)
+    synth = tmp_path / "synth"
+    synth.mkdir()
+    (synth / "disturbed_00000.jpg").write_bytes(b"kept")
+    (tmp_path / "p.png").write_bytes(b"kept")
+    base = ["ood_other.py", "--write-outliers", str(tmp_path / "o.csv"), "--splits", str(splits)]
+    made = ["--blends", "2", "--disturbed", "2", "--synthetic-dir", str(synth), "--only-synthetic"]
+    for extra, message in (
+        (made, "synth already holds disturbed_*.jpg files"),
+        (["--blends", "2", "--synthetic-dir", str(tmp_path / "s2"), "--preview", str(tmp_path / "p.png")],
+         "--preview: p.png already exists"),
+        (["--save-scores", str(tmp_path / "no" / "s.parquet")], "--save-scores: the folder of s.parquet does not exist"),
+    ):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", [*base, *extra])
+        with pytest.raises(SystemExit):
+            ood_other.main()
+        err = capsys.readouterr().err
+        assert message in err and str(tmp_path) not in err
+    assert sorted(p.name for p in synth.iterdir()) == ["disturbed_00000.jpg"]  # no blend written beside it
+    assert (tmp_path / "p.png").read_bytes() == b"kept" and not (tmp_path / "o.csv").exists()
+    assert not (tmp_path / "s2").exists()
