@@ -342,6 +342,8 @@ def save_scores(
 
 def read_scores(path: Path) -> pd.DataFrame:
     """A --save-scores file, or a one-line error naming it."""
+    if not path.is_file():
+        raise UserError(f"{path.name} not found")
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as err:

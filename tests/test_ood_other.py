@@ -286,6 +286,7 @@ def test_saved_scores_compare_paired_and_refuse_other_rows(monkeypatch, tmp_path
     for pair, message in (
         (["a.parquet", "c.parquet"], "a and c were not scored on the same rows"),
         (["a.parquet", "bad.parquet"], "bad.parquet: not a --save-scores parquet"),
+        (["a.parquet", "nope.parquet"], "nope.parquet not found"),
     ):
         monkeypatch.setattr(sys, "argv", ["ood_other.py", "--paired", *(str(tmp_path / p) for p in pair)])
         with pytest.raises(SystemExit):
