@@ -54,7 +54,7 @@ from galmorph.models.ood import fit_detector
 from galmorph.models.resnet import LOGITS, load_model
 from galmorph.paths import repo_root, resolve_path
 from ood_features import SHARED, VARIANTS, layer_features
-from synthetic_outliers import preview_synthetic, write_synthetic
+from synthetic_outliers import preview_synthetic, refuse_existing, write_synthetic
 
 GZ2 = "gz2_t0"
 UNUSUAL = ("GZ1 merger", "GZ1 don't know", "GZ2 odd: merger, disturbed or irregular")
@@ -294,6 +294,11 @@ def main() -> None:
         help="replace an existing --write-outliers file, images, --preview or --save-scores",
     )
     args = parser.parse_args()
+    writer_only = [f for f, v in (("--blends", args.blends), ("--disturbed", args.disturbed),
+                                  ("--synthetic-dir", args.synthetic_dir), ("--only-synthetic", args.only_synthetic),
+                                  ("--preview", args.preview)) if v]  # fmt: skip
+    if writer_only and not args.write_outliers:  # never silently ignored
+        parser.error(f"{', '.join(writer_only)} only go with --write-outliers CSV")
     for what, path in (("--preview", args.preview), ("--save-scores", args.save_scores)):
         if path and Path(path).exists() and not args.force:
             parser.error(f"{what}: {Path(path).name} already exists (pass --force to replace it)")
@@ -311,12 +316,11 @@ def main() -> None:
                 parser.error(
                     "--blends/--disturbed N need N > 0, --synthetic-dir and --splits (whose train rows they use)"
                 )
-            out_dir = Path(args.synthetic_dir)
             if not args.force:  # every refusal before any image is written: no kind replaced, another refused
-                for kind in (k for k, n in counts.items() if n):
-                    if out_dir.is_dir() and any(out_dir.glob(f"{kind}_*.jpg")):
-                        parser.error(f"--synthetic-dir: {out_dir.name} already holds {kind}_*.jpg files "
-                                     "(pass --force to replace them)")  # fmt: skip
+                try:
+                    refuse_existing(Path(args.synthetic_dir), [k for k, n in counts.items() if n])
+                except UserError as err:
+                    parser.error(f"--synthetic-dir: {err}")
             splits = read_splits(parser, args.splits, ("image_path", "split"))
             train = splits[splits["split"] == "train"]
             paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]

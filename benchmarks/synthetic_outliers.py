@@ -119,6 +119,14 @@ SYNTHETIC = {
 """Each kind of synthetic outlier: its group name in the train.outliers table, and how many galaxies it is made of."""
 
 
+def refuse_existing(out_dir: Path, kinds: list[str]) -> None:
+    """A one-line error if `out_dir` already holds images of any of `kinds`: checked for every kind before any is
+    written, so a folder never ends up with one kind replaced and the other refused."""
+    for kind in kinds:
+        if out_dir.is_dir() and any(out_dir.glob(f"{kind}_*.jpg")):
+            raise UserError(f"{out_dir.name}: already holds {kind}_*.jpg files (pass --force to replace them)")
+
+
 def write_synthetic(
     out_dir: Path, images: pd.DataFrame, n: int, seed: int, *, kind: str = "blend", force: bool = False
 ) -> pd.DataFrame:
@@ -129,8 +137,8 @@ def write_synthetic(
     so a seed gives the blends it gave before other kinds existed; every other kind from (seed, its index in
     SYNTHETIC)."""
     group_name, k_images = SYNTHETIC[kind]
-    if not force and out_dir.is_dir() and any(out_dir.glob(f"{kind}_*.jpg")):
-        raise UserError(f"{out_dir.name}: already holds {kind}_*.jpg files (pass --force to replace them)")
+    if not force:
+        refuse_existing(out_dir, [kind])
     groups = [g for _, g in images.groupby("dataset") if len(g) >= k_images]
     if not groups:
         raise UserError(f"no dataset has {k_images} galaxies to make a {kind} of")

@@ -211,7 +211,7 @@ def test_nothing_is_replaced_or_half_written_without_force(monkeypatch, tmp_path
     base = ["ood_other.py", "--write-outliers", str(tmp_path / "o.csv"), "--splits", str(splits)]
     made = ["--blends", "2", "--disturbed", "2", "--synthetic-dir", str(synth), "--only-synthetic"]
     for extra, message in (
-        (made, "synth already holds disturbed_*.jpg files"),
+        (made, "--synthetic-dir: synth: already holds disturbed_*.jpg files"),
         (["--blends", "2", "--synthetic-dir", str(tmp_path / "s2"), "--preview", str(tmp_path / "p.png")],
          "--preview: p.png already exists"),
         (["--save-scores", str(tmp_path / "no" / "s.parquet")], "--save-scores: the folder of s.parquet does not exist"),
@@ -224,3 +224,18 @@ def test_nothing_is_replaced_or_half_written_without_force(monkeypatch, tmp_path
     assert sorted(p.name for p in synth.iterdir()) == ["disturbed_00000.jpg"]  # no blend written beside it
     assert (tmp_path / "p.png").read_bytes() == b"kept" and not (tmp_path / "o.csv").exists()
     assert not (tmp_path / "s2").exists()
+
+
+def test_writer_options_without_write_outliers_are_refused_not_ignored(monkeypatch, tmp_path, capsys):
+    """--blends or --preview beside --model (a scoring run) would otherwise be dropped without a word."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    argv = ["ood_other.py", "--model", "m.pt", "--splits", "s.parquet", "--blends", "5", "--preview", "p.png"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        ood_other.main()
+    assert exit_info.value.code == 2
+    assert "--blends, --preview only go with --write-outliers CSV" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
