@@ -19,9 +19,9 @@ the real test galaxies with:
 
 Two models are compared on the same rows with `--save-scores S.parquet` on each and then `--paired A B`: B minus A
 per score and unusual group, with one bootstrap of the shared rows (far tighter than two separate intervals).
-`--write-outliers CSV` writes the fit half's unusual rows as a train.outliers table, with `--blends N` and
-`--disturbed N` synthetic outliers made of training galaxies (synthetic_outliers.py; `--only-synthetic`: those
-alone).
+`--write-outliers CSV` writes the fit half's unusual rows as a train.outliers table, with `--blends N`,
+`--irregular N` and `--disturbed N` synthetic outliers made of training galaxies (the makers of `galmorph
+outliers`, training/synthetic_outliers.py; `--only-synthetic`: those alone).
 
 AUROCs are on the held-out half of each group, with 95% bootstrap intervals, so all columns see the same images.
 The images go through the model's EvalPreset without TTA (as ood_features.py). A second table refits the detector
@@ -46,6 +46,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 
 from bench_ood import auroc_interval, paired_auroc_difference
+from galmorph.commands.outliers import preview, training_galaxies
 from galmorph.config import load_params
 from galmorph.data.dataset import label_ids
 from galmorph.errors import UserError
@@ -53,8 +54,8 @@ from galmorph.models.inference import prepare_for_inference
 from galmorph.models.ood import fit_detector
 from galmorph.models.resnet import LOGITS, load_model
 from galmorph.paths import repo_root, resolve_path
+from galmorph.training.synthetic_outliers import write_kinds
 from ood_features import SHARED, VARIANTS, layer_features
-from synthetic_outliers import preview_synthetic, refuse_existing, write_synthetic
 
 GZ2 = "gz2_t0"
 UNUSUAL = ("GZ1 merger", "GZ1 don't know", "GZ2 odd: merger, disturbed or irregular")
@@ -266,15 +267,23 @@ def main() -> None:
         help="with --write-outliers: add N of --splits' training galaxies made lopsided and given a tidal tail, "
         "written as JPEGs into --synthetic-dir",
     )
-    parser.add_argument("--synthetic-dir", "--blend-dir", help="where --blends and --disturbed write their images")
+    parser.add_argument(
+        "--irregular",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write-outliers: add N of --splits' training galaxies made faint, coreless and clumpy, written "
+        "as JPEGs into --synthetic-dir",
+    )
+    parser.add_argument("--synthetic-dir", "--blend-dir", help="where the synthetic kinds write their images")
     parser.add_argument(
         "--only-synthetic",
         "--only-blends",
         action="store_true",
-        help="with --blends or --disturbed: leave Galaxy Zoo's unusual rows out of the table",
+        help="with a synthetic kind: leave Galaxy Zoo's unusual rows out of the table",
     )
     parser.add_argument(
-        "--preview", metavar="PNG", help="with --blends or --disturbed: also draw the first few of each kind (PNG)"
+        "--preview", metavar="PNG", help="with a synthetic kind: also draw the first few of each kind (PNG)"
     )
     parser.add_argument(
         "--save-scores",
@@ -295,6 +304,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     writer_only = [f for f, v in (("--blends", args.blends), ("--disturbed", args.disturbed),
+                                  ("--irregular", args.irregular),
                                   ("--synthetic-dir", args.synthetic_dir), ("--only-synthetic", args.only_synthetic),
                                   ("--preview", args.preview)) if v]  # fmt: skip
     if writer_only and not args.write_outliers:  # never silently ignored
@@ -310,33 +320,24 @@ def main() -> None:
                 f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)"
             )
         extra = None
-        counts = {"blend": args.blends, "disturbed": args.disturbed}
+        counts = {"blend": args.blends, "disturbed": args.disturbed, "irregular": args.irregular}
         if any(counts.values()):
             if min(counts.values()) < 0 or not (args.synthetic_dir and args.splits):
                 parser.error(
-                    "--blends/--disturbed N need N > 0, --synthetic-dir and --splits (whose train rows they use)"
+                    "--blends/--disturbed/--irregular N need N > 0, --synthetic-dir and --splits (whose train rows "
+                    "they use)"
                 )
-            if not args.force:  # every refusal before any image is written: no kind replaced, another refused
-                try:
-                    refuse_existing(Path(args.synthetic_dir), [k for k, n in counts.items() if n])
-                except UserError as err:
-                    parser.error(f"--synthetic-dir: {err}")
             splits = read_splits(parser, args.splits, ("image_path", "split"))
-            train = splits[splits["split"] == "train"]
-            paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
-            images = pd.DataFrame({"image_path": paths, "dataset": source_column(train)})
-            try:
-                extra = pd.concat(
-                    [write_synthetic(Path(args.synthetic_dir), images, n, args.seed, kind=kind, force=args.force)
-                     for kind, n in counts.items() if n],
-                    ignore_index=True,
-                )  # fmt: skip
+            try:  # write_kinds refuses every kind before any image is written
+                extra = write_kinds(Path(args.synthetic_dir), training_galaxies(splits), counts, args.seed,
+                                    force=args.force)  # fmt: skip
             except UserError as err:
                 parser.error(f"--synthetic-dir: {err}")
             if args.preview:
-                print(f"{Path(args.preview).name}: {preview_synthetic(extra, Path(args.preview))} tiles")
+                preprocess = load_params(repo_root() / "params.yaml").preprocess
+                print(f"{Path(args.preview).name}: {preview(extra, args.preview, preprocess)} tiles")
         elif args.only_synthetic or args.preview:
-            parser.error("--only-synthetic and --preview need --blends N or --disturbed N")
+            parser.error("--only-synthetic and --preview need --blends, --disturbed or --irregular N")
         write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic)
         return
     if args.paired:

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from galmorph.data.dataset import outlier_paths
+from galmorph.training import synthetic_outliers as synthetic
 
 from .conftest import REPO, benchmark_module
-from .test_synthetic_outliers import grey_images
+from .test_outliers import grey_images
 
 
 def test_write_outliers_lists_only_the_fit_halfs_unusual_rows(real_galaxyzoo, tmp_path, monkeypatch):
@@ -94,8 +95,11 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     nosplit = bad.parent / "nosplit.parquet"
     pd.DataFrame({"image_path": ["a.png"]}).to_parquet(nosplit)
     for extra, message in (
-        ([], "--blends/--disturbed N need N > 0, --synthetic-dir and --splits"),
-        (["--blends", "0", "--only-blends"], "--only-synthetic and --preview need --blends N or --disturbed N"),
+        ([], "--blends/--disturbed/--irregular N need N > 0, --synthetic-dir and --splits"),
+        (
+            ["--blends", "0", "--only-blends"],
+            "--only-synthetic and --preview need --blends, --disturbed or --irregular N",
+        ),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(tmp_path / "nope.parquet")], "nope.parquet not found"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(bad)], "bad.parquet is not a splits.parquet"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(nosplit)], "nosplit.parquet has no column split"),
@@ -120,12 +124,15 @@ def test_only_synthetic_from_the_command_line_uses_training_galaxies_of_one_data
         {"image_path": paths, "split": ["train"] * 4 + ["test"] * 4, "dataset": list("aabb") + ["a"] * 4}
     ).to_parquet(splits)
     drawn, disturbed = [], []
-    synthetic = benchmark_module("synthetic_outliers")  # where write_synthetic looks them up
-    real_blend, real_disturb = synthetic.blend_pair, synthetic.disturb
-    monkeypatch.setattr(
-        synthetic, "blend_pair", lambda a, b, rng: drawn.append((a[0, 0, 0], b[0, 0, 0])) or real_blend(a, b, rng)
+    makers = dict(synthetic.MAKERS)  # where write_synthetic looks them up
+    monkeypatch.setitem(
+        synthetic.MAKERS,
+        "blend",
+        lambda a, b, rng: drawn.append((a[0, 0, 0], b[0, 0, 0])) or makers["blend"](a, b, rng),
     )
-    monkeypatch.setattr(synthetic, "disturb", lambda a, rng: disturbed.append(a[0, 0, 0]) or real_disturb(a, rng))
+    monkeypatch.setitem(
+        synthetic.MAKERS, "disturbed", lambda a, rng: disturbed.append(a[0, 0, 0]) or makers["disturbed"](a, rng)
+    )
     out = tmp_path / "blends.csv"
     argv = ["ood_other.py", "--write-outliers", str(out), "--blends", "6", "--disturbed", "3"]
     extra = ["--synthetic-dir", str(tmp_path / "b"), "--only-synthetic", "--preview", str(tmp_path / "p.png")]

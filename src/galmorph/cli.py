@@ -243,6 +243,32 @@ def _crossmatch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
+def _outliers_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="folder for the images and outliers.csv (train.outliers)")
+    p.add_argument(
+        "--blends",
+        dest="blend",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N two-galaxy blends of training galaxies, the recommended kind (the README uses 274)",
+    )
+    p.add_argument(
+        "--irregular", type=int, default=0, metavar="N", help="N training galaxies made faint, coreless and clumpy"
+    )
+    p.add_argument(
+        "--disturbed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N training galaxies made lopsided with a tidal tail (measured worse than blends; BENCHMARKS.md)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="one seed, the same images (default: 0)")
+    p.add_argument("--splits", help="the split stage's table whose train rows are used (default: split.out)")
+    p.add_argument("--preview", metavar="PNG", help="also draw the first 8 of each kind beside their source galaxies")
+    p.add_argument("--force", action="store_true", help="replace OUT's images of these kinds, its table, --preview")
+
+
 def _evaluate_folder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a folder with spirals/ and ellipticals/ subfolders, or a manifest CSV")
     p.add_argument(
@@ -289,6 +315,11 @@ COMMANDS: dict[str, tuple[str, str, ArgSpec]] = {
     ),
     "register": ("galmorph.stages.register", "register the trained model and set @challenger", _register_args),
     "synth": ("galmorph.commands.synth", "write a synthetic Galaxy Zoo data set to a folder", _synth_args),
+    "outliers": (
+        "galmorph.commands.outliers",
+        "made-up outliers (blends, irregulars) of the training galaxies for train.outliers, when none are labelled",
+        _outliers_args,
+    ),
     "ui": ("galmorph.commands.ui", "open the MLflow UI on the project's tracking store", _ui_args),
     "promote": (
         "galmorph.commands.models",
@@ -343,6 +374,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate-folder": ("evaluate", "train", "preprocess", "mlflow", "fits"),
     "register": ("register", "mlflow", "evaluate", "split", "train", "data.source", "tune.out"),
     "synth": ("data",),
+    "outliers": ("split.out", "preprocess"),
     "ui": ("mlflow",),
     "promote": ("mlflow", "register"),
     "models": ("mlflow",),

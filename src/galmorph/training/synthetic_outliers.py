@@ -1,9 +1,10 @@
-"""Made-up outliers for train.outliers (outlier exposure) from ordinary training galaxies, for surveys with no
-labelled mergers: two-galaxy blends (`blend_pair`, the set the README recommends) and lopsided galaxies with a
-tail (`disturb`, a measured negative kept for the record; BENCHMARKS.md "Synthetic two-galaxy blends").
+"""Made-up outliers for train.outliers (outlier exposure), made of ordinary training galaxies, for surveys with no
+labelled mergers: two-galaxy blends (`blend_pair`, the kind the README recommends), faint coreless clumpy
+irregulars (`irregular`) and lopsided galaxies with a tail (`disturb`, a measured negative kept for the record;
+BENCHMARKS.md "Synthetic two-galaxy blends").
 
-`ood_other.py --write-outliers CSV --blends N --disturbed N` is the command line; `write_synthetic` writes one
-kind's images and table rows, `preview_synthetic` draws them beside their source galaxies.
+`galmorph outliers` is the command line (and `benchmarks/ood_other.py --write-outliers` beside Galaxy Zoo's own
+unusual rows); `write_kinds` writes every kind asked for, refusing before any image is written.
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from galmorph.config import load_params
 from galmorph.data.framing import measure
 from galmorph.data.image_errors import ImageError
 from galmorph.data.images import load_rgb
 from galmorph.errors import UserError
-from galmorph.evaluation.galleries import display_image, gallery_figure
-from galmorph.evaluation.plots import save_figure
-from galmorph.paths import repo_root
 
 
 def blend_pair(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -69,12 +66,7 @@ def disturb(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     radii out (radii of at most 0.12 of the frame), screen-blended. Measured as a worse outlier set than blends
     (BENCHMARKS.md "A second kind: disturbed galaxies")."""
     h, w = a.shape[:2]
-    x = a.astype(np.float64) / 255
-    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
-    sky = np.median(border, axis=0)
-    source = measure(Image.fromarray(a))
-    cx, cy, r = (w / 2, h / 2, 0.08 * w) if source is None else (source.x, source.y, min(source.radius, 0.25 * w))
-    r = max(r, 2.0)
+    x, border, sky, (cx, cy, r) = _sky_and_source(a)
     yy, xx = np.mgrid[:h, :w] + 0.5
     # (1) lopsided: the light at radius rho moves by D (1 - exp(-(rho / r)^2)), so the core stays and the outer
     # isophotes slide off it, plus a little m = 2 wobble of the same kind along another direction
@@ -112,11 +104,93 @@ def disturb(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
+def irregular(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One galaxy turned into a faint, coreless, clumpy irregular, a synthetic stand-in for the dwarf and
+    Magellanic irregulars that neither class describes and that any source can provide.
+
+    Where `disturb` keeps the core and moves the outskirts, an irregular has no core to keep: its light is a
+    low, lumpy plateau with star-forming knots and no symmetry. The galaxy's light above the sky (border median),
+    smoothed by 1.5 px, is (1) flattened: saturated softly at 20-40% of its peak, cap (1 - exp(-I / cap)),
+    colour kept, so a bulge or an elliptical's cusp becomes a plateau; (2) made patchy: multiplied by a
+    log-normal random field of correlation length a quarter of the Petrosian radius (`framing.measure`; 0.08
+    of the frame when no central source is found); (3) made shapeless: moved along a smooth random displacement
+    field (correlation length one radius, 0.25-0.5 radii rms, fading out by four radii), gentle enough not to
+    fold the light into filaments; (4) faded to 60-100%; (5) given 3-10 knots (Gaussians of 6-15% of the
+    radius, at least 2.5 px) at places drawn from that light, each 0.5-1.5 times the plateau's peak and bluer
+    than it (young stars). Under it lies the sky's noise: the smoothing's residual, taken from the frame's other
+    half where the galaxy was and clipped to 3 sigma, so the galaxy's own fine structure leaves no ghost."""
+    h, w = a.shape[:2]
+    x, border, sky, (cx, cy, r) = _sky_and_source(a)
+    light = x - sky
+    smooth = np.clip(ndimage.gaussian_filter(light, (1.5, 1.5, 0)), 0, None)
+    # (1) coreless: the light saturates softly at the cap, cap (1 - exp(-I / cap)), keeping its colour, and (2)
+    # patchy: a log-normal random field (correlation length ~ r / 4) breaks the plateau into lumps
+    yy, xx = np.mgrid[:h, :w] + 0.5
+    grey = smooth.mean(axis=-1)
+    cap = rng.uniform(0.2, 0.4) * max(float(grey.max()), 1e-6)
+    flat = smooth * (cap * -np.expm1(-grey / cap) / np.maximum(grey, 1e-9))[..., None]
+    lumps = _unit_field(rng, (h, w), r / 4)
+    flat = flat * np.exp(rng.uniform(0.5, 0.9) * lumps - 0.5)[..., None]
+    # (3) shapeless: a smooth random field (correlation length ~ r) moves the light, fading out by 4 radii; gentle
+    # enough (rms 0.25-0.5 r) that the map does not fold the light into thin filaments
+    rho2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / r**2
+    amp = rng.uniform(0.25, 0.5) * r
+    shift = [_unit_field(rng, (h, w), r) * amp * np.exp(-rho2 / 16) for _ in range(2)]
+    moved = [yy - 0.5 + shift[0], xx - 0.5 + shift[1]]
+    body = np.stack([ndimage.map_coordinates(flat[..., c], moved, order=1, mode="nearest") for c in range(3)], -1)
+    body = body * rng.uniform(0.6, 1.0)  # (4)
+    # (5) knots where the body has light, bluer than it
+    weight = body.mean(axis=-1).ravel()
+    knots = np.zeros_like(body)
+    if weight.sum() > 0:
+        n = int(rng.integers(3, 11))
+        at = rng.choice(weight.size, size=n, p=weight / weight.sum())
+        level = float(body.mean(axis=-1).max())
+        colour = body.reshape(-1, 3).sum(axis=0)
+        colour = colour / max(float(colour.mean()), 1e-9) * np.array([0.8, 0.95, 1.25])
+        for i in at:
+            ky, kx = divmod(int(i), w)
+            sigma = max(2.5, rng.uniform(0.06, 0.15) * r)
+            blob = np.exp(-((yy - 0.5 - ky) ** 2 + (xx - 0.5 - kx) ** 2) / (2 * sigma**2))
+            knots += blob[..., None] * (rng.uniform(0.5, 1.5) * level) * colour
+    # the sky's noise: the residual of the smoothing, where the galaxy was taken from the frame's other half (the
+    # residual rolled by half a side, sky in a centred cut-out), and clipped to 3 sigma, so that the galaxy's own
+    # fine structure leaves no ghost of it
+    noise = 1.4826 * np.median(np.abs(border - sky), axis=0) + 1 / 255
+    residual = light - ndimage.gaussian_filter(light, (1.5, 1.5, 0))
+    on_galaxy = (smooth > 2 * noise).any(axis=-1, keepdims=True)
+    residual = np.where(on_galaxy, np.roll(residual, (h // 2, w // 2), axis=(0, 1)), residual)
+    out = np.clip(residual, -3 * noise, 3 * noise) + sky
+    out = 1 - (1 - np.clip(out, 0, 1)) * (1 - np.clip(body + knots, 0, 1))
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def _sky_and_source(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """`a` as floats in [0, 1], its border pixels, the sky (their median per channel) and the central source's
+    centre and Petrosian radius (`framing.measure`; at most a quarter of the frame, at least 2 px), or the frame's
+    centre and 0.08 of its width when no central source is found."""
+    h, w = a.shape[:2]
+    x = a.astype(np.float64) / 255
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    source = measure(Image.fromarray(a))
+    cx, cy, r = (w / 2, h / 2, 0.08 * w) if source is None else (source.x, source.y, min(source.radius, 0.25 * w))
+    return x, border, np.median(border, axis=0), (cx, cy, max(r, 2.0))
+
+
+def _unit_field(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Gaussian white noise smoothed at `scale` px and rescaled to unit variance: a smooth random field."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), scale)
+    return field / max(float(field.std()), 1e-12)
+
+
 SYNTHETIC = {
     "blend": ("synthetic blend of two train galaxies", 2),
     "disturbed": ("synthetic disturbed train galaxy", 1),
+    "irregular": ("synthetic irregular train galaxy", 1),
 }
 """Each kind of synthetic outlier: its group name in the train.outliers table, and how many galaxies it is made of."""
+MAKERS = {"blend": blend_pair, "disturbed": disturb, "irregular": irregular}
+"""Each kind's maker: its galaxies (uint8 RGB) and the generator in, the outlier out."""
 
 
 def refuse_existing(out_dir: Path, kinds: list[str]) -> None:
@@ -150,7 +224,7 @@ def write_synthetic(
         group = groups[rng.choice(len(groups), p=weights / weights.sum())]
         picked = rng.choice(len(group), size=k_images, replace=False)
         galaxies = [_read_rgb(group["image_path"].iloc[i]) for i in picked]
-        made = blend_pair(*galaxies, rng) if kind == "blend" else disturb(*galaxies, rng)
+        made = MAKERS[kind](*galaxies, rng)
         path = out_dir / f"{kind}_{k:05d}.jpg"
         tmp = path.with_name(path.stem + ".tmp.jpg")
         Image.fromarray(made).save(tmp, quality=95)
@@ -159,24 +233,27 @@ def write_synthetic(
     return pd.DataFrame(rows, columns=["image_path", "group", "made_from"])
 
 
+def write_kinds(
+    out_dir: Path, images: pd.DataFrame, counts: dict[str, int], seed: int, *, force: bool = False
+) -> pd.DataFrame:
+    """Every kind of `counts` (kind -> n, SYNTHETIC's order; 0 = none) written into `out_dir` by
+    `write_synthetic`, their rows in one table. Without `force`, a folder that already holds any kind asked for is
+    refused before any image is written, so it never ends up with one kind replaced and another refused."""
+    unknown = sorted(set(counts) - set(SYNTHETIC))
+    if unknown:
+        raise UserError(f"unknown synthetic outlier kind {unknown[0]!r}; expected one of {', '.join(SYNTHETIC)}")
+    wanted = {kind: n for kind, n in counts.items() if n}
+    if not wanted or min(wanted.values()) < 0:
+        raise UserError("synthetic outliers: expected a count > 0 of at least one kind")
+    if not force:
+        refuse_existing(out_dir, list(wanted))
+    tables = [write_synthetic(out_dir, images, n, seed, kind=kind, force=force) for kind, n in wanted.items()]
+    return pd.concat(tables, ignore_index=True)
+
+
 def _read_rgb(path: str) -> np.ndarray:
     """A training image as uint8 RGB through the product's loader, or a one-line error naming the file."""
     try:
         return np.asarray(load_rgb(path))
     except (OSError, ImageError) as err:
         raise UserError(f"{Path(path).name}: not a decodable image ({type(err).__name__})") from None
-
-
-def preview_synthetic(table: pd.DataFrame, out: Path, per_kind: int = 8) -> int:
-    """A PNG of the first `per_kind` synthetic outliers of each group beside the galaxy each was made from, both
-    framed as the model sees them (params.yaml's preprocess): look before training on them. Returns the tiles."""
-    preprocess = load_params(repo_root() / "params.yaml").preprocess
-    images, captions = [], []
-    for group, rows in table.groupby("group", sort=False):
-        for _, row in rows.head(per_kind).iterrows():
-            for path, text in ((row["made_from"], "made from"), (row["image_path"], group.split()[1])):
-                images.append(display_image(path, preprocess, size=96))
-                captions.append(text if len(text) <= 24 else text[:23] + "…")
-    title = f"Synthetic outliers beside the training galaxy each was made from (first {per_kind} of each kind)"
-    save_figure(gallery_figure(images, captions, title, ncols=8), out, dpi=50, palette=True)
-    return len(images)
