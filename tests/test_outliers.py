@@ -165,6 +165,7 @@ def test_outliers_command_writes_a_table_training_reads_from_train_galaxies_only
         (["--blends", "-1"], "--blends -1: expected a count from 0 to 100,000"),
         (["--irregular", "100001"], "--irregular 100001: expected a count from 0"),
         ([], "ask for at least one kind"),
+        (["--blends", "1", "--seed", "-1"], "--seed -1: expected an integer >= 0"),
     ):
         assert cli.main([*argv, *extra]) == 1
         err = capsys.readouterr().err
@@ -176,7 +177,7 @@ def test_outliers_command_writes_a_table_training_reads_from_train_galaxies_only
     only_test = tmp_path / "test-only.parquet"
     pd.read_parquet(splits).assign(split="test").to_parquet(only_test)
     assert cli.main([*argv[:-1], str(only_test), "--blends", "1", "--force"]) == 1
-    assert "no train rows" in capsys.readouterr().err
+    assert "test-only.parquet: no train rows" in capsys.readouterr().err
 
 
 def test_write_synthetic_disturbed_uses_one_galaxy_and_its_own_stream(tmp_path):

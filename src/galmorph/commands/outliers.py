@@ -32,6 +32,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     bad = [f"--{'blends' if k == 'blend' else k} {n}" for k, n in counts.items() if not 0 <= n <= MAX_COUNT]
     if bad:
         raise UserError(f"{bad[0]}: expected a count from 0 to {MAX_COUNT:,}")
+    if args.seed < 0:
+        raise UserError(f"--seed {args.seed}: expected an integer >= 0")
     if not any(counts.values()):
         raise UserError("outliers: ask for at least one kind, e.g. --blends 274 (the README's recommendation)")
     out_dir = Path(args.out)
@@ -43,7 +45,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     if args.preview and Path(args.preview).exists() and not args.force:
         raise UserError(f"--preview: {Path(args.preview).name} already exists (pass --force to replace it)")
     splits_path = args.splits or params.split.out
-    train = training_galaxies(read_splits(resolve_path(splits_path, repo_root())))
+    splits_file = resolve_path(splits_path, repo_root())
+    train = training_galaxies(read_splits(splits_file), splits_file.name)
     table = write_kinds(out_dir, train, counts, args.seed, force=args.force)
     table["image_path"] = [Path(p).name for p in table["image_path"]]  # relative to the table: the folder moves
     write_csv(table_path, table)
@@ -56,16 +59,16 @@ def main(params: Params, args: argparse.Namespace) -> None:
     print(f"to train with them: set train.outliers: {table_path} in params.yaml (train.loader: cache)")
 
 
-def training_galaxies(splits: pd.DataFrame) -> pd.DataFrame:
+def training_galaxies(splits: pd.DataFrame, name: str = "splits") -> pd.DataFrame:
     """The split's train rows as (image_path, dataset): paths resolved as training resolves them, `dataset` the
     manifest's source column where the split carries one (a blend never mixes two surveys), else one source."""
     train = splits[splits["split"] == "train"]
     if train.empty:
-        raise UserError("splits: no train rows to make outliers of")
-    datasets = train["dataset"].fillna("").astype(str) if "dataset" in train.columns else ""
-    return pd.DataFrame(
-        {"image_path": [str(resolve_path(str(p), repo_root())) for p in train["image_path"]], "dataset": datasets}
-    ).reset_index(drop=True)
+        raise UserError(f"{name}: no train rows to make outliers of")
+    paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
+    if "dataset" not in train.columns:
+        return pd.DataFrame({"image_path": paths, "dataset": ""})
+    return pd.DataFrame({"image_path": paths, "dataset": train["dataset"].fillna("").astype(str).to_numpy()})
 
 
 def preview(table: pd.DataFrame, out: str | Path, preprocess: PreprocessConfig, per_kind: int = 8) -> int:
