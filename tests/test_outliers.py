@@ -170,6 +170,14 @@ def test_outliers_command_writes_a_table_training_reads_from_train_galaxies_only
         assert cli.main([*argv, *extra]) == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and str(tmp_path) not in err
+    (tmp_path / "afile").write_text("")
+    for bad, message in (
+        ([str(tmp_path / "afile"), "--blends", "1"], "OUT: afile is a file, not a folder"),
+        ([str(tmp_path / "new"), "--blends", "1", "--preview", str(tmp_path / "afile" / "p.png")], "afile is a file"),
+        ([str(tmp_path / "new"), "--blends", "1", "--preview", str(tmp_path / "p.jpg")], "p.jpg: expected a .png"),
+    ):
+        assert cli.main([*argv[:3], *bad, *argv[4:]]) == 1
+        assert message in capsys.readouterr().err and not (tmp_path / "new").exists()  # refused before writing
     (out / "outliers.csv").unlink()  # the images are still there: refused by kind, before anything is written
     assert cli.main([*argv, "--irregular", "1"]) == 1 and "already holds irregular_" in capsys.readouterr().err
     assert cli.main([*argv, "--irregular", "1", "--force"]) == 0

@@ -38,6 +38,11 @@ def main(params: Params, args: argparse.Namespace) -> None:
         raise UserError("outliers: ask for at least one kind, e.g. --blends 274 (the README's recommendation)")
     out_dir = Path(args.out)
     table_path = out_dir / TABLE
+    _check_folder(out_dir, "OUT")
+    if args.preview:
+        if Path(args.preview).suffix.lower() != ".png":
+            raise UserError(f"--preview: {Path(args.preview).name}: expected a .png file")
+        _check_folder(Path(args.preview).parent, "--preview")
     if not args.force:  # every refusal before any image is written
         if table_path.exists():
             raise UserError(f"{out_dir.name}/{TABLE}: already exists (pass --force to replace it)")
@@ -57,6 +62,15 @@ def main(params: Params, args: argparse.Namespace) -> None:
                         params.preprocess)  # fmt: skip
         print(f"{args.preview}: {tiles} tiles; look at them before training on them")
     print(f"to train with them: set train.outliers: {table_path} in params.yaml (train.loader: cache)")
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    """Before any image is written: `folder` is a folder or can be made one (nothing on its way is a file)."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{what}: {place.name} is a file, not a folder")
+            return
 
 
 def training_galaxies(splits: pd.DataFrame, name: str = "splits") -> pd.DataFrame:
