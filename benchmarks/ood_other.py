@@ -46,7 +46,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 
 from bench_ood import auroc_interval, paired_auroc_difference
-from galmorph.commands.outliers import preview, training_galaxies
+from galmorph.commands.outliers import preview, sources, training_galaxies
 from galmorph.config import load_params
 from galmorph.data.dataset import label_ids
 from galmorph.errors import UserError
@@ -129,14 +129,6 @@ def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None, *, 
     print(
         f"{path}: {len(table)} rows (" + "; ".join(f"{g} {n}" for g, n in table["group"].value_counts().items()) + ")"
     )
-
-
-def source_column(splits: pd.DataFrame) -> np.ndarray:
-    """Each row's source: the split's own `dataset` column (select carries the manifest's columns), or one
-    unnamed source "" for a split without it."""
-    if "dataset" in splits.columns:
-        return splits["dataset"].fillna("").astype(str).to_numpy(dtype=object)
-    return np.full(len(splits), "", dtype=object)
 
 
 def same_source_aurocs(
@@ -414,7 +406,7 @@ def main() -> None:
     }
     flags = {g: flagged_rows(det[g], msp[g], abstain) for g in det}
     if args.save_scores:
-        save_scores(Path(args.save_scores), scores, paths, held, source_column(splits[splits.split == "test"]))
+        save_scores(Path(args.save_scores), scores, paths, held, sources(splits[splits.split == "test"]))
     msp_scale = float(np.quantile(msp_val, detector.quantile))
     print(f"probe C = {probe.C_[0]:g} (3-fold CV on the fit half); test galaxies flagged by the detector: "
           f"{np.mean(det['test'] > 1):.1%}; `unlike` or `uncertain` (top p < {abstain:g}): "
@@ -442,7 +434,7 @@ def main() -> None:
 
     # A source shortcut? The unusual rows against the test galaxies of their own source only, and how often the
     # test galaxies of each source are flagged (a model that keys on GZ1's framing flags GZ1 galaxies more).
-    test_source = source_column(splits[splits.split == "test"])
+    test_source = sources(splits[splits.split == "test"])
     held_source = held["dataset"].to_numpy(dtype=object)
     is_unusual = held.group.isin(UNUSUAL).to_numpy()
     print("\nthe unusual rows against the test galaxies of the same source only: AUROC [95% interval]")

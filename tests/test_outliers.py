@@ -220,3 +220,12 @@ def grey_images(folder, levels: list[int]) -> list[str]:
         Image.fromarray(np.full((32, 32, 3), level, np.uint8)).save(path)
         paths.append(str(path))
     return paths
+
+
+def test_sources_reads_the_dataset_column_or_names_one_source():
+    from galmorph.commands.outliers import sources, training_galaxies
+
+    rows = pd.DataFrame({"image_path": ["a.jpg", "b.jpg", "c.jpg"], "split": "train", "dataset": ["gz1", None, "x"]})
+    assert list(sources(rows)) == ["gz1", "", "x"]  # a missing source is the unnamed one, never "None" or NaN
+    assert list(sources(rows.drop(columns="dataset"))) == ["", "", ""]
+    assert list(training_galaxies(rows)["dataset"]) == ["gz1", "", "x"]  # the blends' pairing uses the same rule

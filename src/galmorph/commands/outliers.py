@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from galmorph.config import Params, PreprocessConfig
@@ -73,16 +74,22 @@ def _check_folder(folder: Path, what: str) -> None:
             return
 
 
+def sources(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's source: the manifest's `dataset` column where the split carries it (select keeps the manifest's
+    columns), else one unnamed source "". Blends pair galaxies within one source; scores compare within one."""
+    if "dataset" in rows.columns:
+        return rows["dataset"].fillna("").astype(str).to_numpy(dtype=object)
+    return np.full(len(rows), "", dtype=object)
+
+
 def training_galaxies(splits: pd.DataFrame, name: str = "splits") -> pd.DataFrame:
-    """The split's train rows as (image_path, dataset): paths resolved as training resolves them, `dataset` the
-    manifest's source column where the split carries one (a blend never mixes two surveys), else one source."""
+    """The split's train rows as (image_path, dataset): paths resolved as training resolves them, `dataset` their
+    `sources` (a blend never mixes two surveys)."""
     train = splits[splits["split"] == "train"]
     if train.empty:
         raise UserError(f"{name}: no train rows to make outliers of")
     paths = [str(resolve_path(str(p), repo_root())) for p in train["image_path"]]
-    if "dataset" not in train.columns:
-        return pd.DataFrame({"image_path": paths, "dataset": ""})
-    return pd.DataFrame({"image_path": paths, "dataset": train["dataset"].fillna("").astype(str).to_numpy()})
+    return pd.DataFrame({"image_path": paths, "dataset": sources(train)})
 
 
 def preview(table: pd.DataFrame, out: str | Path, preprocess: PreprocessConfig, per_kind: int = 8) -> int:
