@@ -231,115 +231,81 @@ def read_splits(parser: argparse.ArgumentParser, path: str, needed: tuple[str, .
     return splits
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a models/model.pt trained on --splits")
-    parser.add_argument("--splits", help="the data/processed/splits.parquet it was trained on")
-    parser.add_argument("--k", type=int, default=50, help="neighbour whose distance is the kNN score")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--write-outliers",
-        metavar="CSV",
-        help="only write the fit half's unusual rows (image_path, group) for train.outliers, and stop; "
-        "the tables then score the other half, which that training never saw",
-    )
-    parser.add_argument(
-        "--blends",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --write-outliers: add N synthetic two-galaxy blends of --splits' training galaxies (two of one "
-        "`dataset` each, where the split has that column), written as JPEGs into --synthetic-dir",
-    )
-    parser.add_argument(
-        "--disturbed",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --write-outliers: add N of --splits' training galaxies made lopsided and given a tidal tail, "
-        "written as JPEGs into --synthetic-dir",
-    )
-    parser.add_argument(
-        "--irregular",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --write-outliers: add N of --splits' training galaxies made faint, coreless and clumpy, written "
-        "as JPEGs into --synthetic-dir",
-    )
-    parser.add_argument("--synthetic-dir", "--blend-dir", help="where the synthetic kinds write their images")
-    parser.add_argument(
-        "--only-synthetic",
-        "--only-blends",
-        action="store_true",
-        help="with a synthetic kind: leave Galaxy Zoo's unusual rows out of the table",
-    )
-    parser.add_argument(
-        "--preview", metavar="PNG", help="with a synthetic kind: also draw the first few of each kind (PNG)"
-    )
-    parser.add_argument(
-        "--save-scores",
-        metavar="PARQUET",
-        help="also write every scored row's scores (test galaxies and the held-out half) for --paired",
-    )
-    parser.add_argument(
-        "--paired",
-        nargs=2,
-        metavar=("A", "B"),
-        help="only compare two --save-scores files of models scored on the same rows: AUROC of B minus A with "
-        "a paired bootstrap interval, per score and unusual group, and stop",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an existing --write-outliers file, images, --preview or --save-scores",
-    )
-    args = parser.parse_args()
-    writer_only = [f for f, v in (("--blends", args.blends), ("--disturbed", args.disturbed),
-                                  ("--irregular", args.irregular),
-                                  ("--synthetic-dir", args.synthetic_dir), ("--only-synthetic", args.only_synthetic),
-                                  ("--preview", args.preview)) if v]  # fmt: skip
-    if writer_only and not args.write_outliers:  # never silently ignored
-        parser.error(f"{', '.join(writer_only)} only go with --write-outliers CSV")
-    for what, path in (("--preview", args.preview), ("--save-scores", args.save_scores)):
-        if path and Path(path).exists() and not args.force:
-            parser.error(f"{what}: {Path(path).name} already exists (pass --force to replace it)")
-        if path and not Path(path).parent.is_dir():
-            parser.error(f"{what}: the folder of {Path(path).name} does not exist")
-    if args.write_outliers:
-        if Path(args.write_outliers).exists() and not args.force:
+def write_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--write-outliers: the fit half's unusual rows and/or the synthetic kinds as a train.outliers table."""
+    if Path(args.write_outliers).exists() and not args.force:
+        parser.error(f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)")
+    extra = None
+    counts = {"blend": args.blends, "disturbed": args.disturbed, "irregular": args.irregular}
+    if any(counts.values()):
+        if min(counts.values()) < 0 or not (args.synthetic_dir and args.splits):
             parser.error(
-                f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)"
+                "--blends/--disturbed/--irregular N need N > 0, --synthetic-dir and --splits (whose train rows "
+                "they use)"
             )
-        extra = None
-        counts = {"blend": args.blends, "disturbed": args.disturbed, "irregular": args.irregular}
-        if any(counts.values()):
-            if min(counts.values()) < 0 or not (args.synthetic_dir and args.splits):
-                parser.error(
-                    "--blends/--disturbed/--irregular N need N > 0, --synthetic-dir and --splits (whose train rows "
-                    "they use)"
-                )
-            splits = read_splits(parser, args.splits, ("image_path", "split"))
-            try:  # write_kinds refuses every kind before any image is written
-                extra = write_kinds(Path(args.synthetic_dir), training_galaxies(splits), counts, args.seed,
-                                    force=args.force)  # fmt: skip
-            except UserError as err:
-                parser.error(f"--synthetic-dir: {err}")
-            if args.preview:
-                preprocess = load_params(repo_root() / "params.yaml").preprocess
-                print(f"{Path(args.preview).name}: {preview(extra, args.preview, preprocess)} tiles")
-        elif args.only_synthetic or args.preview:
-            parser.error("--only-synthetic and --preview need --blends, --disturbed or --irregular N")
-        write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic)
-        return
-    if args.paired:
-        try:
-            print_paired(*(read_scores(Path(p)) for p in args.paired), names=[Path(p).stem for p in args.paired])
+        splits = read_splits(parser, args.splits, ("image_path", "split"))
+        try:  # write_kinds refuses every kind before any image is written
+            extra = write_kinds(Path(args.synthetic_dir), training_galaxies(splits), counts, args.seed,
+                                force=args.force)  # fmt: skip
         except UserError as err:
-            parser.error(f"--paired: {err}")
-        return
-    if not (args.model and args.splits):
-        parser.error("--model and --splits are required (or --write-outliers CSV, or --paired A B)")
+            parser.error(f"--synthetic-dir: {err}")
+        if args.preview:
+            preprocess = load_params(repo_root() / "params.yaml").preprocess
+            print(f"{Path(args.preview).name}: {preview(extra, args.preview, preprocess)} tiles")
+    elif args.only_synthetic or args.preview:
+        parser.error("--only-synthetic and --preview need --blends, --disturbed or --irregular N")
+    write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic)
+
+
+def print_source_tables(
+    scores: dict[str, dict[str, np.ndarray]], flags: dict[str, np.ndarray], test_source: np.ndarray, held: pd.DataFrame
+) -> None:
+    """A source shortcut? The unusual rows against the test galaxies of their own source only, and how often the
+    test galaxies of each source are flagged (a model that keys on GZ1's framing flags GZ1 galaxies more)."""
+    det, msp = scores["detector (product)"], scores["1 - max p"]
+    held_source = held["dataset"].to_numpy(dtype=object)
+    is_unusual = held.group.isin(UNUSUAL).to_numpy()
+    print("\nthe unusual rows against the test galaxies of the same source only: AUROC [95% interval]")
+    print("| source | n unusual | n test | " + " | ".join(scores) + " |")
+    print("| --- | ---: | ---: |" + " ---: |" * len(scores))
+    for source, n_u, n_t, aucs in same_source_aurocs(scores, test_source, held_source, is_unusual):
+        cells = [f"{auc:.3f} [{lo:.3f}, {hi:.3f}]" for auc, lo, hi in aucs.values()]
+        print(f"| {source} | {n_u} | {n_t} | " + " | ".join(cells) + " |")
+    print("\n| test source | n | detector flags | unlike or uncertain | mean 1 - max p |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for source in sorted(set(test_source)):
+        t = test_source == source
+        print(f"| {source or '(not in labels.csv)'} | {t.sum()} | {np.mean(det['test'][t] > 1):.1%} | "
+              f"{np.mean(flags['test'][t]):.1%} | {np.mean(msp['test'][t]):.3f} |")  # fmt: skip
+
+
+def print_refitted_detectors(
+    layers: dict[str, dict[str, np.ndarray]], y_train: np.ndarray, unusual: np.ndarray
+) -> None:
+    """The detector refitted on other layers (ood_features.py's variants): does any find the unusual rows better?"""
+    train_l, val_l = layers["train"], layers["val"]
+    mean_l = {k: v.mean(0) for k, v in train_l.items()}
+    std_l = {k: v.std(0) + 1e-6 for k, v in train_l.items()}
+    print(
+        "\n| detector features (refitted) | AUROC, all unusual | AUROC, all `other` rows | test flagged | unusual flagged |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, (keys, standardise) in VARIANTS.items():
+
+        def stack(f: dict[str, np.ndarray], keys=keys, standardise=standardise) -> np.ndarray:
+            return np.hstack([(f[k] - mean_l[k]) / std_l[k] if standardise else f[k] for k in keys])
+
+        refit = fit_detector(stack(train_l), y_train, stack(val_l), 0.99)
+        test, held_s = refit.scores(stack(layers["test"])), refit.scores(stack(layers["other held"]))
+        auc_u, lo_u, hi_u = auroc_interval(test, held_s[unusual])
+        auc_all = auroc_interval(test, held_s)[0]
+        print(f"| {name} | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | {auc_all:.3f} | {np.mean(test > 1):.1%} | "
+              f"{np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
+
+
+def score_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--model and --splits: every score's AUROC on the held-out half, by group and by source, and the detector
+    refitted on other layers."""
     warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # LogisticRegressionCV's 1.10 notices
     torch.set_num_threads(2)
     for what, path in (
@@ -432,44 +398,96 @@ def main() -> None:
         either = np.mean(flags["other held"][idx])
         print(f"| {name} | {len(idx)} | " + " | ".join(cells) + f" | {flagged:.1%} | {either:.1%} |")
 
-    # A source shortcut? The unusual rows against the test galaxies of their own source only, and how often the
-    # test galaxies of each source are flagged (a model that keys on GZ1's framing flags GZ1 galaxies more).
-    test_source = sources(splits[splits.split == "test"])
-    held_source = held["dataset"].to_numpy(dtype=object)
-    is_unusual = held.group.isin(UNUSUAL).to_numpy()
-    print("\nthe unusual rows against the test galaxies of the same source only: AUROC [95% interval]")
-    print("| source | n unusual | n test | " + " | ".join(scores) + " |")
-    print("| --- | ---: | ---: |" + " ---: |" * len(scores))
-    for source, n_u, n_t, aucs in same_source_aurocs(scores, test_source, held_source, is_unusual):
-        cells = [f"{auc:.3f} [{lo:.3f}, {hi:.3f}]" for auc, lo, hi in aucs.values()]
-        print(f"| {source} | {n_u} | {n_t} | " + " | ".join(cells) + " |")
-    print("\n| test source | n | detector flags | unlike or uncertain | mean 1 - max p |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for source in sorted(set(test_source)):
-        t = test_source == source
-        print(f"| {source or '(not in labels.csv)'} | {t.sum()} | {np.mean(det['test'][t] > 1):.1%} | "
-              f"{np.mean(flags['test'][t]):.1%} | {np.mean(msp['test'][t]):.3f} |")  # fmt: skip
+    print_source_tables(scores, flags, sources(splits[splits.split == "test"]), held)
+    print_refitted_detectors(layers, y_train, held.loc[held.group.isin(UNUSUAL), "row"].to_numpy())
 
-    # The detector refitted on other layers (ood_features.py's variants): does any find the unusual rows better?
-    unusual = held.loc[held.group.isin(UNUSUAL), "row"].to_numpy()
-    train_l, val_l = layers["train"], layers["val"]
-    mean_l = {k: v.mean(0) for k, v in train_l.items()}
-    std_l = {k: v.std(0) + 1e-6 for k, v in train_l.items()}
-    print(
-        "\n| detector features (refitted) | AUROC, all unusual | AUROC, all `other` rows | test flagged | unusual flagged |"
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a models/model.pt trained on --splits")
+    parser.add_argument("--splits", help="the data/processed/splits.parquet it was trained on")
+    parser.add_argument("--k", type=int, default=50, help="neighbour whose distance is the kNN score")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--write-outliers",
+        metavar="CSV",
+        help="only write the fit half's unusual rows (image_path, group) for train.outliers, and stop; "
+        "the tables then score the other half, which that training never saw",
     )
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, (keys, standardise) in VARIANTS.items():
-
-        def stack(f: dict[str, np.ndarray], keys=keys, standardise=standardise) -> np.ndarray:
-            return np.hstack([(f[k] - mean_l[k]) / std_l[k] if standardise else f[k] for k in keys])
-
-        refit = fit_detector(stack(train_l), y_train, stack(val_l), 0.99)
-        test, held_s = refit.scores(stack(layers["test"])), refit.scores(stack(layers["other held"]))
-        auc_u, lo_u, hi_u = auroc_interval(test, held_s[unusual])
-        auc_all = auroc_interval(test, held_s)[0]
-        print(f"| {name} | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | {auc_all:.3f} | {np.mean(test > 1):.1%} | "
-              f"{np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
+    parser.add_argument(
+        "--blends",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write-outliers: add N synthetic two-galaxy blends of --splits' training galaxies (two of one "
+        "`dataset` each, where the split has that column), written as JPEGs into --synthetic-dir",
+    )
+    parser.add_argument(
+        "--disturbed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write-outliers: add N of --splits' training galaxies made lopsided and given a tidal tail, "
+        "written as JPEGs into --synthetic-dir",
+    )
+    parser.add_argument(
+        "--irregular",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --write-outliers: add N of --splits' training galaxies made faint, coreless and clumpy, written "
+        "as JPEGs into --synthetic-dir",
+    )
+    parser.add_argument("--synthetic-dir", "--blend-dir", help="where the synthetic kinds write their images")
+    parser.add_argument(
+        "--only-synthetic",
+        "--only-blends",
+        action="store_true",
+        help="with a synthetic kind: leave Galaxy Zoo's unusual rows out of the table",
+    )
+    parser.add_argument(
+        "--preview", metavar="PNG", help="with a synthetic kind: also draw the first few of each kind (PNG)"
+    )
+    parser.add_argument(
+        "--save-scores",
+        metavar="PARQUET",
+        help="also write every scored row's scores (test galaxies and the held-out half) for --paired",
+    )
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("A", "B"),
+        help="only compare two --save-scores files of models scored on the same rows: AUROC of B minus A with "
+        "a paired bootstrap interval, per score and unusual group, and stop",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --write-outliers file, images, --preview or --save-scores",
+    )
+    args = parser.parse_args()
+    writer_only = [f for f, v in (("--blends", args.blends), ("--disturbed", args.disturbed),
+                                  ("--irregular", args.irregular),
+                                  ("--synthetic-dir", args.synthetic_dir), ("--only-synthetic", args.only_synthetic),
+                                  ("--preview", args.preview)) if v]  # fmt: skip
+    if writer_only and not args.write_outliers:  # never silently ignored
+        parser.error(f"{', '.join(writer_only)} only go with --write-outliers CSV")
+    for what, path in (("--preview", args.preview), ("--save-scores", args.save_scores)):
+        if path and Path(path).exists() and not args.force:
+            parser.error(f"{what}: {Path(path).name} already exists (pass --force to replace it)")
+        if path and not Path(path).parent.is_dir():
+            parser.error(f"{what}: the folder of {Path(path).name} does not exist")
+    if args.write_outliers:
+        write_mode(parser, args)
+    elif args.paired:
+        try:
+            print_paired(*(read_scores(Path(p)) for p in args.paired), names=[Path(p).stem for p in args.paired])
+        except UserError as err:
+            parser.error(f"--paired: {err}")
+    elif not (args.model and args.splits):
+        parser.error("--model and --splits are required (or --write-outliers CSV, or --paired A B)")
+    else:
+        score_mode(parser, args)
 
 
 if __name__ == "__main__":
