@@ -194,12 +194,12 @@ def test_the_rate_limit_spaces_request_starts(fake, tmp_path):
     elapsed = time.monotonic() - started
     times = np.array(sorted(t for t, _, _ in fake.requests))
     # 20/s: a start every 50 ms, whatever the 4 workers could do. The fake sees each request when it arrives, a few
-    # ms after the limiter's slot (thread wake-up, HTTP), so k starts must span k slots less a jitter allowance,
+    # ms after the limiter's slot (thread wake-up, HTTP), so k starts must span k slots less 40 ms of jitter,
     # not every gap be 50 ms (one late arrival followed by an on-time one made a 32 ms gap on a busy CI machine).
     span = times[None, :] - times[:, None]
     slots = np.arange(len(times))[None, :] - np.arange(len(times))[:, None]
     later = slots > 0
-    assert (span[later] >= slots[later] * 0.05 - 0.03).all(), np.diff(times)
+    assert (span[later] >= slots[later] * 0.05 - 0.04).all(), np.diff(times)
     assert elapsed >= 8 * 0.05 * 0.9
 
 
