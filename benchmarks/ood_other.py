@@ -25,7 +25,7 @@ outliers`, training/synthetic_outliers.py; `--only-synthetic`: those alone).
 
 AUROCs are on the held-out half of each group, with 95% bootstrap intervals, so all columns see the same images.
 The images go through the model's EvalPreset without TTA (as ood_features.py). A second table refits the detector
-on ood_features.py's layer variants and scores each against the unusual rows.
+on ood_features.py's layer variants, and on layer4 once per source, and scores each against the unusual rows.
 
     .venv/bin/python benchmarks/ood_other.py --model /tmp/real-base/runs/fast-35ep-seed1/model.pt \
         --splits /tmp/real-base/data/processed/splits.parquet
@@ -279,10 +279,31 @@ def print_source_tables(
               f"{np.mean(flags['test'][t]):.1%} | {np.mean(msp['test'][t]):.3f} |")  # fmt: skip
 
 
+def per_source_scores(
+    feats: dict[str, np.ndarray], src: dict[str, np.ndarray], y_train: np.ndarray, pooled: np.ndarray, quantile: float
+) -> np.ndarray:
+    """`pooled`'s rows re-scored by a detector fitted on the train and val rows of their own source alone (what a
+    survey team fitting on its own images gets), each in units of its own validation quantile so sources compare;
+    rows of a source with too few train or val images to fit keep the pooled detector's score. `feats` and `src`
+    hold "train", "val" and "score" (the rows `pooled` scored)."""
+    out = pooled.astype(np.float64).copy()
+    for s in np.unique(src["score"]):
+        tr, va, sc = (src[k] == s for k in ("train", "val", "score"))
+        if np.bincount(y_train[tr], minlength=2).min() < 50 or va.sum() < 50:
+            continue
+        out[sc] = fit_detector(feats["train"][tr], y_train[tr], feats["val"][va], quantile).scores(feats["score"][sc])
+    return out
+
+
 def print_refitted_detectors(
-    layers: dict[str, dict[str, np.ndarray]], y_train: np.ndarray, unusual: np.ndarray
+    layers: dict[str, dict[str, np.ndarray]],
+    y_train: np.ndarray,
+    unusual: np.ndarray,
+    src: dict[str, np.ndarray],
+    quantile: float,
 ) -> None:
-    """The detector refitted on other layers (ood_features.py's variants): does any find the unusual rows better?"""
+    """The detector refitted on other layers (ood_features.py's variants), and on layer4 once per source (`src`:
+    each split's and the held-out rows' sources): does any find the unusual rows better?"""
     train_l, val_l = layers["train"], layers["val"]
     mean_l = {k: v.mean(0) for k, v in train_l.items()}
     std_l = {k: v.std(0) + 1e-6 for k, v in train_l.items()}
@@ -301,6 +322,16 @@ def print_refitted_detectors(
         auc_all = auroc_interval(test, held_s)[0]
         print(f"| {name} | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | {auc_all:.3f} | {np.mean(test > 1):.1%} | "
               f"{np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
+    l4 = {k: layers[k]["l4"] for k in ("train", "val")}
+    pooled = fit_detector(l4["train"], y_train, l4["val"], quantile)
+    test, held_s = (
+        per_source_scores({**l4, "score": layers[g]["l4"]}, {**src, "score": src[g]}, y_train,
+                          pooled.scores(layers[g]["l4"]), quantile)
+        for g in ("test", "other held")
+    )  # fmt: skip
+    auc_u, lo_u, hi_u = auroc_interval(test, held_s[unusual])
+    print(f"| layer4, one detector per source | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | "
+          f"{auroc_interval(test, held_s)[0]:.3f} | {np.mean(test > 1):.1%} | {np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
 
 
 def score_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -399,7 +430,10 @@ def score_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         print(f"| {name} | {len(idx)} | " + " | ".join(cells) + f" | {flagged:.1%} | {either:.1%} |")
 
     print_source_tables(scores, flags, sources(splits[splits.split == "test"]), held)
-    print_refitted_detectors(layers, y_train, held.loc[held.group.isin(UNUSUAL), "row"].to_numpy())
+    src = {name: sources(splits[splits.split == name]) for name in ("train", "val", "test")}
+    src["other held"] = sources(held)
+    print_refitted_detectors(layers, y_train, held.loc[held.group.isin(UNUSUAL), "row"].to_numpy(), src,
+                             detector.quantile)  # fmt: skip
 
 
 def main() -> None:

@@ -83,6 +83,34 @@ def test_same_source_aurocs_see_a_score_that_keys_on_the_source(monkeypatch):
     assert [s for s, *_ in few] == ["gz1"]
 
 
+def test_a_detector_per_source_sees_what_the_pooled_one_spreads_over_two_surveys(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    ood_other = benchmark_module("ood_other")
+    rng = np.random.default_rng(0)
+
+    def survey(n: int, centre: float) -> np.ndarray:  # tight galaxies of one survey, 4 features
+        return rng.normal(0, 0.1, (n, 4)) + np.array([centre, 0, 0, 0])
+
+    feats = {
+        "train": np.vstack([survey(200, 0.0), survey(200, 5.0)]),
+        "val": np.vstack([survey(100, 0), survey(100, 5)]),
+    }
+    src = {
+        "train": np.array(["a"] * 200 + ["b"] * 200, dtype=object),
+        "val": np.array(["a"] * 100 + ["b"] * 100, dtype=object),
+    }
+    y_train = np.tile([0, 1], 200)
+    # to score: a B galaxy, an odd B row half way between the surveys, and an odd row of survey "c" (no train rows)
+    feats["score"] = np.array([[5.0, 0, 0, 0], [2.5, 0, 0, 0], [2.5, 0, 0, 0]])
+    src["score"] = np.array(["b", "b", "c"], dtype=object)
+    pooled = ood_other.fit_detector(feats["train"], y_train, feats["val"], 0.99).scores(feats["score"])
+    got = ood_other.per_source_scores(feats, src, y_train, pooled, 0.99)
+    assert got[2] == pooled[2]  # no detector of its own: the pooled score stands
+    assert got[0] < 1.5  # an ordinary B galaxy stays near its own survey's validation quantile
+    # the pooled detector's covariance spans the gap between the surveys, so the odd row looks less odd to it
+    assert got[1] > 5 * got[0] and got[1] > 2 * pooled[1]
+
+
 def test_blends_without_their_inputs_are_refused_before_anything_is_written(monkeypatch, tmp_path, capsys):
     import sys
 
