@@ -311,27 +311,30 @@ def print_refitted_detectors(
         "\n| detector features (refitted) | AUROC, all unusual | AUROC, all `other` rows | test flagged | unusual flagged |"
     )
     print("| --- | ---: | ---: | ---: | ---: |")
+
+    def row(name: str, test: np.ndarray, held_s: np.ndarray) -> None:
+        auc_u, lo_u, hi_u = auroc_interval(test, held_s[unusual])
+        auc_all = auroc_interval(test, held_s)[0]
+        print(f"| {name} | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | {auc_all:.3f} | {np.mean(test > 1):.1%} | "
+              f"{np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
+
+    pooled: dict[str, np.ndarray] = {}
     for name, (keys, standardise) in VARIANTS.items():
 
         def stack(f: dict[str, np.ndarray], keys=keys, standardise=standardise) -> np.ndarray:
             return np.hstack([(f[k] - mean_l[k]) / std_l[k] if standardise else f[k] for k in keys])
 
-        refit = fit_detector(stack(train_l), y_train, stack(val_l), 0.99)
-        test, held_s = refit.scores(stack(layers["test"])), refit.scores(stack(layers["other held"]))
-        auc_u, lo_u, hi_u = auroc_interval(test, held_s[unusual])
-        auc_all = auroc_interval(test, held_s)[0]
-        print(f"| {name} | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | {auc_all:.3f} | {np.mean(test > 1):.1%} | "
-              f"{np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
+        refit = fit_detector(stack(train_l), y_train, stack(val_l), quantile)
+        scored = {g: refit.scores(stack(layers[g])) for g in ("test", "other held")}
+        if keys == ["l4"] and not standardise:
+            pooled = scored  # the product's features: the per-source row below falls back to these scores
+        row(name, scored["test"], scored["other held"])
     l4 = {k: layers[k]["l4"] for k in ("train", "val")}
-    pooled = fit_detector(l4["train"], y_train, l4["val"], quantile)
-    test, held_s = (
-        per_source_scores({**l4, "score": layers[g]["l4"]}, {**src, "score": src[g]}, y_train,
-                          pooled.scores(layers[g]["l4"]), quantile)
+    per_source = {
+        g: per_source_scores({**l4, "score": layers[g]["l4"]}, {**src, "score": src[g]}, y_train, pooled[g], quantile)
         for g in ("test", "other held")
-    )  # fmt: skip
-    auc_u, lo_u, hi_u = auroc_interval(test, held_s[unusual])
-    print(f"| layer4, one detector per source | {auc_u:.3f} [{lo_u:.3f}, {hi_u:.3f}] | "
-          f"{auroc_interval(test, held_s)[0]:.3f} | {np.mean(test > 1):.1%} | {np.mean(held_s[unusual] > 1):.1%} |")  # fmt: skip
+    }
+    row("layer4, one detector per source", per_source["test"], per_source["other held"])
 
 
 def score_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
