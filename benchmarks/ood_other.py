@@ -112,17 +112,22 @@ def flagged_rows(det: np.ndarray, msp: np.ndarray, abstain: float) -> np.ndarray
     return (det > 1) | (1 - msp < abstain)
 
 
-def write_outliers(path: Path, seed: int, extra: pd.DataFrame | None = None, *, unusual_rows: bool = True) -> None:
+def write_outliers(
+    path: Path, seed: int, extra: pd.DataFrame | None = None, *, unusual_rows: bool = True, copies: int = 1
+) -> None:
     """The fit half's mergers, disturbed and irregular galaxies and "don't know" as a train.outliers table, with
-    `extra` (image_path, group) rows after them (write_synthetic's); `unusual_rows=False` writes `extra` alone."""
-    table = pd.DataFrame(columns=["image_path", "group"])
+    `extra` (image_path, group) rows after them (write_synthetic's); `unusual_rows=False` writes `extra` alone.
+
+    `copies` > 1 lists the real rows again after `extra`, so that they are drawn as often as a larger made-up kind
+    (rows 61-63: 137 real rows twice beside 274 of each made-up kind); the order is the one those runs trained on."""
+    real = pd.DataFrame(columns=["image_path", "group"])
     if unusual_rows:  # --only-synthetic needs no Galaxy Zoo folder: any survey's split can be used
         _, fit_half, _ = halves(seed)
         unusual = fit_half[fit_half["group"].isin(UNUSUAL)]
-        table = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
-                              "group": unusual["group"].to_numpy()})  # fmt: skip
-    if extra is not None:
-        table = pd.concat([table, extra[["image_path", "group"]]], ignore_index=True)
+        real = pd.DataFrame({"image_path": [str(SHARED / "galaxyzoo" / f) for f in unusual["filename"]],
+                             "group": unusual["group"].to_numpy()})  # fmt: skip
+    made_up = [] if extra is None else [extra[["image_path", "group"]]]
+    table = pd.concat([real, *made_up, *[real] * (copies - 1)], ignore_index=True)
     tmp = path.with_name(path.name + ".tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(path)
@@ -233,6 +238,8 @@ def read_splits(parser: argparse.ArgumentParser, path: str, needed: tuple[str, .
 
 def write_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--write-outliers: the fit half's unusual rows and/or the synthetic kinds as a train.outliers table."""
+    if args.real_copies < 1 or (args.real_copies > 1 and args.only_synthetic):
+        parser.error("--real-copies N needs N >= 1 and Galaxy Zoo's rows (not --only-synthetic)")
     if Path(args.write_outliers).exists() and not args.force:
         parser.error(f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)")
     extra = None
@@ -254,7 +261,9 @@ def write_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             print(f"{Path(args.preview).name}: {preview(extra, args.preview, preprocess)} tiles")
     elif args.only_synthetic or args.preview:
         parser.error("--only-synthetic and --preview need --blends, --disturbed or --irregular N")
-    write_outliers(Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic)
+    write_outliers(
+        Path(args.write_outliers), args.seed, extra, unusual_rows=not args.only_synthetic, copies=args.real_copies
+    )
 
 
 def print_source_tables(
@@ -483,6 +492,14 @@ def main() -> None:
         help="with a synthetic kind: leave Galaxy Zoo's unusual rows out of the table",
     )
     parser.add_argument(
+        "--real-copies",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --write-outliers: list Galaxy Zoo's unusual rows N times (again after the synthetic ones), so "
+        "each real row is drawn as often as a larger made-up kind",
+    )
+    parser.add_argument(
         "--preview", metavar="PNG", help="with a synthetic kind: also draw the first few of each kind (PNG)"
     )
     parser.add_argument(
@@ -506,7 +523,7 @@ def main() -> None:
     writer_only = [f for f, v in (("--blends", args.blends), ("--disturbed", args.disturbed),
                                   ("--irregular", args.irregular),
                                   ("--synthetic-dir", args.synthetic_dir), ("--only-synthetic", args.only_synthetic),
-                                  ("--preview", args.preview)) if v]  # fmt: skip
+                                  ("--preview", args.preview), ("--real-copies", args.real_copies != 1)) if v]  # fmt: skip
     if writer_only and not args.write_outliers:  # never silently ignored
         parser.error(f"{', '.join(writer_only)} only go with --write-outliers CSV")
     for what, path in (("--preview", args.preview), ("--save-scores", args.save_scores)):

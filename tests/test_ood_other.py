@@ -32,6 +32,11 @@ def test_write_outliers_lists_only_the_fit_halfs_unusual_rows(real_galaxyzoo, tm
     assert (
         pd.read_csv(out)["image_path"].tolist()[-1] == "/x/blend_00000.jpg" and len(pd.read_csv(out)) == len(paths) + 1
     )
+    ood_other.write_outliers(out, seed=0, extra=extra, copies=2)  # --real-copies 2: the real rows again, after
+    table = pd.read_csv(out)
+    real = table.iloc[: len(paths)].reset_index(drop=True)
+    assert len(table) == 2 * len(paths) + 1 and table["image_path"].iloc[len(paths)] == "/x/blend_00000.jpg"
+    assert table.iloc[len(paths) + 1 :].reset_index(drop=True).equals(real)
     ood_other.write_outliers(out, seed=0, extra=extra, unusual_rows=False)  # --only-blends
     assert pd.read_csv(out).to_dict("list") == extra.to_dict("list")
 
@@ -131,6 +136,8 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(tmp_path / "nope.parquet")], "nope.parquet not found"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(bad)], "bad.parquet is not a splits.parquet"),
         (["--blend-dir", str(tmp_path / "b"), "--splits", str(nosplit)], "nosplit.parquet has no column split"),
+        (["--real-copies", "0"], "--real-copies N needs N >= 1"),
+        (["--real-copies", "2", "--only-synthetic"], "--real-copies N needs N >= 1 and Galaxy Zoo's rows"),
     ):
         monkeypatch.setattr(sys, "argv", ["ood_other.py", "--write-outliers", str(out), "--blends", "3", *extra])
         with pytest.raises(SystemExit):
@@ -268,9 +275,9 @@ def test_writer_options_without_write_outliers_are_refused_not_ignored(monkeypat
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     ood_other = benchmark_module("ood_other")
     argv = ["ood_other.py", "--model", "m.pt", "--splits", "s.parquet", "--blends", "5", "--preview", "p.png"]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", [*argv, "--real-copies", "2"])
     with pytest.raises(SystemExit) as exit_info:
         ood_other.main()
     assert exit_info.value.code == 2
-    assert "--blends, --preview only go with --write-outliers CSV" in capsys.readouterr().err
+    assert "--blends, --preview, --real-copies only go with --write-outliers CSV" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
