@@ -21,7 +21,7 @@ Two models are compared on the same rows with `--save-scores S.parquet` on each 
 per score and unusual group, with one bootstrap of the shared rows (far tighter than two separate intervals).
 `--write-outliers CSV` writes the fit half's unusual rows as a train.outliers table, with `--blends N`,
 `--irregular N` and `--disturbed N` synthetic outliers made of training galaxies (the makers of `galmorph
-outliers`, training/synthetic_outliers.py; `--only-synthetic`: those alone).
+outliers`, training/synthetic_outliers.py; `--only-synthetic`: those alone; `--real-copies N`: the real rows N times).
 
 AUROCs are on the held-out half of each group, with 95% bootstrap intervals, so all columns see the same images.
 The images go through the model's EvalPreset without TTA (as ood_features.py). A second table refits the detector
