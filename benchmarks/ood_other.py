@@ -242,6 +242,9 @@ def write_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--real-copies N needs N >= 1 and Galaxy Zoo's rows (not --only-synthetic)")
     if Path(args.write_outliers).exists() and not args.force:
         parser.error(f"--write-outliers: {Path(args.write_outliers).name} already exists (pass --force to replace it)")
+    if not args.only_synthetic and not (SHARED / "galaxyzoo" / "labels.csv").is_file():
+        parser.error("--write-outliers: no ../shared/galaxyzoo/labels.csv for Galaxy Zoo's unusual rows "
+                     "(--only-synthetic writes the made-up kinds alone)")  # fmt: skip
     extra = None
     counts = {"blend": args.blends, "disturbed": args.disturbed, "irregular": args.irregular}
     if any(counts.values()):

@@ -127,6 +127,10 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
     bad.write_text("not parquet")
     nosplit = bad.parent / "nosplit.parquet"
     pd.DataFrame({"image_path": ["a.png"]}).to_parquet(nosplit)
+    labels = bad.parent / "shared" / "galaxyzoo" / "labels.csv"  # these refusals come first, with or without ../shared
+    labels.parent.mkdir(parents=True)
+    labels.touch()
+    monkeypatch.setattr(ood_other, "SHARED", labels.parent.parent)
     for extra, message in (
         ([], "--blends/--disturbed/--irregular N need N > 0, --synthetic-dir and --splits"),
         (
@@ -145,6 +149,15 @@ def test_blends_without_their_inputs_are_refused_before_anything_is_written(monk
         err = capsys.readouterr().err
         assert message in err and str(tmp_path) not in err  # names the file, never the server path
     assert list(tmp_path.iterdir()) == [bad.parent]  # nothing written beside the input
+    # no Galaxy Zoo folder for the real rows: refused before any made-up image is written
+    monkeypatch.setattr(ood_other, "SHARED", tmp_path / "no-shared")
+    monkeypatch.setattr(sys, "argv", ["ood_other.py", "--write-outliers", str(out), "--blends", "3",
+                                      "--blend-dir", str(tmp_path / "b"), "--splits", str(nosplit)])  # fmt: skip
+    with pytest.raises(SystemExit):
+        ood_other.main()
+    err = capsys.readouterr().err
+    assert "no ../shared/galaxyzoo/labels.csv" in err and str(tmp_path) not in err
+    assert list(tmp_path.iterdir()) == [bad.parent]
 
 
 def test_only_synthetic_from_the_command_line_uses_training_galaxies_of_one_dataset(monkeypatch, tmp_path, capsys):
