@@ -4,9 +4,10 @@ measured in the same run on the same real SDSS JPEGs (../shared/galaxyzoo, 423-p
 1. decode + preprocess per image on one thread: load_rgb + EvalPreset, decode full vs draft.
 2. end-to-end scoring (predict_logits, 2 decoding workers, ResNet-18 at 64 px): full vs draft.
 3. training images/s over the same images (fit(), finetune, 64 px, crop 192 as `make real`): files + full
-   decoding with glibc's malloc defaults (the path before issue 9) vs cache + draft, without and with
-   `train.keep_freed_memory`, for ResNet-18 and ResNet-50; the cache's one-off decoding is timed apart. Each
-   fit() runs in a fresh child process: the malloc thresholds, once raised, last as long as the process.
+   decoding with glibc's malloc defaults and torch's multi-tensor AdamW (the path before issue 9) vs cache +
+   draft, without and with `train.keep_freed_memory`, then with the fused AdamW `fit()` builds now, for
+   ResNet-18 and ResNet-50; the cache's one-off decoding is timed apart. Each fit() runs in a fresh child
+   process: the malloc thresholds, once raised, last as long as the process.
 
     .venv/bin/python benchmarks/bench_loader.py --images 2048 --epochs 3
 """
@@ -32,7 +33,8 @@ from galmorph.config import CLASSES, load_params, replace
 from galmorph.data.images import load_rgb
 from galmorph.data.transforms import EvalPreset
 from galmorph.models.inference import predict_logits
-from galmorph.models.resnet import build_model
+from galmorph.models.resnet import build_model, param_groups
+from galmorph.training import loop
 from galmorph.training.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,14 +61,25 @@ def real_catalogue(n: int) -> pd.DataFrame:
 
 
 def fit_in_child(
-    arch: str, *, loader: str, decode: str, keep: bool, images: int, epochs: int, env: dict[str, str] | None = None
+    arch: str,
+    *,
+    loader: str,
+    decode: str,
+    keep: bool,
+    images: int,
+    epochs: int,
+    fused: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """One fit() (finetune, batch 64, 2 workers, crop 192 at 64 px) in a fresh Python process, so that no run
     inherits another's heap or malloc settings: images/s (median of epochs 2+), the median epoch's seconds, the
     one-off cache seconds (wall time outside the epochs), and the process's system/user CPU seconds and minor page
-    faults over fit(). `env` replaces the environment (e.g. with GLIBC_TUNABLES); exits with the child's last
-    stderr line if it fails."""
-    spec = {"arch": arch, "loader": loader, "decode": decode, "keep": keep, "images": images, "epochs": epochs}
+    faults over fit(). `fused=False`: the multi-tensor AdamW fit() built before build_optimizer fused it. `env`
+    replaces the environment (e.g. with GLIBC_TUNABLES); exits with the child's last stderr line if it fails."""
+    spec = {
+        "arch": arch, "loader": loader, "decode": decode, "keep": keep, "images": images, "epochs": epochs,
+        "fused": fused,
+    }  # fmt: skip
     cmd = [sys.executable, str(Path(__file__).resolve()), "--fit-child", json.dumps(spec)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -78,6 +91,8 @@ def fit_in_child(
 def _fit_child(spec: dict) -> None:
     """fit_in_child's process: the fit, then its JSON line on stdout."""
     torch.set_num_threads(2)
+    if not spec.get("fused", True):
+        loop.build_optimizer = _foreach_adamw  # the optimizer of the path before issue 9
     params = load_params(REPO / "params.yaml")
     p = dataclasses.replace(
         params,
@@ -103,6 +118,11 @@ def _fit_child(spec: dict) -> None:
         "sys_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
         "minflt": after.ru_minflt - before.ru_minflt,
     }))  # fmt: skip
+
+
+def _foreach_adamw(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW as fit() built it before build_optimizer: torch's default multi-tensor update, not fused."""
+    return torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr)
 
 
 def per_image(paths: list[str], preprocess, rounds: int) -> float:
@@ -167,17 +187,21 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     recipes = {
-        "files + full, glibc defaults (before)": ("files", "full", False),
-        "cache + draft, glibc defaults": ("cache", "draft", False),
-        "cache + draft + keep_freed_memory (now)": ("cache", "draft", True),
+        "files + full, glibc defaults, multi-tensor AdamW (before)": ("files", "full", False, False),
+        "cache + draft, glibc defaults": ("cache", "draft", False, False),
+        "cache + draft + keep_freed_memory": ("cache", "draft", True, False),
+        "cache + draft + keep_freed_memory + fused AdamW (now)": ("cache", "draft", True, True),
     }
     for arch in args.archs:
         runs: dict[str, list[dict[str, float]]] = {label: [] for label in recipes}
         for _ in range(args.rounds):  # alternating, so a slow spell of the machine hits every path alike
-            for label, (loader, decode, keep) in recipes.items():
+            for label, (loader, decode, keep, fused) in recipes.items():
                 runs[label].append(
-                    fit_in_child(arch, loader=loader, decode=decode, keep=keep, images=args.images, epochs=args.epochs)
-                )
+                    fit_in_child(
+                        arch, loader=loader, decode=decode, keep=keep, images=args.images, epochs=args.epochs,
+                        fused=fused,
+                    )
+                )  # fmt: skip
         base = None
         for label, rs in runs.items():
             med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from galmorph.config import SurveyConfig
@@ -223,3 +224,22 @@ def test_shared_gallery_reads_relative_image_paths_from_root(tmp_path, monkeypat
     out = tmp_path / "g.png"
     assert shared_errors.shared_gallery(first, np.array([2]), np.array([0.1]), 2, out, root=tmp_path) == 1
     assert read == [tmp_path / "imgs" / "a.png"] and out.is_file()
+
+
+def test_bench_step_arms_time_the_product_step_and_freeze_only_layer4():
+    """bench_step's arms: the baseline's optimizer is the multi-tensor one, the others fit()'s fused one; the
+    frozen arm leaves layer4's weights where they were and trains the rest; the 2x arm steps twice the images."""
+    bench_step = benchmark_module("bench_step")
+    torch.manual_seed(0)
+    steps = {arm: bench_step.make_step(arm, "resnet18", 32, 4, None) for arm in bench_step.ARMS}
+    for arm, step in steps.items():
+        opt, model = step.optimizer, step.model
+        assert bool(opt.defaults["fused"]) is (arm != "foreach")
+        before = {n: w.detach().clone() for n, w in model.named_parameters()}
+        fwd, bwd, upd, n = step()
+        assert min(fwd, bwd, upd) > 0 and n == (8 if arm == "fused, batch 2x" else 4)
+        moved = {n: not torch.equal(before[n], w) for n, w in model.named_parameters()}
+        layer4 = [m for name, m in moved.items() if name.startswith("backbone.layer4.")]
+        rest = [m for name, m in moved.items() if not name.startswith("backbone.layer4.")]
+        assert layer4 and any(rest)
+        assert not any(layer4) if arm == "fused, layer4 frozen" else all(layer4)

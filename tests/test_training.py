@@ -20,10 +20,11 @@ from galmorph.data.dataset import soft_targets
 from galmorph.data.transforms import EvalPreset
 from galmorph.errors import UserError
 from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_logits, resolve_device
+from galmorph.models.resnet import build_model, param_groups
 from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from galmorph.training.engine import BatchMix, Criterion, class_weights, train_one_epoch
 from galmorph.training.features import build_feature_cache
-from galmorph.training.loop import at_side, fit, moving_average, progressive_side
+from galmorph.training.loop import at_side, build_optimizer, fit, moving_average, progressive_side
 from tests.training_utils import make_catalogue, one_thread, tiny_params
 
 TIMING = ("images_per_s", "epoch_time_s")
@@ -572,3 +573,41 @@ def test_train_acc_counts_only_the_galaxies_not_the_outliers():
         progress=False,
     )
     assert got["train_acc"] == 0.5
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_build_optimizer_fuses_the_update_and_keeps_the_rule(params, tmp_path, optimizer):
+    """fit()'s optimizer is one fused kernel on CPU (BENCHMARKS.md "the training step"), with the groups'
+    learning rates and weight decays, and its steps are the multi-tensor optimizer's up to rounding."""
+    p = tiny_params(params, tmp_path, optimizer=optimizer, lr=0.01, weight_decay=0.05, layer_decay=0.5)
+    nets = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        net = build_model(p.model)
+        opt = build_optimizer(net, p.train)
+        if not fused:  # the same groups, torch's default (multi-tensor) implementation
+            groups = param_groups(net, p.train.lr, p.train.weight_decay, p.train.layer_decay)
+            opt = (
+                torch.optim.SGD(groups, lr=p.train.lr, momentum=0.9, nesterov=True)
+                if optimizer == "sgd"
+                else torch.optim.AdamW(groups, lr=p.train.lr)
+            )
+        assert bool(opt.defaults["fused"]) is fused
+        assert [g["lr"] for g in opt.param_groups] == [
+            g["lr"] for g in param_groups(net, p.train.lr, p.train.weight_decay, p.train.layer_decay)
+        ]
+        start = torch.cat([w.detach().flatten() for w in net.parameters()])
+        torch.manual_seed(1)
+        x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        nets.append(net)
+    fused_w, plain_w = (torch.cat([w.detach().flatten() for w in n.parameters()]) for n in nets)
+    assert (fused_w - start).abs().max() > 1e-3  # the steps moved the weights
+    # Adam divides by sqrt(v) + eps: where a gradient is near zero, rounding moves that weight's step by up to
+    # lr, so a few elements of millions differ; a different rule (decay, lr, momentum) would move all of them.
+    diff = (fused_w - plain_w).abs()
+    assert diff.max() <= p.train.lr
+    assert (diff > 1e-6).float().mean() < 1e-3
