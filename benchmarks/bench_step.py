@@ -26,7 +26,7 @@ import torch
 
 from galmorph.config import load_params, replace
 from galmorph.models.inference import amp_dtype_for, autocast
-from galmorph.models.resnet import build_model, param_groups
+from galmorph.models.resnet import FEATURE_DIMS, build_model, param_groups
 from galmorph.paths import repo_root
 from galmorph.training.loop import build_optimizer
 
@@ -76,12 +76,15 @@ def make_step(arm: str, arch: str, side: int, batch: int, amp: torch.dtype | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--arch", default="resnet50", choices=sorted(FEATURE_DIMS))
     ap.add_argument("--side", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
+    for name in ("side", "batch", "rounds", "steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: expected a whole number of at least 1, got {getattr(args, name)}")
     amp = amp_dtype_for(torch.device("cpu"), "auto")
     steps = {arm: make_step(arm, args.arch, args.side, args.batch, amp) for arm in ARMS}
     for step in steps.values():  # warm-up: oneDNN picks its kernels, glibc maps the activations

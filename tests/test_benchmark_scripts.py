@@ -243,3 +243,20 @@ def test_bench_step_arms_time_the_product_step_and_freeze_only_layer4():
         rest = [m for name, m in moved.items() if not name.startswith("backbone.layer4.")]
         assert layer4 and any(rest)
         assert not any(layer4) if arm == "fused, layer4 frozen" else all(layer4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
+        (["--rounds", "0"], "--rounds: expected a whole number of at least 1, got 0"),
+        (["--batch", "-2"], "--batch: expected a whole number of at least 1, got -2"),
+    ],
+)
+def test_bench_step_refuses_bad_arguments_in_one_line(monkeypatch, capsys, argv, message):
+    bench_step = benchmark_module("bench_step")
+    monkeypatch.setattr(sys, "argv", ["bench_step.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        bench_step.main()
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
