@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -33,7 +34,7 @@ from galmorph.config import CLASSES, load_params, replace
 from galmorph.data.images import load_rgb
 from galmorph.data.transforms import EvalPreset
 from galmorph.models.inference import predict_logits
-from galmorph.models.resnet import build_model, param_groups
+from galmorph.models.resnet import build_model
 from galmorph.training import loop
 from galmorph.training.loop import fit
 
@@ -74,7 +75,7 @@ def fit_in_child(
     """One fit() (finetune, batch 64, 2 workers, crop 192 at 64 px) in a fresh Python process, so that no run
     inherits another's heap or malloc settings: images/s (median of epochs 2+), the median epoch's seconds, the
     one-off cache seconds (wall time outside the epochs), and the process's system/user CPU seconds and minor page
-    faults over fit(). `fused=False`: the multi-tensor AdamW fit() built before build_optimizer fused it. `env`
+    faults over fit(). `fused=False`: the multi-tensor AdamW fit() built before (build_optimizer's baseline). `env`
     replaces the environment (e.g. with GLIBC_TUNABLES); exits with the child's last stderr line if it fails."""
     spec = {
         "arch": arch, "loader": loader, "decode": decode, "keep": keep, "images": images, "epochs": epochs,
@@ -91,8 +92,8 @@ def fit_in_child(
 def _fit_child(spec: dict) -> None:
     """fit_in_child's process: the fit, then its JSON line on stdout."""
     torch.set_num_threads(2)
-    if not spec.get("fused", True):
-        loop.build_optimizer = _foreach_adamw  # the optimizer of the path before issue 9
+    if not spec.get("fused", True):  # the optimizer of the path before issue 9
+        loop.build_optimizer = functools.partial(loop.build_optimizer, fused=False)
     params = load_params(REPO / "params.yaml")
     p = dataclasses.replace(
         params,
@@ -118,11 +119,6 @@ def _fit_child(spec: dict) -> None:
         "sys_s": after.ru_stime - before.ru_stime, "user_s": after.ru_utime - before.ru_utime,
         "minflt": after.ru_minflt - before.ru_minflt,
     }))  # fmt: skip
-
-
-def _foreach_adamw(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW as fit() built it before build_optimizer: torch's default multi-tensor update, not fused."""
-    return torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr)
 
 
 def per_image(paths: list[str], preprocess, rounds: int) -> float:

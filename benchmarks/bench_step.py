@@ -5,7 +5,8 @@ stayed at 1.48x the old path against a 2x target. This times one step on a batch
 runs it (the product's model and `build_optimizer`, bf16 autocast where the CPU has native bf16, channels_last),
 split into forward, backward and optimizer, for four arms in alternating rounds of the same run:
 
-  * `foreach`: AdamW as `fit()` built it before (torch's default multi-tensor update), the baseline;
+  * `foreach`: `build_optimizer(..., fused=False)`, AdamW as `fit()` built it before (torch's default multi-tensor
+    update), the baseline;
   * `fused`: `build_optimizer`, what `fit()` builds now (one fused AdamW kernel);
   * `fused, layer4 frozen`: the same with layer4's weights frozen, so its weight gradients and updates are not
     computed: the difference to `fused` is what those cost (layer4 holds 15 M of ResNet-50's 23.5 M weights and
@@ -26,7 +27,7 @@ import torch
 
 from galmorph.config import load_params, replace
 from galmorph.models.inference import amp_dtype_for, autocast
-from galmorph.models.resnet import FEATURE_DIMS, build_model, param_groups
+from galmorph.models.resnet import FEATURE_DIMS, build_model
 from galmorph.paths import repo_root
 from galmorph.training.loop import build_optimizer
 
@@ -65,10 +66,7 @@ def make_step(arm: str, arch: str, side: int, batch: int, amp: torch.dtype | Non
     if arm == "fused, layer4 frozen":
         model.freeze(("layer4",))
     tcfg = replace(params.train, optimizer="adamw", lr=1e-4, weight_decay=0.01, layer_decay=1.0)
-    if arm == "foreach":
-        opt = torch.optim.AdamW(param_groups(model, tcfg.lr, tcfg.weight_decay, tcfg.layer_decay), lr=tcfg.lr)
-    else:
-        opt = build_optimizer(model, tcfg)
+    opt = build_optimizer(model, tcfg, fused=arm != "foreach")
     n = batch * 2 if arm == "fused, batch 2x" else batch
     x = torch.randn(n, 3, side, side).contiguous(memory_format=torch.channels_last)
     return Step(model, opt, x, torch.randint(0, 2, (n,)), amp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from galmorph.data.transforms import EvalPreset
 from galmorph.errors import UserError
 from galmorph.models.inference import amp_dtype_for, cpu_has_fast_bf16, predict_logits, resolve_device
 from galmorph.models.resnet import build_model, param_groups
+from galmorph.training import loop
 from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from galmorph.training.engine import BatchMix, Criterion, class_weights, train_one_epoch
 from galmorph.training.features import build_feature_cache
@@ -221,6 +223,27 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(catalogue, params, tmp_
     for k, v in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[k], v), k
     np.testing.assert_array_equal(resumed.val_logits, straight.val_logits)
+
+
+def test_a_checkpoint_of_the_multi_tensor_optimizer_resumes_with_the_fused_one(
+    catalogue, params, tmp_path, monkeypatch
+):
+    """A run killed before fit() fused its optimizer resumes after the upgrade: the multi-tensor AdamW's moments
+    and step counts load into the fused one, which then steps from them (not from a fresh start)."""
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=2, lr=0.003)
+    with monkeypatch.context() as m:
+        m.setattr(loop, "build_optimizer", functools.partial(loop.build_optimizer, fused=False))
+        _kill_after_first_epoch(catalogue, p, tmp_path / "old")
+    saved = load_checkpoint(tmp_path / "old" / CHECKPOINT_NAME)["optimizer"]
+    built = []
+    monkeypatch.setattr(loop, "build_optimizer", lambda *a, **k: built.append(build_optimizer(*a, **k)) or built[-1])
+    resumed = fit(catalogue, p, checkpoint_dir=tmp_path / "old", resume=True, progress=False)
+    assert len(resumed.history) == 2 and np.isfinite(resumed.history[-1]["train_loss"])
+    (opt,) = built
+    assert opt.defaults["fused"]
+    steps = {float(v["step"]) for v in opt.state_dict()["state"].values()}
+    first = {float(v["step"]) for v in saved["state"].values()}
+    assert len(first) == 1 and steps == {2 * first.pop()}  # epoch 2 continued epoch 1's count
 
 
 def test_checkpoint_is_one_weights_only_dict(catalogue, params, tmp_path):
@@ -578,24 +601,28 @@ def test_train_acc_counts_only_the_galaxies_not_the_outliers():
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_build_optimizer_fuses_the_update_and_keeps_the_rule(params, tmp_path, optimizer):
     """fit()'s optimizer is one fused kernel on CPU (BENCHMARKS.md "the training step"), with the groups'
-    learning rates and weight decays, and its steps are the multi-tensor optimizer's up to rounding."""
+    learning rates and weight decays, and its steps are those of torch's multi-tensor optimizer of the same rule
+    (built here, independently) up to rounding; `fused=False` is that multi-tensor optimizer."""
     p = tiny_params(params, tmp_path, optimizer=optimizer, lr=0.01, weight_decay=0.05, layer_decay=0.5)
+    assert not build_optimizer(build_model(p.model), p.train, fused=False).defaults["fused"]
     nets = []
     for fused in (True, False):
         torch.manual_seed(0)
         net = build_model(p.model)
-        opt = build_optimizer(net, p.train)
-        if not fused:  # the same groups, torch's default (multi-tensor) implementation
-            groups = param_groups(net, p.train.lr, p.train.weight_decay, p.train.layer_decay)
+        groups = param_groups(net, p.train.lr, p.train.weight_decay, p.train.layer_decay)
+        if fused:
+            opt = build_optimizer(net, p.train)
+        else:  # the reference: the same groups, torch's default (multi-tensor) implementation
             opt = (
                 torch.optim.SGD(groups, lr=p.train.lr, momentum=0.9, nesterov=True)
                 if optimizer == "sgd"
                 else torch.optim.AdamW(groups, lr=p.train.lr)
             )
         assert bool(opt.defaults["fused"]) is fused
-        assert [g["lr"] for g in opt.param_groups] == [
-            g["lr"] for g in param_groups(net, p.train.lr, p.train.weight_decay, p.train.layer_decay)
+        assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
+            (g["lr"], g["weight_decay"]) for g in groups
         ]
+        assert len({g["lr"] for g in groups}) > 1  # layer decay: several groups, each its own rate
         start = torch.cat([w.detach().flatten() for w in net.parameters()])
         torch.manual_seed(1)
         x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])

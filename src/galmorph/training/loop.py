@@ -626,14 +626,15 @@ def debiased_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tenso
     return update
 
 
-def build_optimizer(model: GalaxyNet, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over param_groups, fused into one kernel per step where the device has one (CPU, CUDA).
+def build_optimizer(model: GalaxyNet, cfg: TrainConfig, *, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW or SGD over param_groups, fused into one kernel per step where the device has one (CPU, CUDA);
+    `fused=False`: torch's multi-tensor update, what fit() used before (the benchmarks' baseline).
 
     Why fused: the multi-tensor update of ResNet-50's 23.5 M weights is a tenth of a 64-px step on 2 CPU cores; the
     fused kernel halves it (BENCHMARKS.md "the training step"). Same update rule, rounding aside.
     """
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
-    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    fused = fused and all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused)
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
