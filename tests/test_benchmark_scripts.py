@@ -246,17 +246,20 @@ def test_bench_step_arms_time_the_product_step_and_freeze_only_layer4():
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("script", "argv", "message"),
     [
-        (["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
-        (["--rounds", "0"], "--rounds: expected a whole number of at least 1, got 0"),
-        (["--batch", "-2"], "--batch: expected a whole number of at least 1, got -2"),
+        ("bench_step", ["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
+        ("bench_step", ["--rounds", "0"], "--rounds: expected a whole number of at least 1, got 0"),
+        ("bench_step", ["--batch", "-2"], "--batch: expected a whole number of at least 1, got -2"),
+        ("bench_compile", ["--arch", "vgg"], "argument --arch: invalid choice: 'vgg'"),
+        ("bench_compile", ["--steps", "0"], "argument --steps: expected a whole number of at least 1, got '0'"),
+        ("bench_compile", ["--side", "big"], "argument --side: expected a whole number of at least 1, got 'big'"),
     ],
 )
-def test_bench_step_refuses_bad_arguments_in_one_line(monkeypatch, capsys, argv, message):
-    bench_step = benchmark_module("bench_step")
-    monkeypatch.setattr(sys, "argv", ["bench_step.py", *argv])
+def test_step_benchmarks_refuse_bad_arguments_in_one_line(monkeypatch, capsys, script, argv, message):
+    module = benchmark_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
     with pytest.raises(SystemExit) as stopped:
-        bench_step.main()
+        module.main()
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]

@@ -311,10 +311,18 @@ class TrainConfig:
     outliers: str | None = None
     outlier_batch: int = 8
     outlier_weight: float = 0.5
+    # self-training (Xie et al. 2020, "Noisy Student"): `galmorph predict`'s table of a teacher model's verdicts on
+    # images nobody labelled (path, p_<class>, label); the rows whose verdict is a class join the training split
+    # with that label (train.loss: soft trains toward the teacher's probabilities). predict --threshold decides
+    # which verdicts are sure enough. Blank: off. Needs train.mode: finetune (the embedding cache holds only
+    # the splits' images)
+    pseudo: str | None = None
 
     def __post_init__(self) -> None:
         # checked with the rest of params.yaml, so a bad value stops `galmorph train` before its MLflow run opens
         self._check_outliers()
+        if self.pseudo and self.mode != "finetune":
+            raise UserError("params: train.pseudo needs images (train.mode: finetune); blank it in frozen mode")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise UserError(
                 f"params: train.ema: expected a decay between 0 and 1 (e.g. 0.999) or blank, got {self.ema!r}"

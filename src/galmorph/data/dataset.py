@@ -8,6 +8,7 @@ Dirichlet-multinomial loss the same slot carries vote counts instead (vote_count
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,6 +98,94 @@ def outlier_paths(path: str | os.PathLike) -> list[Path]:
             )
         paths.append(p)
     return paths
+
+
+PSEUDO_DATASET = "pseudo-labelled"
+"""The dataset column of the training rows train.pseudo adds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoLabels:
+    """train.pseudo's table read: the training rows it adds and how many of its rows were left out, by verdict."""
+
+    rows: pd.DataFrame
+    left_out: dict[str, int]
+
+    def describe(self) -> str:
+        counts = self.rows["label"].value_counts()
+        kept = ", ".join(f"{int(counts.get(c, 0)):,} {c}" for c in CLASSES)
+        out = ", ".join(f"{n:,} {verdict}" for verdict, n in sorted(self.left_out.items()))
+        return f"{len(self.rows):,} pseudo-labelled images ({kept})" + (f"; left out {out}" if out else "")
+
+
+def pseudo_rows(path: str | os.PathLike, catalogue: pd.DataFrame) -> PseudoLabels:
+    """train.pseudo: `galmorph predict`'s table of a teacher model's verdicts on unlabelled images, as training rows.
+
+    A row whose verdict (`label`) is a class becomes a training row with that label and the teacher's p_<class>
+    as its soft target; the others (uncertain, unlike training data, unreadable) are counted, not used. Paths
+    are absolute or relative to the table's folder. An image the catalogue already holds (any split) is refused:
+    a test galaxy trained on, even with the teacher's label, would flatter the test KPIs."""
+    table = read_table(path, "train.pseudo table")
+    columns = {name: find_column(table, name, path) for name in ("path", "label", *(f"p_{c}" for c in CLASSES))}
+    error_column = next((c for c in table.colnames if c.lower() == "error"), None)
+    known = {
+        resolve_path(str(p), repo_root()).resolve(): str(split)
+        for p, split in zip(catalogue["image_path"], catalogue.get("split", ["?"] * len(catalogue)), strict=True)
+    }
+    seen: dict[Path, int] = {}
+    left_out: dict[str, int] = {}
+    kept: list[dict] = []
+    for row in range(len(table)):
+
+        def cell(column: str, row: int = row) -> str:
+            value = table[column][row]
+            return "" if np.ma.is_masked(value) else str(value).strip()
+
+        verdict = cell(columns["label"])
+        if error_column and cell(error_column):
+            verdict = "unreadable"
+        if verdict not in CLASSES:
+            left_out[verdict or "(blank)"] = left_out.get(verdict or "(blank)", 0) + 1
+            continue
+        text = cell(columns["path"])
+        p = resolve_path(text, Path(path).parent) if text else None
+        if p is None or not p.is_file():
+            raise UserError(f"{path}: row {row + 1}, column {columns['path']}: expected an image file, got {text!r}")
+        key = p.resolve()
+        if key in known:
+            raise UserError(
+                f"{path}: row {row + 1}: {text} is already in the splits ({known[key]}); pseudo-labels are for "
+                "images without a label"
+            )
+        if key in seen:
+            raise UserError(f"{path}: row {row + 1}: {text} repeats row {seen[key] + 1}")
+        seen[key] = row
+        probs = {}
+        for c in CLASSES:
+            try:
+                probs[f"p_{c}"] = float(cell(columns[f"p_{c}"]))
+            except ValueError:
+                probs[f"p_{c}"] = float("nan")
+            if not 0.0 <= probs[f"p_{c}"] <= 1.0:
+                raise UserError(
+                    f"{path}: row {row + 1}, column {columns[f'p_{c}']}: expected a probability in [0, 1], "
+                    f"got {cell(columns[f'p_{c}'])!r}"
+                )
+        kept.append(
+            {
+                "galaxy_id": f"pseudo:{key}",
+                "image_path": str(key),
+                "label": verdict,
+                "label_id": CLASSES.index(verdict),
+                **probs,
+                "dataset": PSEUDO_DATASET,
+            }
+        )
+    if not kept:
+        out = ", ".join(f"{n:,} {verdict}" for verdict, n in sorted(left_out.items()))
+        raise UserError(f"{path}: train.pseudo table: no row's label is {' or '.join(CLASSES)} ({out})")
+    columns_out = ["galaxy_id", "image_path", "label", "label_id", *(f"p_{c}" for c in CLASSES), "dataset"]
+    return PseudoLabels(pd.DataFrame(kept, columns=columns_out), left_out)
 
 
 def read_splits(path: str | os.PathLike) -> pd.DataFrame:

@@ -57,6 +57,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
                 runs.log_metrics(row, step=int(row["epoch"]))
         temperature = fit_temperature(result.val_logits, result.val_labels)
         metrics = curves.summary(result, temperature, nll(result.val_logits, result.val_labels, temperature))
+        if cfg.pseudo:
+            metrics["pseudo_images"] = result.pseudo_images
         ood = fit_ood(result.model, catalogue, params)
         if ood is not None:
             metrics["ood_shrinkage"] = ood.shrinkage

@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 from galmorph.config import ModelConfig, Params, TrainConfig
 from galmorph.data.dataset import (
     ImageDataset,
+    PseudoLabels,
     has_vote_counts,
     label_ids,
     outlier_paths,
+    pseudo_rows,
     soft_targets,
     vote_counts,
 )
@@ -82,6 +84,7 @@ class FitResult:
     val_logits: np.ndarray  # (n_val, 2) of the best epoch, in the catalogue's order of validation rows
     val_labels: np.ndarray  # (n_val,) label_id
     stopped_early: bool
+    pseudo_images: int = 0  # training rows train.pseudo added
 
 
 def fit(
@@ -103,6 +106,9 @@ def fit(
     """
     tcfg, mcfg = params.train, params.model
     train_rows, val_rows = _split_rows(catalogue, split_column)
+    pseudo = _pseudo_labels(tcfg, catalogue, progress)
+    if pseudo is not None:
+        train_rows = pd.concat([train_rows, pseudo.rows], ignore_index=True)
     _check_targets(train_rows, tcfg, progress)
     progressive_side(tcfg, params.preprocess.image_size, 1)  # a start at or above image_size stops here
     device = resolve_device(tcfg.device)
@@ -214,6 +220,7 @@ def fit(
         val_logits=state.best_val_logits,
         val_labels=label_ids(val_rows),
         stopped_early=state.stopped,
+        pseudo_images=0 if pseudo is None else len(pseudo.rows),
     )
 
 
@@ -255,6 +262,16 @@ def _check_targets(train_rows: pd.DataFrame, cfg: TrainConfig, progress: bool) -
             f"dirichlet: {n} of {len(train_rows)} training galaxies have vote counts; the other "
             f"{len(train_rows) - n} count as {cfg.label_votes:g} vote(s) for their label"
         )
+
+
+def _pseudo_labels(cfg: TrainConfig, catalogue: pd.DataFrame, progress: bool) -> PseudoLabels | None:
+    """train.pseudo's rows (None when off), checked against every image of the catalogue, and said."""
+    if not cfg.pseudo:
+        return None
+    pseudo = pseudo_rows(resolve_path(cfg.pseudo, repo_root()), catalogue)
+    if progress:
+        tqdm.write(f"train.pseudo: {pseudo.describe()}")
+    return pseudo
 
 
 def _split_rows(catalogue: pd.DataFrame, split_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
