@@ -147,7 +147,7 @@ def show() -> None:
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.16 * ((len(table) + 2) // 3) / fig.get_figheight() + 0.02, 1, 1))
     FIGURE.parent.mkdir(exist_ok=True)
-    fig.savefig(FIGURE, dpi=110)
+    fig.savefig(FIGURE, dpi=110, bbox_inches="tight")  # the key is wider than the plots: keep it whole
     print(f"\nwrote {FIGURE.relative_to(REPO)}")
 
 
