@@ -10,15 +10,15 @@ rounds of the same run. The one-off compile time is printed apart.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 
+from bench_step import step_arguments
 from galmorph.config import load_params, replace
 from galmorph.models.inference import amp_dtype_for, autocast
-from galmorph.models.resnet import FEATURE_DIMS, build_model
+from galmorph.models.resnet import build_model
 from galmorph.paths import repo_root
 
 
@@ -44,25 +44,8 @@ def timed(step, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def at_least_one(text: str) -> int:
-    """argparse type: a whole number >= 1 (a bad one is argparse's one-line error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18", choices=sorted(FEATURE_DIMS))
-    ap.add_argument("--side", type=at_least_one, default=64)
-    ap.add_argument("--batch", type=at_least_one, default=64)
-    ap.add_argument("--rounds", type=at_least_one, default=3)
-    ap.add_argument("--steps", type=at_least_one, default=5)
-    args = ap.parse_args()
+    args = step_arguments(__doc__, arch="resnet18", steps=5)
     torch.manual_seed(0)
     params = load_params(repo_root() / "params.yaml")
     amp = amp_dtype_for(torch.device("cpu"), "auto")

@@ -72,17 +72,31 @@ def make_step(arm: str, arch: str, side: int, batch: int, amp: torch.dtype | Non
     return Step(model, opt, x, torch.randint(0, 2, (n,)), amp)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number >= 1 (a bad one is argparse's one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def step_arguments(doc: str | None, *, arch: str, steps: int) -> argparse.Namespace:
+    """The command line of the step benchmarks (this one and bench_compile): network, input side, batch, rounds and
+    steps a round, each size a whole number >= 1."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("--arch", default=arch, choices=sorted(FEATURE_DIMS))
+    ap.add_argument("--side", type=at_least_one, default=64)
+    ap.add_argument("--batch", type=at_least_one, default=64)
+    ap.add_argument("--rounds", type=at_least_one, default=3)
+    ap.add_argument("--steps", type=at_least_one, default=steps)
+    return ap.parse_args()
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet50", choices=sorted(FEATURE_DIMS))
-    ap.add_argument("--side", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=4)
-    args = ap.parse_args()
-    for name in ("side", "batch", "rounds", "steps"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name}: expected a whole number of at least 1, got {getattr(args, name)}")
+    args = step_arguments(__doc__, arch="resnet50", steps=4)
     amp = amp_dtype_for(torch.device("cpu"), "auto")
     steps = {arm: make_step(arm, args.arch, args.side, args.batch, amp) for arm in ARMS}
     for step in steps.values():  # warm-up: oneDNN picks its kernels, glibc maps the activations
