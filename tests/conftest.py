@@ -50,6 +50,12 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped although GALMORPH_STRICT_SKIPS=1 (CI installed its dependencies): {reason}"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The `slow` end-to-end tests first: `make test` spreads test files over pytest-xdist workers in this
+    order, and the minutes-long pipeline test started last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files keep their order
+
+
 #: Set in the environment of the test session, so every process a test starts carries it, even one that left
 #: its process group or was orphaned: what the check at the end of the session looks for.
 SESSION_MARKER = "GALMORPH_TEST_SESSION"
@@ -92,8 +98,8 @@ def _leftover_processes() -> list[psutil.Process]:
 def pytest_sessionfinish(session, exitstatus):
     """CI's check that tests clean up: a process a test started that is still alive when the suite ends (after
     LEFTOVER_GRACE_S for those that are stopping) fails the run, and is stopped here."""
-    if not os.environ.get(SESSION_MARKER):
-        return
+    if not os.environ.get(SESSION_MARKER) or hasattr(session.config, "workerinput"):
+        return  # under pytest-xdist the controller checks, once every worker (each a marked process) is done
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while (left := _leftover_processes()) and time.monotonic() < deadline:
         time.sleep(0.5)

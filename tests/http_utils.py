@@ -1,7 +1,8 @@
-"""The local HTTP server the fake download and cut-out services run on."""
+"""Local servers for the tests: the HTTP server the fake download and cut-out services run on, and a free port."""
 
 from __future__ import annotations
 
+import socket
 import sys
 from http.server import ThreadingHTTPServer
 
@@ -19,3 +20,10 @@ class QuietHTTPServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
         super().handle_error(request, client_address)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick, so parallel test workers differ)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from galmorph import cli
 from galmorph.config import replace
 from galmorph.data.dataset import PSEUDO_DATASET, pseudo_rows, soft_targets
 from galmorph.errors import UserError
 from galmorph.models.inference import predict_logits
 from galmorph.training.loop import fit
-from tests.training_utils import make_catalogue, one_thread, tiny_params
+from tests.training_utils import make_catalogue, one_thread, tiny_params, write_params
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -92,6 +93,31 @@ def test_pseudo_tables_fail_in_one_line_naming_the_row(catalogue, params, tmp_pa
         pseudo_rows(tmp_path / "bare.csv", catalogue)
     with pytest.raises(UserError, match="train.pseudo needs images"):
         replace(params.train, mode="frozen", pseudo="x.csv")
+
+
+def test_a_bad_setting_or_table_is_refused_before_train_or_tune_opens_an_mlflow_run(
+    catalogue, params, tmp_path, mlflow_uri, capsys
+):
+    """A table row refused a second into fit() used to leave the stage's MLflow run behind, marked failed."""
+    import mlflow
+
+    names = _images(tmp_path, 1)
+    labelled = catalogue.loc[catalogue["split"] == "test", "image_path"].iloc[0]
+    pseudo = _table(tmp_path, [(names[0], 0.9, "spiral", ""), (labelled, 0.9, "spiral", "")])
+    outliers = tmp_path / "outliers.csv"
+    outliers.write_text(f"image_path\n{names[0]}\nnew/gone.png\n")
+    p = tiny_params(params, tmp_path, mode="finetune", epochs=1, loader="cache")
+    for setting, message in (
+        ({"progressive_start": p.preprocess.image_size}, "below preprocess.image_size"),
+        ({"pseudo": str(pseudo)}, "teacher.csv: row 2: "),
+        ({"outliers": str(outliers)}, "outliers.csv: row 2, column image_path: expected an image file"),
+    ):
+        _, path = write_params(dataclasses.replace(p, train=replace(p.train, **setting)), tmp_path, catalogue)
+        for stage in ("train", "tune"):
+            assert cli.main(["--params", path, stage]) == 1, stage
+            assert message in capsys.readouterr().err, stage
+    client = mlflow.MlflowClient(mlflow_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_the_model_learns_the_teachers_labels_on_the_pseudo_rows(catalogue, params, tmp_path):

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.http_utils import free_port
 from tests.serving_utils import champion_store, wait_until_answers
 
 pytestmark = pytest.mark.slow
 STARTUP_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ project's store, a model file served as it is)."""
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from galmorph import cli
 from galmorph.models import resnet
 from galmorph.models.inference import GalaxyClassifier
 from tests.conftest import REPO
+from tests.http_utils import free_port
 from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, galaxy_image, tiny_network, wait_until_answers
 
 
@@ -62,17 +62,11 @@ def test_export_writes_the_pyfunc_that_scores_as_the_file_does(model_file, image
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_a_model_file_on_the_projects_store_and_stop_it(spawn, model_file, image_bytes, tmp_path):
     """`galmorph serve --model model.pt` answers REST requests (exported on the fly), leaves no mlflow.db where
     it ran, and SIGTERM stops mlflow's server and its workers."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     argv = [sys.executable, "-m", "galmorph.cli", "--params", str(REPO / "params.yaml")]

@@ -27,7 +27,7 @@ from galmorph.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from galmorph.training.engine import BatchMix, Criterion, class_weights, train_one_epoch
 from galmorph.training.features import build_feature_cache
 from galmorph.training.loop import at_side, build_optimizer, fit, moving_average, progressive_side
-from tests.training_utils import make_catalogue, one_thread, tiny_params
+from tests.training_utils import make_catalogue, one_thread, tiny_params, write_params
 
 TIMING = ("images_per_s", "epoch_time_s")
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -284,23 +284,11 @@ def test_tuned_params_override(params, tmp_path):
         with_tuned(p)
 
 
-def _write_params(p, tmp_path, catalogue):
-    catalogue.to_parquet(tmp_path / "splits.parquet")
-    p = dataclasses.replace(
-        p,
-        split=replace(p.split, out=str(tmp_path / "splits.parquet")),
-        tune=replace(p.tune, out=str(tmp_path / "best_params.yaml")),
-    )
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(dataclasses.asdict(p), sort_keys=False))
-    return p, str(path)
-
-
 @pytest.mark.slow
 def test_train_stage_end_to_end(catalogue, params, tmp_path, mlflow_uri):
     import mlflow
 
-    p, path = _write_params(tiny_params(params, tmp_path, mode="frozen", epochs=2), tmp_path, catalogue)
+    p, path = write_params(tiny_params(params, tmp_path, mode="frozen", epochs=2), tmp_path, catalogue)
     assert cli.main(["--params", path, "train"]) == 1  # frozen mode needs the embed stage first
     assert cli.main(["--params", path, "embed"]) == 0
     assert cli.main(["--params", path, "train"]) == 0
@@ -542,25 +530,6 @@ def tiny_train():
 
 def replace_train(p, **changes):
     return dataclasses.replace(p, train=replace(p.train, **changes))
-
-
-def test_train_stage_refuses_a_progressive_start_at_image_size_before_its_mlflow_run(tmp_path, monkeypatch):
-    from galmorph.stages import train as train_stage
-
-    p = load_params(Path(__file__).parents[1] / "params.yaml")
-    p = dataclasses.replace(
-        p,
-        train=replace(p.train, mode="finetune", progressive_start=p.preprocess.image_size),
-        tune=replace(p.tune, out=str(tmp_path / "none.yaml")),
-        split=replace(p.split, out=str(tmp_path / "no-splits.parquet")),
-    )
-    monkeypatch.setattr(train_stage.runs, "start_run", lambda *a, **k: pytest.fail("an MLflow run was opened"))
-    with pytest.raises(UserError, match="below preprocess.image_size"):
-        train_stage.main(p, SimpleArgs())
-
-
-class SimpleArgs:
-    resume = False
 
 
 def test_criterion_gives_outlier_rows_the_uniform_cross_entropy_weighted():

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from galmorph.training.features import build_feature_cache
 from galmorph.tuning.study import StudyOutcome
 from galmorph.tuning.worker import run_study
 from tests.conftest import REPO
+from tests.http_utils import free_port
 from tests.serving_utils import TINY_MODEL, TINY_PREPROCESS, tiny_network, wait_until_answers
 from tests.training_utils import make_catalogue, tiny_params
 
@@ -42,12 +42,6 @@ MLFLOW_UI_CHOICES = {
     "mlflow.workflowType_v1": json.dumps("machine_learning"),
 }
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}  # nothing leaves the machine
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(spawn, cmd: list[str], log: Path) -> subprocess.Popen:
@@ -109,7 +103,7 @@ def test_optuna_dashboard_and_mlflow_show_the_trials_side_by_side(
 ):
     from playwright.sync_api import expect
 
-    mlflow_port, dashboard_port = _free_port(), _free_port()
+    mlflow_port, dashboard_port = free_port(), free_port()
     monkeypatch.setattr(provenance, "provenance_tags", lambda stage: {"galmorph.stage": stage})  # no git/DVC
     p = _tune_params(params, tmp_path)
     # the MLflow server boots while the study runs; optuna-dashboard (quick) once the study is there

@@ -18,6 +18,7 @@ from galmorph.commands import ui as commands_ui
 from galmorph.config import MlflowConfig
 from galmorph.errors import UserError
 from galmorph.tracking import ui
+from tests.http_utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,20 +66,14 @@ def test_ui_runs_mlflow_server_on_the_store(monkeypatch, tmp_path, capsys, param
     started = []
     # stopped by Ctrl-C: a normal stop, whatever the server's own status
     monkeypatch.setattr(ui, "run_foreground", lambda cmd: started.append(cmd) or (-2, signal.SIGINT))
-    _ui(params, "127.0.0.1", _free_port())
+    _ui(params, "127.0.0.1", free_port())
     assert started[0][1:4] == ["-m", "mlflow", "server"]
     assert (tmp_path / "artifacts").is_dir()
     err = capsys.readouterr().err
     assert f"for sqlite:///{tmp_path}/mlflow.db" in err and "stopped (SIGINT)" in err
     monkeypatch.setattr(ui, "run_foreground", lambda cmd: (1, None))  # it ended on its own: an error
     with pytest.raises(UserError, match="exited with status 1"):
-        _ui(params, "127.0.0.1", _free_port())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        _ui(params, "127.0.0.1", free_port())
 
 
 #: A server like `mlflow server`: a leader that starts a worker holding the port, and that dies at once on
@@ -117,7 +112,7 @@ def _port_is_free(port: int) -> bool:
 def test_a_stopped_galmorph_stops_the_server_it_started_and_its_workers(spawn, tmp_path, signum):
     """A stop signal to galmorph alone (as `kill`, a process manager or a closing terminal sends it) reaches
     the server and the workers it started: galmorph waits for them, and the port is free when it exits."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "out.log"  # a file, not a pipe: a leftover server would hold a pipe open forever
     with log.open("w") as out:
         proc = spawn([sys.executable, "-c", RUN_FAKE, FAKE_SERVER, str(port)], stdout=out)
@@ -151,7 +146,7 @@ def _wait_for_health(proc: subprocess.Popen, port: int, log: Path, timeout_s: fl
 def test_ui_serves_the_store_and_sigterm_frees_its_port(spawn, mlflow_uri, tmp_path):
     """`galmorph ui` really starts a server on the store; SIGTERM to galmorph (as `kill` or a process manager
     sends it) stops mlflow server and its uvicorn worker too, and the port is free when galmorph exits."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "ui.log"  # a file, not a pipe: a leftover server would hold a pipe open forever
     with log.open("w") as out:
         proc = spawn(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.http_utils import free_port
 from tests.serving_utils import wait_until_answers
 
 pytestmark = pytest.mark.slow
@@ -25,12 +25,6 @@ STARTUP_S = 180
 # The command README.md documents under "Production deployment of the web page".
 GUNICORN = ["-m", "gunicorn", "-w", "2", "--threads", "4", "--timeout", "60", "--limit-request-line", "4094"]
 GUNICORN += ["--limit-request-fields", "50", "--limit-request-field_size", "8190"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

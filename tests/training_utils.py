@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image
 
 from galmorph.config import CLASSES, Params, replace
@@ -101,3 +102,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_params(p: Params, tmp_path: Path, catalogue: pd.DataFrame) -> tuple[Params, str]:
+    """`p` with the catalogue as its splits file, written as tmp_path/params.yaml for the stages' CLI."""
+    catalogue.to_parquet(tmp_path / "splits.parquet")
+    p = dataclasses.replace(
+        p,
+        split=replace(p.split, out=str(tmp_path / "splits.parquet")),
+        tune=replace(p.tune, out=str(tmp_path / "best_params.yaml")),
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(p), sort_keys=False))
+    return p, str(path)

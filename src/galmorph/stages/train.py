@@ -21,7 +21,7 @@ from galmorph.tracking import logged_model, runs
 from galmorph.training import curves
 from galmorph.training.distributed import is_main_process
 from galmorph.training.features import load_feature_cache
-from galmorph.training.loop import fit, progressive_side
+from galmorph.training.loop import check_inputs, fit
 from galmorph.training.ood import fit_ood
 
 
@@ -33,8 +33,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     params = tuned
     cfg = params.train
     check_quantile(cfg.ood_quantile)  # before the hours of training, not after
-    progressive_side(cfg, params.preprocess.image_size, 1)  # a start >= image_size: before the MLflow run
     catalogue = read_splits(params.split.out)
+    check_inputs(catalogue, params)  # a bad setting or table row: before the MLflow run, not a second into it
     features = None
     if cfg.mode == "frozen":
         features = load_feature_cache(params.embed.out, model_cfg=params.model, preprocess=params.preprocess)

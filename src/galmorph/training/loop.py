@@ -105,12 +105,7 @@ def fit(
     computed in memory for the train and val rows.
     """
     tcfg, mcfg = params.train, params.model
-    train_rows, val_rows = _split_rows(catalogue, split_column)
-    pseudo = _pseudo_labels(tcfg, catalogue, progress)
-    if pseudo is not None:
-        train_rows = pd.concat([train_rows, pseudo.rows], ignore_index=True)
-    _check_targets(train_rows, tcfg, progress)
-    progressive_side(tcfg, params.preprocess.image_size, 1)  # a start at or above image_size stops here
+    train_rows, val_rows, pseudo = _training_rows(catalogue, params, split_column, progress)
     device = resolve_device(tcfg.device)
     if tcfg.keep_freed_memory:
         keep_freed_memory()
@@ -262,6 +257,29 @@ def _check_targets(train_rows: pd.DataFrame, cfg: TrainConfig, progress: bool) -
             f"dirichlet: {n} of {len(train_rows)} training galaxies have vote counts; the other "
             f"{len(train_rows) - n} count as {cfg.label_votes:g} vote(s) for their label"
         )
+
+
+def check_inputs(catalogue: pd.DataFrame, params: Params) -> None:
+    """What fit() refuses in its first second, refused before a stage opens its MLflow run (a refusal a second
+    later leaves that run marked failed): the training rows' settings and every row of the tables train.pseudo
+    and train.outliers name. fit() reads the tables again: milliseconds against the minutes of training."""
+    _training_rows(catalogue, params, "split", progress=False)
+    if params.train.outliers:
+        outlier_paths(resolve_path(params.train.outliers, repo_root()))
+
+
+def _training_rows(
+    catalogue: pd.DataFrame, params: Params, split_column: str, progress: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, PseudoLabels | None]:
+    """The training rows (with train.pseudo's), the validation rows and the pseudo-labels, once checked."""
+    tcfg = params.train
+    train_rows, val_rows = _split_rows(catalogue, split_column)
+    pseudo = _pseudo_labels(tcfg, catalogue, progress)
+    if pseudo is not None:
+        train_rows = pd.concat([train_rows, pseudo.rows], ignore_index=True)
+    _check_targets(train_rows, tcfg, progress)
+    progressive_side(tcfg, params.preprocess.image_size, 1)  # a start at or above image_size stops here
+    return train_rows, val_rows, pseudo
 
 
 def _pseudo_labels(cfg: TrainConfig, catalogue: pd.DataFrame, progress: bool) -> PseudoLabels | None:

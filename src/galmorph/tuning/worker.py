@@ -31,7 +31,7 @@ from galmorph.config import Params
 from galmorph.errors import UserError
 from galmorph.tracking import runs
 from galmorph.training.features import FeatureCache
-from galmorph.training.loop import fit
+from galmorph.training.loop import check_inputs, fit
 from galmorph.tuning.results import describe_trial, log_study
 from galmorph.tuning.space import SearchParam, inactive_params, parse_space, suggest, trial_params
 from galmorph.tuning.study import (
@@ -170,6 +170,7 @@ def run_study(
     (the stage's tune.plots_dir) receives the comparison of the study's trials as this worker leaves it.
     """
     _check_tune_params(params)
+    check_inputs(catalogue, params)  # before the study's MLflow run opens
     if worker_trials is not None and worker_trials < 1:
         raise UserError(f"--n-trials: expected at least 1, got {worker_trials}")
     space = parse_space(params)
