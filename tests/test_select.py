@@ -13,13 +13,28 @@ import pytest
 
 from galmorph.cli import main
 from galmorph.config import CLASSES, SelectConfig
-from galmorph.data.select import CLASS_FOLDER_NAMES, build_class_folders, select_catalogue
+from galmorph.data.select import (
+    CLASS_FOLDER_NAMES,
+    SAME_IMAGE,
+    SAME_IMAGE_CONFLICT,
+    build_class_folders,
+    select_catalogue,
+)
 from galmorph.errors import UserError
 
 from .conftest import REPO
 from .test_images import write_image_zoo
 
-CFG = SelectConfig(verify="decode", workers=1, class_folders=None, out="m.parquet", dropped="d.csv", report="r.json")
+# same_content off: the zoo holds one picture under several names on purpose (spaces, unicode, a symlink)
+CFG = SelectConfig(
+    verify="decode",
+    workers=1,
+    class_folders=None,
+    out="m.parquet",
+    dropped="d.csv",
+    report="r.json",
+    same_content=False,
+)
 
 
 def zoo_catalogue(root: Path, *, absolute: bool = True) -> tuple[pd.DataFrame, dict]:
@@ -73,6 +88,44 @@ def test_select_catalogue_keeps_decodable_rows_and_reports(tmp_path):
     assert r["converted"] == 7
     assert sum(r["classes"].values()) == r["kept"] and sum(r["dropped_by_class"].values()) == r["dropped"]
     assert list(result.dropped.columns) == ["galaxy_id", "image_path", "reason", "detail"]
+
+
+def test_files_with_the_same_bytes_are_one_galaxy(tmp_path):
+    """Two ids whose files hold the same picture (the GZ2 cut-out tables file 161 galaxies twice): kept once when
+    the labels agree, dropped both when they do not, so one picture never lands in train and in test."""
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, 300, dtype=np.uint8).tobytes() for _ in range(3)]
+    files = {"a.jpg": 0, "sub/a-again.jpg": 0, "b.jpg": 1, "b2.jpg": 1, "c.jpg": 2, "a-third.jpg": 0}
+    for name, picture in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(pictures[picture])
+    catalogue = pd.DataFrame(
+        {
+            "galaxy_id": ["g1", "g2", "g3", "g4", "g5", "g6"],
+            "image_path": list(files),
+            "label": ["spiral", "spiral", "spiral", "elliptical", "elliptical", "spiral"],
+        }
+    )
+    cfg = dataclasses.replace(CFG, verify="exists", same_content=True)
+    result = select_catalogue(catalogue, cfg, root=tmp_path, progress=False)
+    assert result.manifest["galaxy_id"].tolist() == ["g1", "g5"]
+    dropped = result.dropped.set_index("galaxy_id")
+    assert dropped["reason"].to_dict() == {
+        "g2": SAME_IMAGE,
+        "g3": SAME_IMAGE_CONFLICT,
+        "g4": SAME_IMAGE_CONFLICT,
+        "g6": SAME_IMAGE,
+    }
+    assert dropped.loc["g6", "detail"] == "the same file content as galaxy g1, kept"
+    assert dropped.loc["g4", "detail"] == "one file, labels that disagree: g3 (spiral), g4 (elliptical)"
+    assert result.report["dropped_by_reason"][SAME_IMAGE] == 2 and result.report["kept"] == 2
+    assert result.report["dropped_by_reason"][SAME_IMAGE_CONFLICT] == 2
+    # an unusable file is no copy of anything: only the kept rows are compared
+    (tmp_path / "b.jpg").write_bytes(b"")
+    result = select_catalogue(catalogue, cfg, root=tmp_path, progress=False)
+    assert result.manifest["galaxy_id"].tolist() == ["g1", "g4", "g5"]
+    off = select_catalogue(catalogue, dataclasses.replace(cfg, same_content=False), root=tmp_path, progress=False)
+    assert len(off.manifest) == 5
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):

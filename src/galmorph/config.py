@@ -111,6 +111,7 @@ class SelectConfig:
     out: str
     dropped: str
     report: str
+    same_content: bool = True  # rows whose files hold the same bytes are one galaxy (data/select.py same_content)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,15 +10,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from galmorph.config import CLASSES, SelectConfig
-from galmorph.data.verify import DROP_REASONS, check_images
+from galmorph.data.verify import DROP_REASONS, absolute_paths, check_images
 from galmorph.errors import UserError
+from galmorph.io import file_md5
 from galmorph.paths import resolve_path
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("galaxy_id", "image_path", "label")
 IMAGE_COLUMNS: tuple[str, ...] = ("width", "height", "mode")
+#: Why select drops a row whose image is usable: its file holds the same bytes as another kept row's.
+SAME_IMAGE, SAME_IMAGE_CONFLICT = "same_image", "same_image_other_label"
+SELECT_REASONS: tuple[str, ...] = (*DROP_REASONS, SAME_IMAGE, SAME_IMAGE_CONFLICT)
 
 
 @dataclasses.dataclass
@@ -68,6 +74,11 @@ def select_catalogue(
     keep = checks["reason"].isna().to_numpy()
     if not keep.any():
         raise _nothing_kept(catalogue.reset_index(drop=True), checks)
+    if cfg.same_content:
+        paths = absolute_paths(catalogue["image_path"].tolist(), root)
+        for row, (reason, detail) in same_content(catalogue, paths, keep, progress).items():
+            checks.loc[row, ["reason", "detail"]] = [reason, detail]
+        keep = checks["reason"].isna().to_numpy()
     manifest = catalogue.drop(columns=[c for c in IMAGE_COLUMNS if c in catalogue.columns]).reset_index(drop=True)
     manifest = pd.concat([manifest, checks[list(IMAGE_COLUMNS)]], axis=1)[keep].reset_index(drop=True)
     dropped = pd.DataFrame(
@@ -85,7 +96,7 @@ def select_catalogue(
         "rows_in": len(catalogue),
         "kept": int(keep.sum()),
         "dropped": int((~keep).sum()),
-        "dropped_by_reason": {r: int((dropped["reason"] == r).sum()) for r in DROP_REASONS},
+        "dropped_by_reason": {r: int((dropped["reason"] == r).sum()) for r in SELECT_REASONS},
         "classes": {c: int((labels[keep] == c).sum()) for c in CLASSES},
         "dropped_by_class": {c: int((labels[~keep] == c).sum()) for c in CLASSES},
         "modes": {str(m): int(k) for m, k in modes.value_counts().sort_index().items()},
@@ -93,6 +104,31 @@ def select_catalogue(
         "converted_by_mode": {str(m): int(k) for m, k in modes[modes != "RGB"].value_counts().sort_index().items()},
     }
     return SelectResult(manifest=manifest, dropped=dropped, report=report)
+
+
+def same_content(
+    catalogue: pd.DataFrame, paths: list[str | None], keep: np.ndarray, progress: bool
+) -> dict[int, tuple[str, str]]:
+    """The kept rows to drop because their file has the same bytes (md5) as another kept row's: {row: (reason,
+    detail)}. A picture filed twice under two names and two ids (161 GZ2 cut-outs in ../shared/galaxyzoo) is one
+    galaxy; as two it could land in train and in test. The first row of each group stays when the labels agree;
+    all go when they do not. Reads each kept file once more (from the page cache after a decode check)."""
+    rows = np.flatnonzero(keep)
+    digests = pd.Series(
+        [file_md5(paths[i]) for i in tqdm(rows, desc="select: same bytes", unit="img", disable=not progress)],
+        index=rows,
+    )
+    ids, labels = catalogue["galaxy_id"].astype(str).to_numpy(), catalogue["label"].astype(str).to_numpy()
+    drops: dict[int, tuple[str, str]] = {}
+    copies = digests[digests.duplicated(keep=False)]
+    for group in copies.groupby(copies).groups.values():
+        first, *later = same = [int(i) for i in group]
+        if len(set(labels[same])) == 1:
+            drops.update({i: (SAME_IMAGE, f"the same file content as galaxy {ids[first]}, kept") for i in later})
+        else:
+            named = ", ".join(f"{ids[i]} ({labels[i]})" for i in same)
+            drops.update({i: (SAME_IMAGE_CONFLICT, f"one file, labels that disagree: {named}") for i in same})
+    return drops
 
 
 #: Subfolder of each class in torchvision's ImageFolder layout, which notebooks and other tools read.
