@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The suite runs in this many pytest-xdist processes, one test file each at a time (module fixtures are built once),
-# in collection order (tests/conftest.py puts the slow ones first): 8 min on 2 cores where one process took 13
+# in collection order (tests/conftest.py puts the slow ones first): 8-11 min on 2 cores where one process took 13
 # (2026-12-07, README "Tests and benchmarks"); TEST_WORKERS=0 runs the suite in pytest's own process.
 TEST_WORKERS ?= 2
 export PATH := $(abspath $(BIN)):$(PATH)
