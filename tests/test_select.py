@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import galmorph.data.select as select_module
 from galmorph.cli import main
 from galmorph.config import CLASSES, SelectConfig
 from galmorph.data.select import (
@@ -21,6 +22,7 @@ from galmorph.data.select import (
     select_catalogue,
 )
 from galmorph.errors import UserError
+from galmorph.io import file_md5
 
 from .conftest import REPO
 from .test_images import write_image_zoo
@@ -126,6 +128,27 @@ def test_files_with_the_same_bytes_are_one_galaxy(tmp_path):
     assert result.manifest["galaxy_id"].tolist() == ["g1", "g4", "g5"]
     off = select_catalogue(catalogue, dataclasses.replace(cfg, same_content=False), root=tmp_path, progress=False)
     assert len(off.manifest) == 5
+
+
+def test_a_file_removed_between_the_check_and_the_comparison_is_dropped_as_missing(tmp_path, monkeypatch):
+    """The decode check and the same-bytes comparison read each file at different moments: a file deleted in
+    between (a sync, a clean-up) is counted as missing, not a traceback that loses the whole stage."""
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(name.encode() * 50)
+    catalogue = pd.DataFrame({"galaxy_id": ["g1", "g2"], "image_path": ["a.jpg", "b.jpg"], "label": ["spiral"] * 2})
+
+    def delete_then_hash(path):
+        if Path(path).name == "b.jpg":
+            Path(path).unlink()
+        return file_md5(path)
+
+    monkeypatch.setattr(select_module, "file_md5", delete_then_hash)
+    cfg = dataclasses.replace(CFG, verify="exists", same_content=True)
+    result = select_catalogue(catalogue, cfg, root=tmp_path, progress=False)
+    assert result.manifest["galaxy_id"].tolist() == ["g1"]
+    assert result.dropped[["galaxy_id", "reason"]].values.tolist() == [["g2", "missing"]]
+    assert "while comparing contents" in result.dropped["detail"].iloc[0] and str(tmp_path) not in str(result.dropped)
+    assert result.report["dropped_by_reason"]["missing"] == 1
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
