@@ -114,15 +114,15 @@ def same_content(
     galaxy; as two it could land in train and in test. The first row of each group stays when the labels agree;
     all go when they do not. Reads each kept file once more (from the page cache after a decode check)."""
     drops: dict[int, tuple[str, str]] = {}
-    digests: dict[int, str] = {}
+    hashes: dict[int, str] = {}
     for i in tqdm(np.flatnonzero(keep), desc="select: same bytes", unit="img", disable=not progress):
         try:
-            digests[int(i)] = file_md5(paths[i])
+            hashes[int(i)] = file_md5(paths[i])
         except OSError as exc:  # removed or made unreadable since the check a moment ago: dropped, not a traceback
             reason = "missing" if isinstance(exc, FileNotFoundError) else "unreadable"
             drops[int(i)] = (reason, f"{exc.strerror or type(exc).__name__} (while comparing contents)")
     ids, labels = catalogue["galaxy_id"].astype(str).to_numpy(), catalogue["label"].astype(str).to_numpy()
-    digests = pd.Series(digests, dtype=object)
+    digests = pd.Series(hashes, dtype=object)
     copies = digests[digests.duplicated(keep=False)]
     for group in copies.groupby(copies).groups.values():
         first, *later = same = [int(i) for i in group]
