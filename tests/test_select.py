@@ -128,6 +128,12 @@ def test_files_with_the_same_bytes_are_one_galaxy(tmp_path):
     assert result.manifest["galaxy_id"].tolist() == ["g1", "g4", "g5"]
     off = select_catalogue(catalogue, dataclasses.replace(cfg, same_content=False), root=tmp_path, progress=False)
     assert len(off.manifest) == 5
+    # copies whose labels disagree can leave nothing: the same clear refusal as no usable image, no empty manifest
+    (tmp_path / "x.jpg").write_bytes(pictures[1])
+    (tmp_path / "y.jpg").write_bytes(pictures[1])
+    conflict = pd.DataFrame({"galaxy_id": ["x", "y"], "image_path": ["x.jpg", "y.jpg"], "label": list(CLASSES)})
+    with pytest.raises(UserError, match=r"none of the 2 rows has a usable image \(same_image_other_label 2\)"):
+        select_catalogue(conflict, cfg, root=tmp_path, progress=False)
 
 
 def test_a_file_removed_between_the_check_and_the_comparison_is_dropped_as_missing(tmp_path, monkeypatch):

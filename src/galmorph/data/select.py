@@ -72,13 +72,13 @@ def select_catalogue(
         check_class_folders(cfg.class_folders)  # before the long decode, not after it
     checks = check_images(catalogue["image_path"].tolist(), cfg.verify, cfg.workers, root=root, progress=progress)
     keep = checks["reason"].isna().to_numpy()
-    if not keep.any():
-        raise _nothing_kept(catalogue.reset_index(drop=True), checks)
-    if cfg.same_content:
+    if cfg.same_content and keep.any():
         paths = absolute_paths(catalogue["image_path"].tolist(), root)
         for row, (reason, detail) in same_content(catalogue, paths, keep, progress).items():
             checks.loc[row, ["reason", "detail"]] = [reason, detail]
         keep = checks["reason"].isna().to_numpy()
+    if not keep.any():  # after the comparison too: copies with two labels can leave nothing
+        raise _nothing_kept(catalogue.reset_index(drop=True), checks)
     manifest = catalogue.drop(columns=[c for c in IMAGE_COLUMNS if c in catalogue.columns]).reset_index(drop=True)
     manifest = pd.concat([manifest, checks[list(IMAGE_COLUMNS)]], axis=1)[keep].reset_index(drop=True)
     dropped = pd.DataFrame(
