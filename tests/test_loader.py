@@ -340,3 +340,57 @@ def test_outlier_settings_and_tables_fail_in_one_line(params, tmp_path):
         outlier_paths(table)
     with pytest.raises(UserError, match="not found"):
         outlier_paths(tmp_path / "none.csv")
+
+
+def _axis_ratio(x: torch.Tensor) -> torch.Tensor:
+    """Per image of (B, C, H, W), the square root of the ratio of the light's principal second moments (b / a)."""
+    w = x[:, 0] - x[:, 0].amin((1, 2), keepdim=True)
+    h, s = w.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(float(h)), torch.arange(float(s)), indexing="ij")
+    total = w.sum((1, 2))
+    cy, cx = (w * yy).sum((1, 2)) / total, (w * xx).sum((1, 2)) / total
+    dy, dx = yy - cy[:, None, None], xx - cx[:, None, None]
+    myy, mxx, mxy = ((w * m).sum((1, 2)) / total for m in (dy * dy, dx * dx, dx * dy))
+    half_diff = torch.sqrt(((mxx - myy) / 2) ** 2 + mxy**2)
+    mean = (mxx + myy) / 2
+    return torch.sqrt((mean - half_diff) / (mean + half_diff))
+
+
+def test_squeeze_turns_a_round_galaxy_into_an_elongated_one_pointing_anywhere(params):
+    """augment.squeeze: in the batch path and the per-image path alike, a round galaxy comes out with the drawn axis
+    ratio (here exactly 0.5) at any angle; off ([1, 1]) it stays round and the other draws are unchanged."""
+    cfg = _pre(params, resize=128, crop=128, image_size=32)
+    off = replace(params.augment, rotation=180.0, flip=False, scale=[1.0, 1.0], translate=0.0, color_jitter=0.0)
+    half = replace(off, squeeze=[0.5, 0.5])
+    yy, xx = np.mgrid[:64, :64]
+    blob = np.exp(-((xx - 31.5) ** 2 + (yy - 31.5) ** 2) / (2 * 6.0**2))  # round, well inside the frame
+    x = torch.from_numpy((255 * blob).astype(np.uint8)).expand(16, 3, 64, 64).contiguous()
+    round_out = BatchAugment(cfg, off)(x, torch.Generator().manual_seed(0))
+    squeezed = BatchAugment(cfg, half)(x, torch.Generator().manual_seed(0))
+    assert float(_axis_ratio(round_out).min()) > 0.95
+    ratio = _axis_ratio(squeezed)
+    assert float((ratio - 0.5).abs().max()) < 0.05
+    # pointing anywhere: the long axis's angle spreads over the half circle
+    w = squeezed[:, 0] - squeezed[:, 0].amin((1, 2), keepdim=True)
+    yy_t, xx_t = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    dy, dx = yy_t - 15.5, xx_t - 15.5
+    angle = 0.5 * torch.atan2(2 * (w * dx * dy).sum((1, 2)), (w * (dx * dx - dy * dy)).sum((1, 2)))
+    assert float(angle.max() - angle.min()) > 2.0  # radians, of a possible pi
+    # off draws nothing: the rotation stream is the same as before the option existed
+    assert torch.equal(round_out, BatchAugment(cfg, off)(x, torch.Generator().manual_seed(0)))
+    # the per-image path (train.loader: files) squeezes alike
+    img = Image.fromarray((255 * np.exp(-((np.mgrid[:128, :128] - 63.5) ** 2).sum(0) / (2 * 12.0**2))).astype(np.uint8))
+    per_image = torch.stack([TrainPreset(cfg, half)(img.convert("RGB")) for _ in range(8)])
+    assert float((_axis_ratio(per_image) - 0.5).abs().max()) < 0.05
+    assert float(_axis_ratio(torch.stack([TrainPreset(cfg, off)(img.convert("RGB")) for _ in range(4)])).min()) > 0.95
+
+
+@pytest.mark.parametrize("bad", ["[0.0, 1.0]", "[0.8, 0.6]", "[0.5, 1.2]", "[0.5]"])
+def test_squeeze_must_be_a_share_range(tmp_path, bad):
+    path = tmp_path / "params.yaml"
+    text = Path("params.yaml").read_text()
+    start = text.index("  squeeze:")
+    end = text.index("  survey:", start)
+    path.write_text(text[:start] + f"  squeeze: {bad}\n" + text[end:])
+    with pytest.raises(UserError, match=r"augment.squeeze: expected \[low, high\] with 0 < low <= high <= 1"):
+        load_params(path)

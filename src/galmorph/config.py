@@ -233,10 +233,16 @@ class AugmentConfig:
     # training images are framed this many times wider than the eval frame and cut back out after the affine, so
     # rotated corners and zoomed-out edges show the sky around the galaxy instead of black (1 = no context)
     context: float = 1.0
+    # one axis of each training image shrunk to this share (uniform in [low, high]) before the random rotation:
+    # a galaxy seen at another inclination or a flatter ellipsoid, so elongation alone does not say "disc"
+    squeeze: list[float] = dataclasses.field(default_factory=lambda: [1.0, 1.0])
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.context <= MAX_CONTEXT:
             raise UserError(f"params: augment.context: expected a number in [1, {MAX_CONTEXT:g}], got {self.context!r}")
+        q = self.squeeze
+        if not (len(q) == 2 and 0.0 < q[0] <= q[1] <= 1.0):
+            raise UserError(f"params: augment.squeeze: expected [low, high] with 0 < low <= high <= 1, got {q!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -153,6 +153,20 @@ class FramedUint8:
         return self.transforms(img)
 
 
+class RandomSqueeze:
+    """augment.squeeze on a PIL image: its x axis shrunk about the centre to a share drawn from [low, high] (black
+    fill, as RandomAffine's); the rotation after it points the short axis anywhere."""
+
+    def __init__(self, squeeze: Sequence[float]) -> None:
+        self.low, self.high = squeeze
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        q = float(torch.empty(1).uniform_(self.low, self.high))
+        cx = img.width / 2
+        # output (x, y) <- input (x / q + cx (1 - 1 / q), y)
+        return img.transform(img.size, Image.Transform.AFFINE, (1 / q, 0, cx - cx / q, 0, 1, 0), Image.BILINEAR)
+
+
 class TrainPreset:
     """EvalPreset's framing (fixed or adaptive) plus rotation, flips, small scale/translation and a small colour jitter."""
 
@@ -166,6 +180,8 @@ class TrainPreset:
             # augment at twice the input size, not at the crop: after the final resize the difference is only
             # resampling order, and the affine/jitter cost ~30% less per image (the loader must keep up on 2 cores)
             ops.append(T.Resize(2 * cfg.image_size, antialias=True))
+        if list(aug.squeeze) != [1.0, 1.0]:
+            ops.append(RandomSqueeze(aug.squeeze))
         if aug.rotation or aug.translate or aug.scale != [1.0, 1.0]:
             ops.append(
                 T.RandomAffine(
@@ -216,16 +232,18 @@ class BatchAugment:
 
         angle = uniform(-a.rotation, a.rotation) * (math.pi / 180.0)
         scale = uniform(*a.scale)
+        squeezed = list(a.squeeze) != [1.0, 1.0]  # drawn only when on: the other draws stay as they were
+        squeeze = uniform(*a.squeeze) if squeezed else torch.ones(b, device=dev)  # the input's x axis, pre-rotation
         shift = [uniform(-2 * a.translate, 2 * a.translate) for _ in range(2)]  # normalised coords span 2
         flip = [sign(), sign()]
         # the cached square spans `context` frames: in its normalised coordinates the frame is 1 / context wide
         context = self.context
-        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0] or context != 1.0:
-            # output -> input coordinates: un-flip, un-rotate, un-scale, un-shift, into the context
+        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0] or squeezed or context != 1.0:
+            # output -> input coordinates: un-flip, un-rotate, un-scale, un-shift, un-squeeze, into the context
             cos, sin = torch.cos(angle) / (scale * context), torch.sin(angle) / (scale * context)
             theta = torch.stack(
                 [
-                    torch.stack([cos * flip[0], sin * flip[1], -shift[0] / context], 1),
+                    torch.stack([cos * flip[0] / squeeze, sin * flip[1] / squeeze, -shift[0] / (context * squeeze)], 1),
                     torch.stack([-sin * flip[0], cos * flip[1], -shift[1] / context], 1),
                 ],
                 1,
