@@ -376,8 +376,12 @@ def test_squeeze_turns_a_round_galaxy_into_an_elongated_one_pointing_anywhere(pa
     dy, dx = yy_t - 15.5, xx_t - 15.5
     angle = 0.5 * torch.atan2(2 * (w * dx * dy).sum((1, 2)), (w * (dx * dx - dy * dy)).sum((1, 2)))
     assert float(angle.max() - angle.min()) > 2.0  # radians, of a possible pi
-    # off draws nothing: the rotation stream is the same as before the option existed
-    assert torch.equal(round_out, BatchAugment(cfg, off)(x, torch.Generator().manual_seed(0)))
+    # off draws nothing, so seeded runs without it are unchanged: on consumes exactly one more draw per image
+    g_off, g_on = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    BatchAugment(cfg, off)(x, g_off)
+    BatchAugment(cfg, half)(x, g_on)
+    torch.rand(16, generator=g_off)
+    assert torch.equal(g_off.get_state(), g_on.get_state())
     # the per-image path (train.loader: files) squeezes alike
     img = Image.fromarray((255 * np.exp(-((np.mgrid[:128, :128] - 63.5) ** 2).sum(0) / (2 * 12.0**2))).astype(np.uint8))
     per_image = torch.stack([TrainPreset(cfg, half)(img.convert("RGB")) for _ in range(8)])
