@@ -244,6 +244,11 @@ class AugmentConfig:
         if not (len(q) == 2 and 0.0 < q[0] <= q[1] <= 1.0):
             raise UserError(f"params: augment.squeeze: expected [low, high] with 0 < low <= high <= 1, got {q!r}")
 
+    @property
+    def squeezes(self) -> bool:
+        """augment.squeeze is on (not [1, 1]): only then is a share drawn, so seeded runs without it are unchanged."""
+        return list(self.squeeze) != [1.0, 1.0]
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

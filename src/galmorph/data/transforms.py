@@ -180,7 +180,7 @@ class TrainPreset:
             # augment at twice the input size, not at the crop: after the final resize the difference is only
             # resampling order, and the affine/jitter cost ~30% less per image (the loader must keep up on 2 cores)
             ops.append(T.Resize(2 * cfg.image_size, antialias=True))
-        if list(aug.squeeze) != [1.0, 1.0]:
+        if aug.squeezes:
             ops.append(RandomSqueeze(aug.squeeze))
         if aug.rotation or aug.translate or aug.scale != [1.0, 1.0]:
             ops.append(
@@ -232,13 +232,12 @@ class BatchAugment:
 
         angle = uniform(-a.rotation, a.rotation) * (math.pi / 180.0)
         scale = uniform(*a.scale)
-        squeezed = list(a.squeeze) != [1.0, 1.0]  # drawn only when on: the other draws stay as they were
-        squeeze = uniform(*a.squeeze) if squeezed else torch.ones(b, device=dev)  # the input's x axis, pre-rotation
+        squeeze = uniform(*a.squeeze) if a.squeezes else torch.ones(b, device=dev)  # the input's x axis, pre-rotation
         shift = [uniform(-2 * a.translate, 2 * a.translate) for _ in range(2)]  # normalised coords span 2
         flip = [sign(), sign()]
         # the cached square spans `context` frames: in its normalised coordinates the frame is 1 / context wide
         context = self.context
-        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0] or squeezed or context != 1.0:
+        if a.rotation or a.translate or a.flip or list(a.scale) != [1.0, 1.0] or a.squeezes or context != 1.0:
             # output -> input coordinates: un-flip, un-rotate, un-scale, un-shift, un-squeeze, into the context
             cos, sin = torch.cos(angle) / (scale * context), torch.sin(angle) / (scale * context)
             theta = torch.stack(

@@ -261,7 +261,7 @@ def context_augment_grid(
             images += [Image.fromarray(a) for a in (y.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()]
             captions += [f"context {context:g}"] + [""] * (draws - 1)
     squeeze = augment.squeeze
-    shape = f"squeeze {squeeze[0]:g}-{squeeze[1]:g}, " if list(squeeze) != [1.0, 1.0] else ""
+    shape = f"squeeze {squeeze[0]:g}-{squeeze[1]:g}, " if augment.squeezes else ""
     title = (
         f"augment: rotation {augment.rotation:g}, scale {augment.scale[0]:g}-{augment.scale[1]:g}, {shape}"
         f"{preprocess.image_size} px (seed {seed})"
